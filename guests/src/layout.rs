@@ -445,6 +445,21 @@ pub fn descriptor(base: u32, limit: u32, attributes: u32) -> u64 {
         | (((base >> 24) & 0xff) << 56)
 }
 
+/// Decodes a code/data GDT descriptor as the CPU loads it for `selector` (base, byte limit, attributes).
+pub fn decode_descriptor(selector: u16, d: u64) -> Segment {
+    let g = (d >> 55) & 1 == 1;
+    let raw_limit = ((d & 0xffff) | (((d >> 48) & 0xf) << 16)) as u32;
+    let limit = if g { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let base = ((d >> 16) & 0xff_ffff) | (((d >> 56) & 0xff) << 24);
+    let attributes = ((d >> 40) & 0xff) as u32 | ((((d >> 52) & 0xf) as u32) << 12);
+    Segment {
+        selector,
+        base,
+        limit,
+        attributes: if selector & !3 == 0 { attr::UNUSABLE } else { attributes },
+    }
+}
+
 fn flat(sel: u16, attributes: u32) -> Segment {
     Segment {
         selector: sel,
@@ -817,6 +832,15 @@ mod tests {
             descriptor(0, 0xffff_ffff, attr::DATA | attr::G | attr::DB),
             0x00cf_9300_0000_ffff
         );
+    }
+
+    #[test]
+    fn decode_descriptor_inverts_descriptor() {
+        for a in [attr::CODE | attr::G | attr::L | attr::dpl(3), attr::DATA | attr::G | attr::DB] {
+            let s = decode_descriptor(0x2b, descriptor(0x1234_5000, 0xffff_ffff, a));
+            assert_eq!((s.base, s.limit, s.attributes), (0x1234_5000, 0xffff_ffff, a));
+        }
+        assert_eq!(decode_descriptor(0, 0).attributes, attr::UNUSABLE);
     }
 
     #[test]

@@ -1,1 +1,48 @@
-fn main() {}
+//! The `kvmconf` command: run case files on KVM (`exec`) and measure the harness (`bench`).
+
+mod bench;
+mod exec;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exit code: everything ran (and, with an oracle, agreed).
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a case failed, an oracle disagreed, or the harness failed.
+pub const EXIT_FAIL: u8 = 1;
+/// Exit code: bad input or usage.
+pub const EXIT_BAD_INPUT: u8 = 2;
+/// Exit code: no usable /dev/kvm.
+pub const EXIT_NO_KVM: u8 = 3;
+
+/// kvmconf: KVM API conformance and fuzzing.
+#[derive(Parser)]
+#[command(name = "kvmconf", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run case files (TOML, JSON, JSONL; `-` for stdin) and print one JSON result per case.
+    Exec(exec::ExecArgs),
+    /// Measure cases/s: harness fresh and pooled against raw kvm-ioctls loops.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let code = match cli.command {
+        Command::Exec(a) => exec::main(a),
+        Command::Bench(a) => bench::main(a),
+    };
+    ExitCode::from(code)
+}
