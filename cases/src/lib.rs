@@ -1,1 +1,11 @@
-//! placeholder
+//! kvmconf's conformance catalogue: the registry of checks, the known deviations of specific
+//! hosts, and the runners that nextest and `kvmconf run` share.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod catalogue;
+pub mod deviations;
+pub mod registry;
+pub mod runner;
+
+pub use registry::{Area, Check, Fail, Outcome};

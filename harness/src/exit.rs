@@ -201,7 +201,10 @@ mod tests {
 
     #[test]
     fn offsets_match_kvm_bindings() {
-        assert_eq!(std::mem::offset_of!(kvm_run, immediate_exit), off::IMMEDIATE_EXIT);
+        assert_eq!(
+            std::mem::offset_of!(kvm_run, immediate_exit),
+            off::IMMEDIATE_EXIT
+        );
         assert_eq!(std::mem::offset_of!(kvm_run, exit_reason), off::EXIT_REASON);
         assert_eq!(std::mem::offset_of!(kvm_run, __bindgen_anon_1), off::UNION);
         assert!(std::mem::size_of::<kvm_run>() >= DECODE_LEN);

@@ -62,7 +62,8 @@ pub struct Host {
 impl Host {
     /// Opens `/dev/kvm` and reads the supported CPUID.
     pub fn open() -> Result<Host, KvmError> {
-        let kvm = Kvm::new().map_err(|e| KvmError::NoKvm(std::io::Error::from_raw_os_error(e.errno())))?;
+        let kvm = Kvm::new()
+            .map_err(|e| KvmError::NoKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -77,6 +78,11 @@ impl Host {
     /// KVM_CHECK_EXTENSION.
     pub fn check(&self, cap: Cap) -> i32 {
         self.kvm.check_extension_int(cap)
+    }
+
+    /// KVM_CHECK_EXTENSION by number (for capabilities kvm-ioctls has no name for).
+    pub fn check_raw(&self, cap: u32) -> i32 {
+        self.kvm.check_extension_raw(libc::c_ulong::from(cap))
     }
 
     /// The CPUID the host supports (given to every vCPU).
@@ -96,7 +102,11 @@ impl Host {
         for (i, &(start, end)) in slots.iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: i as u32,
-                flags: if dirty_log { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                flags: if dirty_log {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: start,
                 memory_size: end - start,
                 userspace_addr: mem.host_addr() + start,
@@ -184,22 +194,23 @@ pub struct AuxState {
     debugregs: kvm_debugregs,
     events: kvm_vcpu_events,
     msrs: kvm_bindings::Msrs,
+    mp_state: kvm_bindings::kvm_mp_state,
 }
 
 /// MSRs a case can write with WRMSR that a pooled reset restores.
 pub const RESET_MSRS: &[u32] = &[
-    0x174,        // SYSENTER_CS
-    0x175,        // SYSENTER_ESP
-    0x176,        // SYSENTER_EIP
-    0x277,        // PAT
-    0xc000_0081,  // STAR
-    0xc000_0082,  // LSTAR
-    0xc000_0083,  // CSTAR
-    0xc000_0084,  // SFMASK
-    0xc000_0100,  // FS_BASE (also in sregs)
-    0xc000_0101,  // GS_BASE
-    0xc000_0102,  // KERNEL_GS_BASE
-    0xc000_0103,  // TSC_AUX
+    0x174,       // SYSENTER_CS
+    0x175,       // SYSENTER_ESP
+    0x176,       // SYSENTER_EIP
+    0x277,       // PAT
+    0xc000_0081, // STAR
+    0xc000_0082, // LSTAR
+    0xc000_0083, // CSTAR
+    0xc000_0084, // SFMASK
+    0xc000_0100, // FS_BASE (also in sregs)
+    0xc000_0101, // GS_BASE
+    0xc000_0102, // KERNEL_GS_BASE
+    0xc000_0103, // TSC_AUX
 ];
 
 /// One vCPU and its mapped `kvm_run` area.
@@ -240,9 +251,14 @@ impl TestVcpu {
             } else {
                 None
             },
-            debugregs: fd.get_debug_regs().map_err(ioctl_err("KVM_GET_DEBUGREGS"))?,
-            events: fd.get_vcpu_events().map_err(ioctl_err("KVM_GET_VCPU_EVENTS"))?,
+            debugregs: fd
+                .get_debug_regs()
+                .map_err(ioctl_err("KVM_GET_DEBUGREGS"))?,
+            events: fd
+                .get_vcpu_events()
+                .map_err(ioctl_err("KVM_GET_VCPU_EVENTS"))?,
             msrs,
+            mp_state: fd.get_mp_state().map_err(ioctl_err("KVM_GET_MP_STATE"))?,
         };
         let mut v = TestVcpu {
             fd,
@@ -274,7 +290,9 @@ impl TestVcpu {
             return Ok(());
         }
         // Make sure this thread has its timer (which also blocks the signal) before reading the mask.
-        drop(watchdog::Deadline::arm(std::time::Duration::from_secs(3600))?);
+        drop(watchdog::Deadline::arm(std::time::Duration::from_secs(
+            3600,
+        ))?);
         let mask = watchdog::run_mask();
         #[repr(C)]
         struct SignalMask {
@@ -358,7 +376,7 @@ impl TestVcpu {
         Ok(crate::state::from_kvm(&r, &s))
     }
 
-    /// Restores FPU/XSAVE, XCRs, debug registers, events and MSRs to their state at creation.
+    /// Restores XSAVE, XCRs, debug registers, events, MSRs and MP state to their values at creation.
     pub fn reset_aux(&mut self) -> Result<(), KvmError> {
         // SAFETY: `xsave` came from KVM_GET_XSAVE on this vCPU, so its size is the legacy
         // 4 KiB area KVM_SET_XSAVE reads.
@@ -375,6 +393,9 @@ impl TestVcpu {
         self.fd
             .set_msrs(&self.aux.msrs)
             .map_err(ioctl_err("KVM_SET_MSRS"))?;
+        self.fd
+            .set_mp_state(self.aux.mp_state)
+            .map_err(ioctl_err("KVM_SET_MP_STATE"))?;
         Ok(())
     }
 
@@ -405,7 +426,11 @@ impl TestVcpu {
 
     /// Sync-regs are not used by the run loop; this clears any request a test left behind.
     pub fn clear_sync_regs(&mut self) {
-        for r in [SyncReg::Register, SyncReg::SystemRegister, SyncReg::VcpuEvents] {
+        for r in [
+            SyncReg::Register,
+            SyncReg::SystemRegister,
+            SyncReg::VcpuEvents,
+        ] {
             self.fd.clear_sync_valid_reg(r);
             self.fd.clear_sync_dirty_reg(r);
         }

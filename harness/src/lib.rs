@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod exit;
+pub mod fingerprint;
 pub mod kvm;
 pub mod memory;
 pub mod pool;

@@ -69,7 +69,7 @@ pub struct PoolStats {
 ///
 /// Reset: every page the guest dirtied (KVM_GET_DIRTY_LOG) or the harness loaded for the previous
 /// case is zeroed, the new image is written, and registers, special registers, XSAVE, XCRs, debug
-/// registers, vCPU events and the MSRs in [`crate::kvm::RESET_MSRS`] are restored. With `verify`
+/// registers, vCPU events, MP state and the MSRs in [`crate::kvm::RESET_MSRS`] are restored. With `verify`
 /// set, all of RAM is compared against the expected image after every reset.
 pub struct Pool<'h> {
     host: &'h Host,
@@ -77,6 +77,9 @@ pub struct Pool<'h> {
     capacity: usize,
     /// Check all of RAM after each reset (slow; for tests).
     pub verify: bool,
+    /// Reuse a VM after a `single_step` case. Off by default: on kvm_pvm a single-stepped HLT
+    /// leaves vCPU state that no documented ioctl resets (see cases/deviations.toml).
+    pub reuse_after_single_step: bool,
     stats: PoolStats,
     dirty: Vec<u64>,
 }
@@ -89,6 +92,7 @@ impl<'h> Pool<'h> {
             vms: Vec::new(),
             capacity: capacity.max(1),
             verify: false,
+            reuse_after_single_step: false,
             stats: PoolStats::default(),
             dirty: Vec::new(),
         }
@@ -138,7 +142,12 @@ impl<'h> Pool<'h> {
         // The VM's layout (stubs, mode) may differ from the case's within one shape.
         p.vm.set_layout(model.layout.clone());
         match run::execute(&mut p.vm, &model, case) {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                if case.single_step && !self.reuse_after_single_step {
+                    self.vms.swap_remove(idx);
+                }
+                Ok(r)
+            }
             Err(e) => {
                 // A VM that failed mid-case is not trusted again.
                 self.vms.swap_remove(idx);

@@ -96,10 +96,11 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
     let mut trace: Vec<Event> = Vec::new();
     let mut steps: Vec<Hex> = Vec::new();
     vm.vcpu.prepare_thread()?;
-    if let Err(e) = vm.vcpu.set_state(&model.cpu) {
+    // Guest debug first: KVM_SET_GUEST_DEBUG adjusts RFLAGS.TF, which set_state then overwrites.
+    if let Err(e) = vm.vcpu.set_single_step(case.single_step) {
         return rejected(&e, &model.cpu, case);
     }
-    if let Err(e) = vm.vcpu.set_single_step(case.single_step) {
+    if let Err(e) = vm.vcpu.set_state(&model.cpu) {
         return rejected(&e, &model.cpu, case);
     }
     let budget = case.exit_budget() as usize;
@@ -172,7 +173,9 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
                     trace.push(Event::mmio_read(addr, n as u8, le(&buf[..n])));
                 }
             }
-            KvmExit::Debug { exception: 1, pc, .. } if case.single_step => {
+            KvmExit::Debug {
+                exception: 1, pc, ..
+            } if case.single_step => {
                 steps.push(Hex(pc));
             }
             KvmExit::Hlt => {

@@ -107,8 +107,8 @@ pub fn to_kvm_sregs(cpu: &CpuState, base: &kvm_sregs) -> kvm_sregs {
 pub fn from_kvm(r: &kvm_regs, s: &kvm_sregs) -> CpuState {
     CpuState {
         gpr: [
-            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
-            r.r13, r.r14, r.r15,
+            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+            r.r12, r.r13, r.r14, r.r15,
         ],
         rip: r.rip,
         rflags: r.rflags,
@@ -147,7 +147,10 @@ mod tests {
             let mut case = Case::new("t", mode, 0x1000, vec![0xf4]);
             case.regs.rbx = Some(0x1234.into());
             let m = GuestModel::build(&case);
-            let back = from_kvm(&to_kvm_regs(&m.cpu), &to_kvm_sregs(&m.cpu, &kvm_sregs::default()));
+            let back = from_kvm(
+                &to_kvm_regs(&m.cpu),
+                &to_kvm_sregs(&m.cpu, &kvm_sregs::default()),
+            );
             assert_eq!(back, m.cpu, "{mode:?}");
         }
     }

@@ -194,7 +194,10 @@ mod tests {
             let d = Deadline::arm(Duration::from_millis(5)).unwrap();
             std::thread::sleep(Duration::from_millis(20));
             assert!(d.expired());
-            assert!(drain(), "the timer signal should be pending (blocked) in this thread");
+            assert!(
+                drain(),
+                "the timer signal should be pending (blocked) in this thread"
+            );
             assert!(!drain());
             drop(d);
             let d = Deadline::arm(Duration::from_secs(10)).unwrap();

@@ -83,7 +83,10 @@ pub fn main(a: ExecArgs) -> u8 {
                 }
             }
             Err(e) => {
-                eprintln!("kvmconf: {}:{}: case {:?}: harness error: {e}", c.file, c.line, c.case.name);
+                eprintln!(
+                    "kvmconf: {}:{}: case {:?}: harness error: {e}",
+                    c.file, c.line, c.case.name
+                );
                 code = EXIT_FAIL;
             }
         }

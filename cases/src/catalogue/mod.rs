@@ -1,0 +1,30 @@
+//! Every check, by area; `all()` is the single list both runners use.
+
+use crate::registry::Check;
+
+pub mod harness;
+
+/// All checks in report order.
+pub fn all() -> Vec<&'static Check> {
+    let mut v: Vec<&'static Check> = Vec::new();
+    v.extend(harness::CHECKS.iter());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_unique_and_prefixed_by_their_area() {
+        let mut seen = std::collections::HashSet::new();
+        for c in super::all() {
+            assert!(seen.insert(c.id), "duplicate check id {}", c.id);
+            assert!(
+                c.id.starts_with(&format!("{}.", c.area.name())),
+                "{} is not in area {}",
+                c.id,
+                c.area.name()
+            );
+            assert!(!c.doc.trim().is_empty(), "{} cites no documentation", c.id);
+        }
+    }
+}

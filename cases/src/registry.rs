@@ -1,0 +1,179 @@
+//! The one registry of conformance checks: each [`Check`] runs under `cargo nextest` (one test
+//! each, via libtest-mimic) and under `kvmconf run`, with no second copy anywhere.
+
+use kvmconf_harness::Host;
+use std::fmt;
+
+/// The area a check belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Area {
+    /// The harness itself: VM modes, exit trace, stubs, watchdog, pool.
+    Harness,
+    /// /dev/kvm system ioctls.
+    System,
+    /// VM ioctls.
+    Vm,
+    /// vCPU state get/set.
+    VcpuState,
+    /// KVM_RUN and exits.
+    Run,
+}
+
+impl Area {
+    /// Every area, in report order.
+    pub const ALL: [Area; 5] = [
+        Area::Harness,
+        Area::System,
+        Area::Vm,
+        Area::VcpuState,
+        Area::Run,
+    ];
+
+    /// The name used in ids, filters and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Area::Harness => "harness",
+            Area::System => "system",
+            Area::Vm => "vm",
+            Area::VcpuState => "vcpu_state",
+            Area::Run => "run",
+        }
+    }
+
+    /// Parses an area name.
+    pub fn parse(s: &str) -> Option<Area> {
+        Area::ALL.into_iter().find(|a| a.name() == s)
+    }
+}
+
+/// Why a check did not pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fail {
+    /// The documented behaviour did not happen: what was wanted and what came.
+    Failed(String),
+    /// A documented-optional requirement is absent on this host.
+    Skip(String),
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fail::Failed(m) => write!(f, "{m}"),
+            Fail::Skip(m) => write!(f, "SKIP: requirement not met: {m}"),
+        }
+    }
+}
+
+impl From<kvmconf_harness::KvmError> for Fail {
+    fn from(e: kvmconf_harness::KvmError) -> Fail {
+        Fail::Failed(format!("harness error: {e}"))
+    }
+}
+
+/// What a check returns.
+pub type Outcome = Result<(), Fail>;
+
+/// One documented behaviour and the code that checks it.
+#[derive(Clone, Copy)]
+pub struct Check {
+    /// `<area>.<ioctl or feature>_<condition>_<expectation>`.
+    pub id: &'static str,
+    /// The area.
+    pub area: Area,
+    /// The api.rst section or SDM chapter it checks.
+    pub doc: &'static str,
+    /// The check.
+    pub run: fn(&Host) -> Outcome,
+}
+
+impl fmt::Debug for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Check({})", self.id)
+    }
+}
+
+/// Fails with a message unless `cond` holds.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err($crate::registry::Fail::Failed(format!($($fmt)+)));
+        }
+    };
+}
+
+/// Fails with "what: wanted W, got G" unless `got == want` (values shown with `{:#x?}`).
+#[macro_export]
+macro_rules! ensure_eq {
+    ($got:expr, $want:expr, $($what:tt)+) => {{
+        match (&$got, &$want) {
+            (g, w) => if g != w {
+            return Err($crate::registry::Fail::Failed(format!(
+                "{}: wanted {:#x?}, got {:#x?}",
+                format!($($what)+),
+                w,
+                g
+            )));
+        }}
+    }};
+}
+
+/// Skips unless KVM_CHECK_EXTENSION reports `cap` (a documented-optional capability).
+pub fn require_cap(host: &Host, cap: u32, name: &str) -> Outcome {
+    if host.check_raw(cap) > 0 {
+        Ok(())
+    } else {
+        Err(Fail::Skip(format!(
+            "KVM_CAP_{name} not reported by KVM_CHECK_EXTENSION"
+        )))
+    }
+}
+
+/// Maps a kvm-ioctls error to a failure naming the ioctl.
+pub fn ioctl(name: &'static str) -> impl Fn(kvm_ioctls::Error) -> Fail {
+    move |e| {
+        Fail::Failed(format!(
+            "{name} failed: {} (errno {})",
+            std::io::Error::from_raw_os_error(e.errno()),
+            e.errno()
+        ))
+    }
+}
+
+/// Matches `text` against a glob with `*` (any run) and `?` (one character).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_stars_and_questions() {
+        assert!(glob("vm.*", "vm.memslot_overlap_eexist"));
+        assert!(glob("*dirty*", "vm.dirty_log_exact"));
+        assert!(glob("6.18.?4-*", "6.18.44-fc-v445"));
+        assert!(!glob("vm.*", "system.api_version"));
+        assert!(glob("*", ""));
+        assert!(!glob("a", ""));
+    }
+}
