@@ -3,11 +3,19 @@
 use crate::registry::Check;
 
 pub mod harness;
+pub mod run;
+pub mod system;
+pub mod vcpu_state;
+pub mod vm;
 
 /// All checks in report order.
 pub fn all() -> Vec<&'static Check> {
     let mut v: Vec<&'static Check> = Vec::new();
     v.extend(harness::CHECKS.iter());
+    v.extend(system::CHECKS.iter());
+    v.extend(vm::CHECKS.iter());
+    v.extend(vcpu_state::CHECKS.iter());
+    v.extend(run::CHECKS.iter());
     v
 }
 

@@ -1,0 +1,4 @@
+//! vcpu_state checks from the catalogue, one nextest test each.
+fn main() -> std::process::ExitCode {
+    kvmconf_cases::runner::nextest_main(kvmconf_cases::Area::VcpuState)
+}
