@@ -5,6 +5,8 @@
 
 pub mod asm;
 pub mod case;
+pub mod r#gen;
+pub mod interp;
 pub mod layout;
 pub mod num;
 pub mod result;

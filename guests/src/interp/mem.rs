@@ -67,8 +67,7 @@ impl PhysMem {
     /// Whether `pa` is RAM (a memslot) rather than MMIO.
     #[inline]
     pub fn is_ram(&self, pa: u64) -> bool {
-        pa < self.layout.ram_size
-            && (self.layout.holes.is_empty() || self.layout.is_ram(pa))
+        pa < self.layout.ram_size && (self.layout.holes.is_empty() || self.layout.is_ram(pa))
     }
 
     /// Copies `bytes` into RAM at `pa` (loading the image; no trace, holes skipped).
@@ -112,7 +111,11 @@ impl PhysMem {
                     *b = x;
                 }
             }
-            let m = if size >= 8 { u64::MAX } else { (1 << (8 * size)) - 1 };
+            let m = if size >= 8 {
+                u64::MAX
+            } else {
+                (1 << (8 * size)) - 1
+            };
             (u64::from_le_bytes(v) & m, Touch::Mmio)
         }
     }
@@ -163,7 +166,7 @@ impl PhysMem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::case::{Case, Mode, MmioRegion};
+    use crate::case::{Case, MmioRegion, Mode};
 
     #[test]
     fn ram_is_sparse_and_mmio_reads_buffer_or_all_ones() {

@@ -1,0 +1,1 @@
+//! The program generator (placeholder until it lands).

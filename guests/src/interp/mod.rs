@@ -1,0 +1,533 @@
+//! The reference x86 interpreter: runs a case on a model of the harness's VM (same image, CPU state,
+//! MMIO and I/O rules) and returns the result KVM should produce, field for field.
+//!
+//! Instructions are decoded by iced-x86, classified once per decoded `Code` into a family
+//! ([`decode::Op`]) and cached by linear address; each family lives in its own module with its flag
+//! arithmetic as small pure functions ([`flags`]). Exceptions are delivered the way the CPU does it
+//! (IVT or IDT gates read from guest memory, frames pushed into guest memory), and the case ends the
+//! way the harness sees it: a HLT, maybe in an exception stub whose frame is then decoded.
+//!
+//! Limits: at most [`INSTRUCTION_CAP`] instructions (then `Exit::Timeout`); host-dependent
+//! instructions (CPUID, RDTSC, RDMSR, …) and everything else outside issue 3's list end the case
+//! with `Exit::UnsupportedInstruction`.
+
+pub mod flags;
+
+mod addr;
+mod alu;
+mod bcd;
+mod bits;
+mod branch;
+mod data;
+pub mod decode;
+mod except;
+mod flagops;
+mod io;
+pub mod mem;
+mod muldiv;
+mod shift;
+mod stack;
+mod string;
+
+use crate::case::{Case, Mode};
+use crate::layout::{CpuState, GuestModel, Layout, Segment};
+use crate::num::{Hex, HexBytes};
+use crate::result::{CaseResult, Event, Exit, MemDump};
+use decode::{Entry, ICache, Op};
+use iced_x86::{Instruction, Register};
+use mem::{PhysMem, Touch};
+
+/// Instructions (string-op iterations count one each) after which a case ends in `Exit::Timeout`.
+///
+/// 20 million: about 0.2–0.5 s of interpretation, far more than any generated program runs, and a
+/// loop that runs this long in the interpreter would also outlast KVM's default 1 s deadline only if
+/// it never ends, which is what the cap is for.
+pub const INSTRUCTION_CAP: u64 = 20_000_000;
+
+/// Why execution stopped (not an exception: those are delivered to the guest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// HLT executed at CPL0 (rip is past it).
+    Hlt,
+    /// Triple fault.
+    Shutdown,
+    /// The exit budget ran out.
+    Budget,
+    /// The instruction cap ran out.
+    Timeout,
+    /// An instruction or situation the interpreter does not model.
+    Unsupported {
+        /// Linear address of the instruction.
+        rip: u64,
+        /// Its bytes.
+        bytes: Vec<u8>,
+        /// Mnemonic, or what is not modelled.
+        what: String,
+    },
+}
+
+/// An exception raised by an instruction, or a reason to stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Exception `vector` with an optional error code.
+    Exc(u8, Option<u32>),
+    /// Stop the case.
+    Stop(Stop),
+    /// Not modelled: the string says what.
+    Unsupported(String),
+}
+
+/// Shorthand for an instruction's outcome.
+pub(crate) type Res<T = ()> = Result<T, Fault>;
+
+/// #GP(0).
+pub(crate) const GP0: Fault = Fault::Exc(13, Some(0));
+/// #UD.
+pub(crate) const UD: Fault = Fault::Exc(6, None);
+/// #DE.
+pub(crate) const DE: Fault = Fault::Exc(0, None);
+/// #SS(0).
+pub(crate) const SS0: Fault = Fault::Exc(12, Some(0));
+
+/// Everything a finished run reports.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The result, comparable with the harness's.
+    pub result: CaseResult,
+    /// RFLAGS bits whose final value is architecturally undefined (mask them when comparing).
+    pub undefined: u64,
+    /// Whether some instruction read a flag that was undefined at the time (the run's outcome may then
+    /// depend on the CPU vendor).
+    pub tainted: bool,
+    /// Instructions executed (string iterations counted one each).
+    pub instructions: u64,
+}
+
+/// Runs `case` in the interpreter.
+pub fn run(case: &Case) -> CaseResult {
+    Machine::new(case).run().result
+}
+
+/// Runs `case` and also returns the mask of RFLAGS bits that are undefined at the end.
+pub fn run_with_undefined(case: &Case) -> (CaseResult, u64) {
+    let o = Machine::new(case).run();
+    (o.result, o.undefined)
+}
+
+/// The segments of the context an exception interrupted (the harness reports those).
+#[derive(Clone, Copy, Debug)]
+struct Interrupted {
+    cs: Segment,
+    ss: Segment,
+    cpl: u8,
+}
+
+/// A steppable model of one vCPU and its memory.
+pub struct Machine {
+    /// Architectural state.
+    pub cpu: CpuState,
+    mode: Mode,
+    cpl: u8,
+    mem: PhysMem,
+    name: String,
+    io_in: Vec<u64>,
+    io_pos: usize,
+    trace: Vec<Event>,
+    budget: u64,
+    cap: u64,
+    count: u64,
+    undef: u64,
+    tainted: bool,
+    /// Per-instruction override of (modified, undefined) flags for dynamic cases.
+    fl_override: Option<(u64, u64)>,
+    next_rip: u64,
+    icache: ICache,
+    interrupted: Option<Interrupted>,
+    dumps: Vec<(u64, u64)>,
+    deadline_ms: u64,
+    budget_cfg: u32,
+}
+
+impl Machine {
+    /// A machine in the state the harness starts `case` in.
+    pub fn new(case: &Case) -> Machine {
+        let model = GuestModel::build(case);
+        let mut mem = PhysMem::new(model.layout.clone(), model.mmio);
+        for (a, b) in &model.image {
+            mem.load(*a, b);
+        }
+        // Page tables are watched: writes to them flush the decode cache.
+        if case.mode == Mode::Long64 {
+            for (a, b) in &model.image {
+                if *a >= model.layout.reserved + crate::layout::PT_OFF {
+                    let mut p = *a;
+                    while p < a + b.len() as u64 {
+                        mem.watch(p);
+                        p += mem::PAGE;
+                    }
+                }
+            }
+        }
+        Machine {
+            cpu: model.cpu,
+            mode: case.mode,
+            cpl: case.cpl,
+            mem,
+            name: case.name.clone(),
+            io_in: case.io_in.iter().map(|i| i.value.0).collect(),
+            io_pos: 0,
+            trace: Vec::new(),
+            budget: u64::from(case.exit_budget()),
+            cap: INSTRUCTION_CAP,
+            count: 0,
+            undef: 0,
+            tainted: false,
+            fl_override: None,
+            next_rip: 0,
+            icache: ICache::new(),
+            interrupted: None,
+            dumps: case.dump.iter().map(|d| (d.addr.0, d.len.0)).collect(),
+            deadline_ms: case.deadline_ms(),
+            budget_cfg: case.exit_budget(),
+        }
+    }
+
+    /// Sets the instruction cap (default [`INSTRUCTION_CAP`]).
+    pub fn set_cap(&mut self, cap: u64) {
+        self.cap = cap;
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.mem.layout
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> &[Event] {
+        &self.trace
+    }
+
+    /// Runs to the end and builds the result.
+    pub fn run(mut self) -> Outcome {
+        let stop = loop {
+            if let Err(s) = self.step() {
+                break s;
+            }
+        };
+        self.finish(stop)
+    }
+
+    /// Executes one instruction (delivering any exception it raises).
+    pub fn step(&mut self) -> Result<(), Stop> {
+        if self.count >= self.cap {
+            return Err(Stop::Timeout);
+        }
+        self.count += 1;
+        match self.exec_one() {
+            Ok(()) => Ok(()),
+            Err(Fault::Stop(s)) => Err(s),
+            Err(Fault::Unsupported(what)) => Err(self.unsupported(&what)),
+            Err(Fault::Exc(v, e)) => self.deliver(v, e, None),
+        }
+    }
+
+    fn unsupported(&mut self, what: &str) -> Stop {
+        let lin = self.code_linear(self.cpu.rip);
+        let mut bytes = Vec::new();
+        let (ins, _) = self.peek_instruction(lin);
+        if let Some(ins) = ins {
+            for i in 0..ins.len() as u64 {
+                bytes.push(self.peek_linear(lin + i).unwrap_or(0));
+            }
+        }
+        Stop::Unsupported {
+            rip: lin,
+            bytes,
+            what: what.to_string(),
+        }
+    }
+
+    /// Decodes the instruction at linear `lin` for reporting, without side effects.
+    fn peek_instruction(&self, lin: u64) -> (Option<Instruction>, usize) {
+        let mut buf = [0u8; 15];
+        let mut n = 0;
+        while n < 15 {
+            match self.peek_linear(lin + n as u64) {
+                Some(b) => buf[n] = b,
+                None => break,
+            }
+            n += 1;
+        }
+        let mut d = iced_x86::Decoder::with_ip(
+            self.mode.bitness(),
+            &buf[..n],
+            self.cpu.rip,
+            iced_x86::DecoderOptions::NONE,
+        );
+        let ins = d.decode();
+        (Some(ins).filter(|i| !i.is_invalid()), n)
+    }
+
+    fn exec_one(&mut self) -> Res {
+        let rip = self.cpu.rip;
+        let lin = self.code_linear(rip);
+        let e: Entry = self.fetch(lin, rip)?;
+        let ins = &e.ins;
+        if e.reads & self.undef != 0 {
+            self.tainted = true;
+        }
+        self.next_rip = ins.next_ip() & self.ip_mask();
+        self.fl_override = None;
+        self.dispatch(ins, e.op)?;
+        let (modified, undefined) = self.fl_override.unwrap_or((e.modified, e.undefined));
+        self.undef = (self.undef & !modified) | undefined;
+        self.cpu.rip = self.next_rip;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, ins: &Instruction, op: Op) -> Res {
+        match op {
+            Op::Alu(k) => self.alu(ins, k),
+            Op::Unary(k) => self.unary(ins, k),
+            Op::Shift(k) => self.shift(ins, k),
+            Op::ShiftDouble(left) => self.shift_double(ins, left),
+            Op::Mul(k) => self.muldiv(ins, k),
+            Op::Bit(k) => self.bits(ins, k),
+            Op::Data(k) => self.data(ins, k),
+            Op::Stack(k) => self.stack(ins, k),
+            Op::Branch(k) => self.branch(ins, k),
+            Op::Str(k) => self.string(ins, k),
+            Op::Io(k) => self.io(ins, k),
+            Op::Bcd(k) => self.bcd(ins, k),
+            Op::Flag(k) => self.flagop(ins, k),
+            Op::Hlt => self.hlt(),
+            Op::Nop => Ok(()),
+        }
+    }
+
+    fn hlt(&mut self) -> Res {
+        if self.cpl != 0 {
+            return Err(GP0);
+        }
+        self.cpu.rip = self.next_rip;
+        Err(Fault::Stop(Stop::Hlt))
+    }
+
+    /// Mask of the instruction pointer in the current mode.
+    #[inline]
+    fn ip_mask(&self) -> u64 {
+        match self.mode {
+            Mode::Real16 => 0xffff,
+            Mode::Prot32 => 0xffff_ffff,
+            Mode::Long64 => u64::MAX,
+        }
+    }
+
+    #[inline]
+    fn code_linear(&self, rip: u64) -> u64 {
+        match self.mode {
+            Mode::Long64 => rip,
+            Mode::Prot32 => (self.cpu.cs.base.wrapping_add(rip)) & 0xffff_ffff,
+            Mode::Real16 => self.cpu.cs.base + (rip & 0xffff),
+        }
+    }
+
+    /// Records a port or MMIO event, ending the case when the exit budget is spent.
+    fn event(&mut self, e: Event) -> Res {
+        self.trace.push(e);
+        if self.trace.len() as u64 >= self.budget {
+            return Err(Fault::Stop(Stop::Budget));
+        }
+        Ok(())
+    }
+
+    // ---- general registers ----
+
+    /// Reads a general register (any size, incl. AH–BH).
+    #[inline]
+    pub(crate) fn reg(&self, r: Register) -> u64 {
+        let (i, size, shift) = gpr_loc(r);
+        (self.cpu.gpr[i] >> shift) & flags::mask(size)
+    }
+
+    /// Writes a general register with x86 rules: 8/16-bit merge, 32-bit zero-extends.
+    #[inline]
+    pub(crate) fn set_reg(&mut self, r: Register, v: u64) {
+        let (i, size, shift) = gpr_loc(r);
+        let g = &mut self.cpu.gpr[i];
+        match size {
+            1 | 2 => {
+                let m = flags::mask(size) << shift;
+                *g = (*g & !m) | ((v << shift) & m);
+            }
+            4 => *g = v & 0xffff_ffff,
+            _ => *g = v,
+        }
+    }
+
+    /// Writes general register number `i` with `size` bytes (no high-byte registers).
+    #[inline]
+    pub(crate) fn set_gpr(&mut self, i: usize, size: u32, v: u64) {
+        let g = &mut self.cpu.gpr[i];
+        match size {
+            1 | 2 => {
+                let m = flags::mask(size);
+                *g = (*g & !m) | (v & m);
+            }
+            4 => *g = v & 0xffff_ffff,
+            _ => *g = v,
+        }
+    }
+
+    /// Sets the status flags in `mask` to `f`.
+    #[inline]
+    pub(crate) fn set_flags(&mut self, mask: u64, f: u64) {
+        self.cpu.rflags = (self.cpu.rflags & !mask) | (f & mask);
+    }
+
+    #[inline]
+    pub(crate) fn flag(&self, f: u64) -> bool {
+        self.cpu.rflags & f != 0
+    }
+
+    fn finish(mut self, stop: Stop) -> Outcome {
+        let exit = match &stop {
+            Stop::Hlt => Exit::Hlt,
+            Stop::Shutdown => Exit::Shutdown,
+            Stop::Budget => Exit::ExitBudget {
+                exits: self.budget_cfg,
+            },
+            Stop::Timeout => Exit::Timeout {
+                ms: self.deadline_ms,
+            },
+            Stop::Unsupported { rip, bytes, what } => Exit::UnsupportedInstruction {
+                rip: Hex(*rip),
+                bytes: HexBytes(bytes.clone()),
+                mnemonic: what.clone(),
+            },
+        };
+        let mut cpu = self.cpu.clone();
+        let mut exit = exit;
+        if stop == Stop::Hlt
+            && let Some((e, c)) = self.stub_exit()
+        {
+            exit = e;
+            cpu = c;
+        }
+        let mut result = CaseResult::from_state(&self.name, exit, &cpu);
+        result.trace = std::mem::take(&mut self.trace);
+        for &(a, l) in &self.dumps {
+            let hex = (0..l).map(|i| self.mem.peek(a + i)).collect();
+            result.memory.push(MemDump {
+                addr: Hex(a),
+                hex: HexBytes(hex),
+            });
+        }
+        Outcome {
+            result,
+            undefined: self.undef,
+            tainted: self.tainted,
+            instructions: self.count,
+        }
+    }
+
+    /// A HLT in an exception stub: the exit and state the harness reports, from the frame.
+    fn stub_exit(&self) -> Option<(Exit, CpuState)> {
+        let l = &self.mem.layout;
+        let v = l.stub_vector(self.cpu.cs.selector, self.cpu.cs.base, self.cpu.rip)?;
+        let n = crate::layout::frame_len(self.mode, v);
+        let sp = self.cpu.gpr[4];
+        let lin = match self.mode {
+            Mode::Real16 => self.cpu.ss.base + (sp & 0xffff),
+            Mode::Prot32 => (self.cpu.ss.base + sp) & 0xffff_ffff,
+            Mode::Long64 => sp,
+        };
+        let bytes: Vec<u8> = (0..n as u64)
+            .map(|i| self.peek_linear(lin + i).unwrap_or(0xff))
+            .collect();
+        let f = crate::layout::decode_frame(self.mode, v, sp, &bytes);
+        let mut cpu = self.cpu.clone();
+        cpu.rip = f.rip;
+        cpu.rflags = f.rflags;
+        cpu.gpr[4] = f.rsp;
+        if let Some(i) = self.interrupted {
+            cpu.cs = i.cs;
+            cpu.ss = i.ss;
+        }
+        cpu.cs.selector = f.cs;
+        if let Some(ss) = f.ss {
+            cpu.ss.selector = ss;
+        }
+        let user = self.interrupted.is_some_and(|i| i.cpl == 3);
+        if user && v == 13 && f.error_code == Some(0) && self.peek_linear(f.rip) == Some(0xf4) {
+            cpu.rip = f.rip + 1;
+            return Some((Exit::Hlt, cpu));
+        }
+        let exit = Exit::Exception {
+            vector: v,
+            error_code: f.error_code.map(Hex),
+            cr2: (v == 14).then_some(Hex(self.cpu.cr2)),
+        };
+        Some((exit, cpu))
+    }
+
+    /// The byte at a linear address, translated without side effects (None if unmapped).
+    fn peek_linear(&self, lin: u64) -> Option<u8> {
+        let pa = self.translate_peek(lin)?;
+        Some(self.mem.peek(pa))
+    }
+
+    /// Records a RAM or MMIO touch: events for MMIO, cache flushes for watched pages.
+    #[inline]
+    fn touched(&mut self, t: Touch, pa: u64, size: u32, val: u64, write: bool) -> Res {
+        match t {
+            Touch::Ram { watched } => {
+                if watched {
+                    self.icache.flush();
+                }
+                Ok(())
+            }
+            Touch::Mmio => self.event(if write {
+                Event::mmio_write(pa, size as u8, val)
+            } else {
+                Event::mmio_read(pa, size as u8, val)
+            }),
+        }
+    }
+}
+
+/// (index, size, shift) of a general register in `CpuState::gpr`.
+#[inline]
+pub(crate) fn gpr_loc(r: Register) -> (usize, u32, u32) {
+    let v = r as usize;
+    match v {
+        1..=4 => (v - 1, 1, 0),
+        5..=8 => (v - 5, 1, 8),
+        9..=20 => (v - 5, 1, 0),
+        21..=36 => (v - 21, 2, 0),
+        37..=52 => (v - 37, 4, 0),
+        53..=68 => (v - 53, 8, 0),
+        _ => panic!("not a general register: {r:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpr_loc_matches_iced_numbering() {
+        for r in Register::values().filter(|r| r.is_gpr()) {
+            let (i, size, shift) = gpr_loc(r);
+            assert_eq!(size as usize, r.size(), "{r:?}");
+            let hi = matches!(r, Register::AH | Register::CH | Register::DH | Register::BH);
+            assert_eq!(shift, if hi { 8 } else { 0 }, "{r:?}");
+            let want = if hi {
+                r.number() - 4
+            } else {
+                r.full_register().number()
+            };
+            assert_eq!(i, want, "{r:?}");
+        }
+    }
+}
