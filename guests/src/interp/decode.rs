@@ -195,6 +195,8 @@ pub enum Op {
     Bcd(BcdOp),
     Flag(FlagOp),
     Hlt,
+    /// UD0/UD1/UD2: raise #UD.
+    Ud,
     Nop,
 }
 
@@ -357,6 +359,7 @@ pub fn classify(ins: &Instruction) -> Option<Op> {
         M::Cli => Op::Flag(FlagOp::Cli),
         M::Sti => Op::Flag(FlagOp::Sti),
         M::Hlt => Op::Hlt,
+        M::Ud0 | M::Ud1 | M::Ud2 => Op::Ud,
         M::Nop | M::Pause => Op::Nop,
         m => {
             let cc = ins.condition_code();

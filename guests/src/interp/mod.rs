@@ -301,6 +301,7 @@ impl Machine {
             Op::Bcd(k) => self.bcd(ins, k),
             Op::Flag(k) => self.flagop(ins, k),
             Op::Hlt => self.hlt(),
+            Op::Ud => Err(UD),
             Op::Nop => Ok(()),
         }
     }

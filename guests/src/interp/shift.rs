@@ -243,10 +243,7 @@ mod tests {
     #[test]
     fn shift_by_width_minus_one_and_masked_counts() {
         assert_eq!(sh(ShOp::Shr, 0x8000_0000, 31, false, 4), (1, 0));
-        assert_eq!(
-            sh(ShOp::Sar, 0x8000, 15, false, 2),
-            (0xffff, SF | PF)
-        );
+        assert_eq!(sh(ShOp::Sar, 0x8000, 15, false, 2), (0xffff, SF | PF));
         // 8-bit SHL by 9: result 0; CF undefined (count ≥ width).
         let s = shift(ShOp::Shl, 0xff, 9, false, 1).unwrap();
         assert_eq!(s.res, 0);
