@@ -598,10 +598,11 @@ impl GuestModel {
                 let tss_base = r + TSS_OFF;
                 gdt[(SEL_TSS >> 3) as usize] = descriptor(tss_base as u32, 0x67, TSS_SEG_ATTR);
                 gdt[(SEL_TSS >> 3) as usize + 1] = tss_base >> 32;
-                image.push((
-                    r + GDT_OFF,
-                    gdt.iter().flat_map(|d| d.to_le_bytes()).collect(),
-                ));
+                let mut gdt_bytes = Vec::with_capacity(gdt.len() * 8);
+                for d in &gdt {
+                    gdt_bytes.extend_from_slice(&d.to_le_bytes());
+                }
+                image.push((r + GDT_OFF, gdt_bytes));
                 // TSS: stack pointers at the top of the exception stack, no I/O bitmap.
                 let top = layout.stack_top();
                 let mut tss = vec![0u8; 0x68];
@@ -763,10 +764,12 @@ fn build_page_tables(layout: &Layout, case: &Case) -> (Vec<u8>, u64) {
             }
         }
     }
-    let bytes = pages
-        .iter()
-        .flat_map(|p| p.iter().flat_map(|e| e.to_le_bytes()))
-        .collect();
+    let mut bytes = Vec::with_capacity(pages.len() * 4096);
+    for p in &pages {
+        for e in p {
+            bytes.extend_from_slice(&e.to_le_bytes());
+        }
+    }
     (bytes, base)
 }
 

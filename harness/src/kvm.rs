@@ -285,7 +285,7 @@ impl TestVcpu {
 
     /// Sets KVM_SET_SIGNAL_MASK to the calling thread's mask minus the watchdog signal.
     fn bind_thread(&mut self) -> Result<(), KvmError> {
-        let tid = watchdog::thread_id();
+        let tid = watchdog::current_thread();
         if self.mask_tid == tid {
             return Ok(());
         }

@@ -5,7 +5,7 @@ use crate::run;
 use kvmconf_guests::case::Case;
 use kvmconf_guests::layout::{GuestModel, Layout};
 use kvmconf_guests::result::CaseResult;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 const PAGE: u64 = 4096;
 
@@ -20,6 +20,25 @@ fn load_image(vm: &TestVm, model: &GuestModel, pages: &mut BTreeSet<u64>) -> Res
         }
     }
     Ok(())
+}
+
+/// The image as whole pages: page address → 4 KiB contents (zero outside the image's bytes).
+fn image_pages(model: &GuestModel) -> BTreeMap<u64, Box<[u8; PAGE as usize]>> {
+    let mut out: BTreeMap<u64, Box<[u8; PAGE as usize]>> = BTreeMap::new();
+    for (addr, bytes) in &model.image {
+        let mut a = *addr;
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let page = a & !(PAGE - 1);
+            let off = (a - page) as usize;
+            let n = rest.len().min(PAGE as usize - off);
+            let buf = out.entry(page).or_insert_with(|| Box::new([0; PAGE as usize]));
+            buf[off..off + n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            a += n as u64;
+        }
+    }
+    out
 }
 
 /// Runs `case` on a new VM that is closed afterwards.
@@ -49,8 +68,8 @@ impl Shape {
 struct Pooled {
     vm: TestVm,
     shape: Shape,
-    /// Pages the harness wrote for the last case (to be cleared before the next).
-    written: BTreeSet<u64>,
+    /// The last case's image by page: what those pages held before the guest ran.
+    loaded: BTreeMap<u64, Box<[u8; PAGE as usize]>>,
     uses: u64,
 }
 
@@ -125,13 +144,12 @@ impl<'h> Pool<'h> {
                     self.vms.swap_remove(i);
                 }
                 let vm = self.host.create_vm(&model.layout, true)?;
-                let mut written = BTreeSet::new();
-                load_image(&vm, &model, &mut written)?;
+                load_image(&vm, &model, &mut BTreeSet::new())?;
                 self.stats.created += 1;
                 self.vms.push(Pooled {
                     vm,
                     shape,
-                    written,
+                    loaded: image_pages(&model),
                     uses: 0,
                 });
                 self.vms.len() - 1
@@ -156,17 +174,34 @@ impl<'h> Pool<'h> {
         }
     }
 
+    /// Brings RAM from the last case's end state to `model`'s image: a page is rewritten when the
+    /// guest dirtied it (KVM_GET_DIRTY_LOG) or when the two images differ on it; every other page
+    /// still holds what both images say (zero when neither mentions it).
     fn reset(&mut self, i: usize, model: &GuestModel) -> Result<(), KvmError> {
         let p = &mut self.vms[i];
         self.dirty.clear();
         p.vm.take_dirty_pages(&mut self.dirty)?;
-        let mut clear: BTreeSet<u64> = std::mem::take(&mut p.written);
-        clear.extend(self.dirty.iter().copied());
-        for &page in &clear {
-            p.vm.mem.zero(page, PAGE)?;
+        let next = image_pages(model);
+        let dirty: BTreeSet<u64> = self.dirty.iter().copied().collect();
+        let mut touch: BTreeSet<u64> = dirty.clone();
+        for (page, old) in &p.loaded {
+            if next.get(page).is_none_or(|new| new != old) {
+                touch.insert(*page);
+            }
         }
-        self.stats.pages_cleared += clear.len() as u64;
-        load_image(&p.vm, model, &mut p.written)?;
+        for page in next.keys() {
+            if !p.loaded.contains_key(page) {
+                touch.insert(*page);
+            }
+        }
+        for &page in &touch {
+            match next.get(&page) {
+                Some(bytes) => p.vm.mem.write(page, &bytes[..])?,
+                None => p.vm.mem.zero(page, PAGE)?,
+            }
+        }
+        self.stats.pages_cleared += touch.len() as u64;
+        p.loaded = next;
         p.vm.vcpu.reset_aux()?;
         if self.verify {
             verify_image(&p.vm, model)?;

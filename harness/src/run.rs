@@ -107,6 +107,7 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
     let mut io_script = case.io_in.iter();
     let deadline = Deadline::arm(Duration::from_millis(case.deadline_ms()))?;
     let mut pending_io = false;
+    let mut final_state: Option<CpuState> = None;
     let end = loop {
         let exit = match vm.vcpu.run_once() {
             Ok(e) => e,
@@ -180,10 +181,12 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
             }
             KvmExit::Hlt => {
                 let st = vm.vcpu.state()?;
-                match model.layout.stub_vector(st.cs.selector, st.cs.base, st.rip) {
-                    Some(v) => break End::Stub(v),
-                    None => break End::Exit(Exit::Hlt),
-                }
+                let end = match model.layout.stub_vector(st.cs.selector, st.cs.base, st.rip) {
+                    Some(v) => End::Stub(v),
+                    None => End::Exit(Exit::Hlt),
+                };
+                final_state = Some(st);
+                break end;
             }
             KvmExit::Shutdown => break End::Exit(Exit::Shutdown),
             KvmExit::FailEntry { reason, cpu } => {
@@ -228,12 +231,19 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
             });
         }
     };
+    // A timer signal can only be pending once the deadline has passed.
+    let expired = deadline.expired();
     drop(deadline);
-    watchdog::drain();
+    if expired {
+        watchdog::drain();
+    }
     if pending_io {
         flush_pending(vm);
     }
-    let mut cpu = vm.vcpu.state()?;
+    let mut cpu = match final_state {
+        Some(st) => st,
+        None => vm.vcpu.state()?,
+    };
     let exit = match end {
         End::Exit(e) => e,
         End::Stub(v) => interrupted_context(vm, &mmio, model, case, &mut cpu, v),

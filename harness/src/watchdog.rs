@@ -133,6 +133,12 @@ impl Drop for ThreadTimer {
 
 thread_local! {
     static TIMER: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
+    static TID: i32 = thread_id();
+}
+
+/// The calling thread's id, cached per thread.
+pub fn current_thread() -> i32 {
+    TID.with(|t| *t)
 }
 
 /// An armed deadline for the current thread; disarms on drop.
@@ -147,7 +153,7 @@ impl Deadline {
         let at = Instant::now() + after;
         TIMER.with(|t| {
             let mut t = t.borrow_mut();
-            if t.as_ref().is_none_or(|x| x.tid != thread_id()) {
+            if t.as_ref().is_none_or(|x| x.tid != current_thread()) {
                 *t = Some(ThreadTimer::new()?);
             }
             t.as_ref()

@@ -1,4 +1,15 @@
-//! `kvmconf bench`: cases/s for a trivial case, harness against raw kvm-ioctls loops.
+//! `kvmconf bench`: cases/s for a trivial case (a few instructions, one OUT, HLT), measured in one
+//! run four ways — harness fresh, harness pooled, raw kvm-ioctls fresh, raw reuse — in interleaved
+//! rounds, reported as medians with the harness/raw ratios.
+
+use crate::exec::open_host;
+use crate::{EXIT_FAIL, EXIT_OK};
+use kvmconf_guests::asm::assemble;
+use kvmconf_guests::case::{Case, Mode};
+use kvmconf_guests::layout::GuestModel;
+use kvmconf_harness::{Pool, baseline, run_fresh};
+use serde::Serialize;
+use std::time::Instant;
 
 /// Arguments of `kvmconf bench`.
 #[derive(clap::Args)]
@@ -6,10 +17,142 @@ pub struct BenchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     json: bool,
+    /// Interleaved rounds (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Cases per round for the reuse loops (fresh loops run a tenth as many).
+    #[arg(long, default_value_t = 4000)]
+    cases: u64,
+    /// CPU mode of the trivial case.
+    #[arg(long, default_value = "long64", value_parser = ["real16", "prot32", "long64"])]
+    mode: String,
+}
+
+/// The figures `kvmconf bench` prints.
+#[derive(Serialize)]
+pub struct Figures {
+    mode: String,
+    rounds: u32,
+    harness_fresh_cases_per_s: f64,
+    harness_pooled_cases_per_s: f64,
+    raw_fresh_cases_per_s: f64,
+    raw_reuse_cases_per_s: f64,
+    raw_minimal_reuse_cases_per_s: f64,
+    pooled_over_raw_reuse: f64,
+    fresh_over_raw_fresh: f64,
+    pooled_over_raw_minimal: f64,
+}
+
+fn trivial_case(mode: Mode) -> Case {
+    let code = assemble(mode.bitness(), 0x1000, |a| {
+        use iced_x86::code_asm::*;
+        a.mov(eax, 0x2au32)?;
+        a.add(eax, 1u32)?;
+        a.out(0xf1, al)?;
+        a.hlt()
+    })
+    .expect("the trivial case assembles");
+    let mut c = Case::new("bench", mode, 0x1000, code);
+    c.regs.rsp = Some(0x8000.into());
+    c
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn rate(n: u64, f: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
+    let t = Instant::now();
+    f()?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Runs `kvmconf bench`.
-pub fn main(_a: BenchArgs) -> u8 {
-    eprintln!("kvmconf bench: not built yet");
-    1
+pub fn main(a: BenchArgs) -> u8 {
+    let host = match open_host() {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let mode = match a.mode.as_str() {
+        "real16" => Mode::Real16,
+        "prot32" => Mode::Prot32,
+        _ => Mode::Long64,
+    };
+    let case = trivial_case(mode);
+    let model = GuestModel::build(&case);
+    let (n, nf) = (a.cases.max(10), (a.cases / 10).max(10));
+    let kvm = host.kvm();
+    let cpuid = host.supported_cpuid();
+    let mut pool = Pool::new(&host, 1);
+    let mut cols: [Vec<f64>; 5] = Default::default();
+    let check = |r: &kvmconf_guests::CaseResult| -> Result<(), String> {
+        if r.exit != kvmconf_guests::Exit::Hlt || r.trace.len() != 1 {
+            return Err(format!("the trivial case did not end as expected: {r:?}"));
+        }
+        Ok(())
+    };
+    let rounds = a.rounds.max(1);
+    for round in 0..rounds {
+        let res: Result<(), String> = (|| {
+            cols[0].push(rate(nf, || {
+                for _ in 0..nf {
+                    check(&run_fresh(&host, &case).map_err(|e| e.to_string())?)?;
+                }
+                Ok(())
+            })?);
+            cols[1].push(rate(n, || {
+                for _ in 0..n {
+                    check(&pool.run(&case).map_err(|e| e.to_string())?)?;
+                }
+                Ok(())
+            })?);
+            cols[2].push(rate(nf, || {
+                baseline::fresh_loop(kvm, cpuid, &model, nf).map(drop).map_err(|e| e.to_string())
+            })?);
+            cols[3].push(rate(n, || {
+                baseline::reuse_loop(kvm, cpuid, &model, n).map(drop).map_err(|e| e.to_string())
+            })?);
+            cols[4].push(rate(n, || {
+                baseline::minimal_reuse_loop(kvm, cpuid, &model, n)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })?);
+            Ok(())
+        })();
+        if let Err(e) = res {
+            eprintln!("kvmconf bench: {e}");
+            return EXIT_FAIL;
+        }
+        if !a.json {
+            eprintln!("round {}/{rounds} done", round + 1);
+        }
+    }
+    let [hf, hp, rf, rr, rm] = cols.map(median);
+    let f = Figures {
+        mode: mode.name().into(),
+        rounds,
+        harness_fresh_cases_per_s: hf,
+        harness_pooled_cases_per_s: hp,
+        raw_fresh_cases_per_s: rf,
+        raw_reuse_cases_per_s: rr,
+        raw_minimal_reuse_cases_per_s: rm,
+        pooled_over_raw_reuse: hp / rr,
+        fresh_over_raw_fresh: hf / rf,
+        pooled_over_raw_minimal: hp / rm,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&f).expect("figures serialize"));
+    } else {
+        println!("kvmconf bench: trivial {} case (mov, add, out, hlt), median of {rounds} interleaved rounds", f.mode);
+        println!("  harness, fresh VM per case   {:>10.0} cases/s", hf);
+        println!("  raw kvm-ioctls, fresh VM     {:>10.0} cases/s", rf);
+        println!("  harness, pooled VM           {:>10.0} cases/s", hp);
+        println!("  raw kvm-ioctls, reused VM    {:>10.0} cases/s  (same reset ioctls as the pool)", rr);
+        println!("  raw, regs+sregs only         {:>10.0} cases/s  (floor: no reset of other state)", rm);
+        println!("  pooled / raw reuse           {:>10.2}   (target >= 0.8)", f.pooled_over_raw_reuse);
+        println!("  fresh / raw fresh            {:>10.2}   (target >= 0.9)", f.fresh_over_raw_fresh);
+        println!("  pooled / raw floor           {:>10.2}", f.pooled_over_raw_minimal);
+    }
+    EXIT_OK
 }
