@@ -75,7 +75,11 @@ fn long64_ud2_frame_is_written_to_ist_stack() {
         .chunks(8)
         .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
         .collect();
-    assert_eq!(words, vec![CODE + 5, 0x8, 0x2, STACK, 0x10]);
+    assert_eq!(
+        words,
+        vec![CODE + 5, 0x8, 0x1_0002, STACK, 0x10],
+        "RF set in a fault frame"
+    );
 }
 
 /// #PF from a write to an unmapped page: error code W (not P), CR2 = the address (§4.7).

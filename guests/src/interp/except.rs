@@ -1,9 +1,9 @@
 //! Exception and interrupt delivery through the real-mode IVT or the protected/long-mode IDT read
 //! from guest memory, with double-fault escalation and triple-fault shutdown; GDT descriptor loads.
 
-use super::{Fault, Interrupted, Machine, Res, Stop, addr::Acc, flags};
+use super::{Fault, Machine, Res, Stop, addr::Acc, flags};
 use crate::case::Mode;
-use crate::layout::{Segment, attr};
+use crate::layout::{Segment, attr, decode_descriptor};
 
 /// Faults whose nesting makes a double fault (SDM Vol. 3 Table 6-4, "contributory").
 fn contributory(v: u8) -> bool {
@@ -55,11 +55,6 @@ impl Machine {
         let ext = u32::from(soft.is_none());
         let idt_err = Fault::Exc(13, Some(u32::from(v) * 8 + 2 + ext));
         let idt = self.cpu.idt;
-        let saved = Interrupted {
-            cs: self.cpu.cs,
-            ss: self.cpu.ss,
-            cpl: self.cpl,
-        };
         match self.mode {
             Mode::Real16 => {
                 if u64::from(v) * 4 + 3 > u64::from(idt.limit) {
@@ -136,7 +131,12 @@ impl Machine {
                     words.push(u64::from(self.cpu.ss.selector));
                     words.push(self.cpu.gpr[4]);
                 }
-                words.push(self.cpu.rflags);
+                // A fault's frame has RF set (SDM Vol. 3 §18.3.1.1); traps and INT n do not.
+                words.push(if soft.is_none() {
+                    self.cpu.rflags | flags::RF
+                } else {
+                    self.cpu.rflags
+                });
                 words.push(u64::from(self.cpu.cs.selector));
                 words.push(ret);
                 if let Some(e) = err {
@@ -176,7 +176,6 @@ impl Machine {
                 self.cpu.rip = offset;
             }
         }
-        self.interrupted = Some(saved);
         Ok(())
     }
 
@@ -188,35 +187,6 @@ impl Machine {
             return Err(Fault::Exc(13, Some(u32::from(sel & 0xfffc))));
         }
         let d = self.read_lin(self.cpu.gdt.base + index * 8, 8, Acc::SUP_R)?;
-        Ok(descriptor_segment(sel, d))
-    }
-}
-
-/// The segment a GDT descriptor describes, attributes in the VMX access-rights layout.
-pub(crate) fn descriptor_segment(sel: u16, d: u64) -> Segment {
-    let base = ((d >> 16) & 0xff_ffff) | (((d >> 56) & 0xff) << 24);
-    let mut limit = ((d & 0xffff) | (((d >> 48) & 0xf) << 16)) as u32;
-    if d >> 55 & 1 != 0 {
-        limit = (limit << 12) | 0xfff;
-    }
-    let attributes = ((d >> 40) & 0xff) as u32 | ((((d >> 52) & 0xf) as u32) << 12);
-    Segment {
-        selector: sel,
-        base,
-        limit,
-        attributes,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::layout::descriptor;
-
-    #[test]
-    fn descriptor_segment_inverts_layout_descriptor() {
-        let a = attr::CODE | attr::G | attr::L | attr::dpl(3);
-        let s = descriptor_segment(0x2b, descriptor(0, 0xffff_ffff, a));
-        assert_eq!((s.base, s.limit, s.attributes), (0, 0xffff_ffff, a));
+        Ok(decode_descriptor(sel, d))
     }
 }

@@ -114,14 +114,6 @@ pub fn run_with_undefined(case: &Case) -> (CaseResult, u64) {
     (o.result, o.undefined)
 }
 
-/// The segments of the context an exception interrupted (the harness reports those).
-#[derive(Clone, Copy, Debug)]
-struct Interrupted {
-    cs: Segment,
-    ss: Segment,
-    cpl: u8,
-}
-
 /// A steppable model of one vCPU and its memory.
 pub struct Machine {
     /// Architectural state.
@@ -142,7 +134,9 @@ pub struct Machine {
     fl_override: Option<(u64, u64)>,
     next_rip: u64,
     icache: ICache,
-    interrupted: Option<Interrupted>,
+    initial_cs: Segment,
+    initial_ss: Segment,
+    over_budget: bool,
     dumps: Vec<(u64, u64)>,
     deadline_ms: u64,
     budget_cfg: u32,
@@ -169,7 +163,7 @@ impl Machine {
             }
         }
         Machine {
-            cpu: model.cpu,
+            cpu: model.cpu.clone(),
             mode: case.mode,
             cpl: case.cpl,
             mem,
@@ -185,7 +179,9 @@ impl Machine {
             fl_override: None,
             next_rip: 0,
             icache: ICache::new(),
-            interrupted: None,
+            initial_cs: model.cpu.cs,
+            initial_ss: model.cpu.ss,
+            over_budget: false,
             dumps: case.dump.iter().map(|d| (d.addr.0, d.len.0)).collect(),
             deadline_ms: case.deadline_ms(),
             budget_cfg: case.exit_budget(),
@@ -224,6 +220,7 @@ impl Machine {
         }
         self.count += 1;
         match self.exec_one() {
+            Ok(()) if self.over_budget => Err(Stop::Budget),
             Ok(()) => Ok(()),
             Err(Fault::Stop(s)) => Err(s),
             Err(Fault::Unsupported(what)) => Err(self.unsupported(&what)),
@@ -273,12 +270,14 @@ impl Machine {
         let lin = self.code_linear(rip);
         let e: Entry = self.fetch(lin, rip)?;
         let ins = &e.ins;
-        if e.reads & self.undef != 0 {
-            self.tainted = true;
-        }
+        let reads_undefined = e.reads & self.undef != 0;
         self.next_rip = ins.next_ip() & self.ip_mask();
         self.fl_override = None;
         self.dispatch(ins, e.op)?;
+        // A shift by 0 or a REP with count 0 neither reads nor writes flags.
+        if reads_undefined && self.fl_override != Some((0, 0)) {
+            self.tainted = true;
+        }
         let (modified, undefined) = self.fl_override.unwrap_or((e.modified, e.undefined));
         self.undef = (self.undef & !modified) | undefined;
         self.cpu.rip = self.next_rip;
@@ -333,11 +332,15 @@ impl Machine {
         }
     }
 
-    /// Records a port or MMIO event, ending the case when the exit budget is spent.
+    /// Records a port or MMIO event. Like the harness, which stops once `events + 1` exceeds the
+    /// budget and then lets KVM complete the pending access without recording it, the instruction
+    /// (or string iteration) in flight completes and later events are not recorded.
     fn event(&mut self, e: Event) -> Res {
-        self.trace.push(e);
-        if self.trace.len() as u64 >= self.budget {
-            return Err(Fault::Stop(Stop::Budget));
+        if !self.over_budget {
+            self.trace.push(e);
+            if self.trace.len() as u64 + 1 > self.budget {
+                self.over_budget = true;
+            }
         }
         Ok(())
     }
@@ -432,37 +435,60 @@ impl Machine {
         }
     }
 
-    /// A HLT in an exception stub: the exit and state the harness reports, from the frame.
+    /// A HLT in an exception stub: the exit and state the harness reports, rebuilt from the frame
+    /// the way `harness/src/run.rs` (`interrupted_context`) does it.
     fn stub_exit(&self) -> Option<(Exit, CpuState)> {
+        use crate::layout::{decode_descriptor, decode_frame, frame_len};
         let l = &self.mem.layout;
         let v = l.stub_vector(self.cpu.cs.selector, self.cpu.cs.base, self.cpu.rip)?;
-        let n = crate::layout::frame_len(self.mode, v);
-        let sp = self.cpu.gpr[4];
-        let lin = match self.mode {
-            Mode::Real16 => self.cpu.ss.base + (sp & 0xffff),
-            Mode::Prot32 => (self.cpu.ss.base + sp) & 0xffff_ffff,
-            Mode::Long64 => sp,
-        };
-        let bytes: Vec<u8> = (0..n as u64)
-            .map(|i| self.peek_linear(lin + i).unwrap_or(0xff))
-            .collect();
-        let f = crate::layout::decode_frame(self.mode, v, sp, &bytes);
         let mut cpu = self.cpu.clone();
+        let sp_mask = self.ip_mask();
+        let sp = cpu.gpr[4] & sp_mask;
+        let at = cpu.ss.base.wrapping_add(sp);
+        let bytes: Vec<u8> = (0..frame_len(self.mode, v) as u64)
+            .map(|i| self.mem.peek(at.wrapping_add(i)))
+            .collect();
+        let f = decode_frame(self.mode, v, sp, &bytes);
+        let gdt = |sel: u16| {
+            let d = (0..8u64).fold(0u64, |acc, i| {
+                acc | (u64::from(self.mem.peek(cpu.gdt.base + u64::from(sel & !7) + i)) << (8 * i))
+            });
+            decode_descriptor(sel, d)
+        };
         cpu.rip = f.rip;
-        cpu.rflags = f.rflags;
-        cpu.gpr[4] = f.rsp;
-        if let Some(i) = self.interrupted {
-            cpu.cs = i.cs;
-            cpu.ss = i.ss;
+        cpu.gpr[4] = match self.mode {
+            Mode::Long64 => f.rsp,
+            _ => (cpu.gpr[4] & !sp_mask) | f.rsp,
+        };
+        if self.mode == Mode::Real16 {
+            cpu.rflags = (cpu.rflags & !0xffff) | (f.rflags & 0xffff);
+            cpu.cs = Segment {
+                selector: f.cs,
+                base: u64::from(f.cs) << 4,
+                limit: 0xffff,
+                attributes: self.initial_cs.attributes,
+            };
+        } else {
+            cpu.rflags = f.rflags;
+            cpu.cs = gdt(f.cs);
+            if let Some(ss) = f.ss {
+                cpu.ss = if ss & !3 == 0 {
+                    Segment {
+                        selector: ss,
+                        ..self.initial_ss
+                    }
+                } else {
+                    gdt(ss)
+                };
+            }
         }
-        cpu.cs.selector = f.cs;
-        if let Some(ss) = f.ss {
-            cpu.ss.selector = ss;
-        }
-        let user = self.interrupted.is_some_and(|i| i.cpl == 3);
-        if user && v == 13 && f.error_code == Some(0) && self.peek_linear(f.rip) == Some(0xf4) {
-            cpu.rip = f.rip + 1;
-            return Some((Exit::Hlt, cpu));
+        if f.cs & 3 == 3 && v == 13 && f.error_code == Some(0) {
+            let b = self.mem.peek(cpu.cs.base.wrapping_add(f.rip));
+            if b == 0xf4 {
+                cpu.rip = f.rip + 1;
+                cpu.rflags &= !flags::RF;
+                return Some((Exit::Hlt, cpu));
+            }
         }
         let exit = Exit::Exception {
             vector: v,

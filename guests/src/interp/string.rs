@@ -101,6 +101,10 @@ impl Machine {
             if c == 0 {
                 return Ok(());
             }
+            if self.over_budget {
+                // The harness stops here; the REP resumes at this instruction.
+                return Err(Fault::Stop(Stop::Budget));
+            }
             if compares {
                 let zf = self.flag(ZF);
                 if (ins.has_repe_prefix() && !zf) || (ins.has_repne_prefix() && zf) {
