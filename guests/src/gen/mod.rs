@@ -7,7 +7,8 @@
 //! [`STACK_TOP`], and a final HLT. `rbx`/`ebx`/`bx` holds [`DATA`] throughout and is never written,
 //! so memory operands stay inside the data region. Flags the SDM leaves undefined are tracked and
 //! never read by a later instruction (a `cmp reg, imm` is inserted first when one would be). long64
-//! programs are valid at CPL0 and CPL3 alike (IOPL is 3, all addresses are user pages).
+//! programs are valid at CPL0 and CPL3 alike (all addresses are user pages; I/O and CLI/STI raise
+//! #GP(0) at CPL3 since IOPL is 0).
 
 mod program;
 pub mod source;

@@ -178,10 +178,10 @@ impl Machine {
         if count & count_mask(size) == 0 {
             // The value is unchanged; a memory operand is still read and written back, as KVM's
             // emulator does (visible only for MMIO).
+            // A 32-bit register is still written, which zero-extends it (checked on this host's
+            // CPU at CPL3).
             let a = self.read_op(ins, 0, size, true)?;
-            if ins.op0_kind() == iced_x86::OpKind::Memory {
-                self.write_op(ins, 0, size, a)?;
-            }
+            self.write_op(ins, 0, size, a)?;
             self.fl_override = Some((0, 0));
             return Ok(());
         }
@@ -203,6 +203,7 @@ impl Machine {
                 "16-bit shld/shrd with count > 16 (result undefined)".into(),
             )),
             Ok(None) => {
+                self.write_op(ins, 0, size, a)?;
                 self.fl_override = Some((0, 0));
                 Ok(())
             }
