@@ -51,6 +51,7 @@ fn main() {
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
             let mut bad = 0;
+            let mut refused: BTreeMap<String, usize> = BTreeMap::new();
             let mut fields: BTreeMap<String, usize> = BTreeMap::new();
             for (c, k) in cases.iter().zip(&results) {
                 let o = Machine::new(c).run();
@@ -58,7 +59,22 @@ fn main() {
                     rflags_ignore: o.undefined,
                     ..DiffMask::default()
                 };
-                let d = diff(&k, &o.result, &mask);
+                let d = diff(k, &o.result, &mask);
+                if let kvmconf_guests::result::Exit::InternalError { .. } = k.exit {
+                    // KVM's emulator refused an instruction: name it, do not count it as ours.
+                    let rip = k.regs.rip.0;
+                    let code = &c.memory[0].hex.0;
+                    let off = (rip - c.memory[0].addr.0) as usize;
+                    let mut dec = iced_x86::Decoder::with_ip(
+                        c.mode.bitness(),
+                        &code[off.min(code.len())..],
+                        rip,
+                        iced_x86::DecoderOptions::NONE,
+                    );
+                    let ins = dec.decode();
+                    *refused.entry(format!("{:?}", ins.code())).or_default() += 1;
+                    continue;
+                }
                 if !d.is_empty() {
                     bad += 1;
                     for f in &d {

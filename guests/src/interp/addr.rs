@@ -311,10 +311,23 @@ impl Machine {
         self.write_lin(lin, size, val, self.acc(true))
     }
 
+    /// The size of operand 0, from the resolved location when it is a register.
+    #[inline]
+    pub(crate) fn size0(&self, ins: &Instruction) -> u32 {
+        match self.locs[0] {
+            super::decode::Loc::Reg(_, size, _) => u32::from(size),
+            _ => Self::op_size(ins, 0),
+        }
+    }
+
     /// The size in bytes of operand `i` (register or memory).
     #[inline]
     pub(crate) fn op_size(ins: &Instruction, i: u32) -> u32 {
-        match ins.op_kind(i) {
+        let k = ins.op_kind(i);
+        if k == OpKind::Register {
+            return super::gpr_size(ins.op_register(i));
+        }
+        match k {
             OpKind::Register => ins.op_register(i).size() as u32,
             OpKind::Memory => ins.memory_size().size() as u32,
             OpKind::Immediate8 | OpKind::Immediate8_2nd => 1,
@@ -327,6 +340,13 @@ impl Machine {
     /// Reads operand `i` (register, memory or immediate), truncated to `size` bytes.
     #[inline]
     pub(crate) fn read_op(&mut self, ins: &Instruction, i: u32, size: u32, rmw: bool) -> Res<u64> {
+        match self.locs[i as usize] {
+            super::decode::Loc::Reg(idx, _, shift) => {
+                return Ok((self.cpu.gpr[idx as usize] >> shift) & mask(size));
+            }
+            super::decode::Loc::Imm => return Ok(self.imm & mask(size)),
+            super::decode::Loc::Other => {}
+        }
         match ins.op_kind(i) {
             OpKind::Register => Ok(self.reg(ins.op_register(i)) & mask(size)),
             OpKind::Memory => {
@@ -340,6 +360,18 @@ impl Machine {
     /// Writes operand `i` (register or memory).
     #[inline]
     pub(crate) fn write_op(&mut self, ins: &Instruction, i: u32, size: u32, v: u64) -> Res {
+        if let super::decode::Loc::Reg(idx, rsize, shift) = self.locs[i as usize] {
+            let g = &mut self.cpu.gpr[idx as usize];
+            match rsize {
+                1 | 2 => {
+                    let m = mask(u32::from(rsize)) << shift;
+                    *g = (*g & !m) | ((v << shift) & m);
+                }
+                4 => *g = v & 0xffff_ffff,
+                _ => *g = v,
+            }
+            return Ok(());
+        }
         match ins.op_kind(i) {
             OpKind::Register => {
                 self.set_reg(ins.op_register(i), v);

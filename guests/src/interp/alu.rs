@@ -50,7 +50,7 @@ pub fn unary(op: UnOp, a: u64, fl: u64, size: u32) -> (u64, u64) {
 
 impl Machine {
     pub(crate) fn alu(&mut self, ins: &Instruction, op: AluOp) -> Res {
-        let size = Self::op_size(ins, 0);
+        let size = self.size0(ins);
         let writes = !matches!(op, AluOp::Cmp | AluOp::Test);
         let a = self.read_op(ins, 0, size, writes)?;
         let b = self.read_op(ins, 1, size, false)?;
@@ -63,7 +63,7 @@ impl Machine {
     }
 
     pub(crate) fn unary(&mut self, ins: &Instruction, op: UnOp) -> Res {
-        let size = Self::op_size(ins, 0);
+        let size = self.size0(ins);
         let a = self.read_op(ins, 0, size, true)?;
         let (r, f) = unary(op, a, self.cpu.rflags, size);
         self.write_op(ins, 0, size, r)?;

@@ -92,7 +92,7 @@ impl Machine {
                 match r.size() {
                     4 => self.set_reg(r, u64::from((v as u32).swap_bytes())),
                     8 => self.set_reg(r, v.swap_bytes()),
-                    _ => return Err(Fault::Unsupported("16-bit bswap (result undefined)".into())),
+                    _ => return Err(Fault::unsupported("16-bit bswap (result undefined)")),
                 }
             }
             _ => {

@@ -43,7 +43,7 @@ impl Machine {
                 self.next_rip = self.cpu.rip;
                 Ok(())
             }
-            Err(s) => Err(Fault::Stop(s)),
+            Err(s) => Err(Fault::Stop(Box::new(s))),
         }
     }
 

@@ -154,8 +154,8 @@ impl Machine {
             return Ok(());
         }
         if sel & 0xfffc == 0 {
-            return Err(Fault::Unsupported(
-                "loading a null selector (KVM's unusable-segment state is not modelled)".into(),
+            return Err(Fault::unsupported(
+                "loading a null selector (KVM's unusable-segment state is not modelled)",
             ));
         }
         let err = Fault::Exc(13, Some(u32::from(sel & 0xfffc)));

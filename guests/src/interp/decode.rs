@@ -403,6 +403,39 @@ pub fn classify(ins: &Instruction) -> Option<Op> {
     Some(op)
 }
 
+/// Where an operand lives, resolved once at decode time for the hot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc {
+    /// General register: index in `CpuState::gpr`, size in bytes, bit shift (8 for AH–BH).
+    Reg(u8, u8, u8),
+    /// An immediate (its value is `Entry::imm`).
+    Imm,
+    /// Anything else (memory, string, branch, segment register): resolved when executed.
+    Other,
+}
+
+fn loc(ins: &Instruction, i: u32) -> Loc {
+    if i >= ins.op_count() {
+        return Loc::Other;
+    }
+    match ins.op_kind(i) {
+        OpKind::Register if ins.op_register(i).is_gpr() => {
+            let (idx, size, shift) = super::gpr_loc(ins.op_register(i));
+            Loc::Reg(idx as u8, size as u8, shift as u8)
+        }
+        OpKind::Immediate8
+        | OpKind::Immediate8_2nd
+        | OpKind::Immediate16
+        | OpKind::Immediate32
+        | OpKind::Immediate64
+        | OpKind::Immediate8to16
+        | OpKind::Immediate8to32
+        | OpKind::Immediate8to64
+        | OpKind::Immediate32to64 => Loc::Imm,
+        _ => Loc::Other,
+    }
+}
+
 /// A decoded, classified instruction with its flag effects (architectural bit positions).
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
@@ -411,11 +444,15 @@ pub struct Entry {
     /// What it executes as.
     pub op: Op,
     /// Flags it reads.
-    pub reads: u64,
+    pub reads: u32,
     /// Flags it writes (incl. undefined ones).
-    pub modified: u64,
+    pub modified: u32,
     /// Flags it leaves undefined.
-    pub undefined: u64,
+    pub undefined: u32,
+    /// Operands 0–2, resolved.
+    pub locs: [Loc; 3],
+    /// The value of the (last) immediate operand, extended as its kind says.
+    pub imm: u64,
 }
 
 impl Entry {
@@ -426,12 +463,20 @@ impl Entry {
         if matches!(op, Op::Stack(StackOp::Pushf) | Op::Data(DataOp::Lahf)) {
             reads |= flags::STATUS;
         }
+        let locs = [loc(&ins, 0), loc(&ins, 1), loc(&ins, 2)];
+        let imm = (0..3)
+            .filter(|&i| locs[i as usize] == Loc::Imm)
+            .map(|i| ins.immediate(i))
+            .next_back()
+            .unwrap_or(0);
         Some(Entry {
             ins,
             op,
-            reads,
-            modified: flags::from_iced(ins.rflags_modified()),
-            undefined: flags::from_iced(ins.rflags_undefined()),
+            reads: reads as u32,
+            modified: flags::from_iced(ins.rflags_modified()) as u32,
+            undefined: flags::from_iced(ins.rflags_undefined()) as u32,
+            locs,
+            imm,
         })
     }
 }
@@ -465,6 +510,8 @@ impl ICache {
                 reads: 0,
                 modified: 0,
                 undefined: 0,
+                locs: [Loc::Other; 3],
+                imm: 0,
             },
         };
         ICache {
@@ -509,14 +556,15 @@ impl Default for ICache {
 impl Machine {
     /// Fetches, decodes and classifies the instruction at `rip` (linear `lin`), via the cache.
     #[inline]
-    pub(crate) fn fetch(&mut self, lin: u64, rip: u64) -> Res<Entry> {
-        if let Some(e) = self.icache.get(lin, rip) {
-            return Ok(*e);
+    pub(crate) fn fetch(&mut self, lin: u64, rip: u64) -> Res<&Entry> {
+        if self.icache.get(lin, rip).is_none() {
+            let e = self.fetch_slow(lin, rip)?;
+            self.icache.put(lin, rip, e);
         }
-        self.fetch_slow(lin, rip)
+        Ok(&self.icache.slots[(lin as usize) & (SLOTS - 1)].entry)
     }
 
-    fn fetch_slow(&mut self, lin: u64, rip: u64) -> Res<Entry> {
+    fn fetch_slow(&mut self, _lin: u64, rip: u64) -> Res<Entry> {
         let mut buf = [0u8; 15];
         let mut n = 0usize;
         let mut fault: Option<Fault> = None;
@@ -553,8 +601,8 @@ impl Machine {
                 a
             };
             if !self.mem.is_ram(pa) {
-                fault = Some(Fault::Unsupported(
-                    "instruction fetch from MMIO (KVM cannot emulate it)".into(),
+                fault = Some(Fault::unsupported(
+                    "instruction fetch from MMIO (KVM cannot emulate it)",
                 ));
                 break;
             }
@@ -578,7 +626,7 @@ impl Machine {
             return Err(UD);
         }
         let Some(e) = Entry::new(ins) else {
-            return Err(Fault::Unsupported(
+            return Err(Fault::unsupported(
                 format!("{:?}", ins.mnemonic()).to_lowercase(),
             ));
         };
@@ -587,7 +635,6 @@ impl Machine {
         let last_pa = self.translate_peek(last).unwrap_or(pages[0]);
         self.mem.watch(pages[0]);
         self.mem.watch(last_pa);
-        self.icache.put(lin, rip, e);
         Ok(e)
     }
 }

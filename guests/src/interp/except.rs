@@ -23,7 +23,7 @@ impl Machine {
         loop {
             match self.deliver_once(v, e, soft) {
                 Ok(()) => return Ok(()),
-                Err(Fault::Stop(s)) => return Err(s),
+                Err(Fault::Stop(s)) => return Err(*s),
                 Err(Fault::Unsupported(w)) => return Err(self.unsupported(&w)),
                 Err(Fault::Exc(v2, e2)) => {
                     if v == 8 {
@@ -43,8 +43,8 @@ impl Machine {
         let pa = self.translate(lin, Acc::SUP_W)?;
         let last = self.translate(lin + u64::from(size) - 1, Acc::SUP_W)?;
         if !self.mem.is_ram(pa) || !self.mem.is_ram(last) {
-            return Err(Fault::Unsupported(
-                "exception frame pushed to MMIO (KVM cannot deliver it)".into(),
+            return Err(Fault::unsupported(
+                "exception frame pushed to MMIO (KVM cannot deliver it)",
             ));
         }
         self.write_lin(lin, size, val, Acc::SUP_W)
@@ -122,9 +122,7 @@ impl Machine {
                     }
                     sp &= !0xf;
                 } else if new_cpl < self.cpl {
-                    return Err(Fault::Unsupported(
-                        "32-bit privilege-changing interrupt".into(),
-                    ));
+                    return Err(Fault::unsupported("32-bit privilege-changing interrupt"));
                 }
                 let mut words = vec![];
                 if long {

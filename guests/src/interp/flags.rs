@@ -86,7 +86,8 @@ pub const fn sext(v: u64, size: u32) -> u64 {
 pub fn szp(res: u64, size: u32) -> u64 {
     let r = res & mask(size);
     let mut f = 0;
-    if (r as u8).count_ones() % 2 == 0 {
+    let x = (r as u8) ^ ((r as u8) >> 4);
+    if (0x6996u16 >> (x & 0xf)) & 1 == 0 {
         f |= PF;
     }
     if r == 0 {
@@ -103,10 +104,16 @@ pub fn szp(res: u64, size: u32) -> u64 {
 pub fn add(a: u64, b: u64, carry: u64, size: u32) -> (u64, u64) {
     let m = mask(size);
     let (a, b) = (a & m, b & m);
-    let full = u128::from(a) + u128::from(b) + u128::from(carry);
-    let res = (full as u64) & m;
+    let (res, cf) = if size == 8 {
+        let (r1, c1) = a.overflowing_add(b);
+        let (r2, c2) = r1.overflowing_add(carry);
+        (r2, c1 || c2)
+    } else {
+        let full = a + b + carry;
+        (full & m, full > m)
+    };
     let mut f = szp(res, size);
-    if full > u128::from(m) {
+    if cf {
         f |= CF;
     }
     if (a ^ res) & (b ^ res) & sign(size) != 0 {
@@ -125,7 +132,7 @@ pub fn sub(a: u64, b: u64, borrow: u64, size: u32) -> (u64, u64) {
     let (a, b) = (a & m, b & m);
     let res = a.wrapping_sub(b).wrapping_sub(borrow) & m;
     let mut f = szp(res, size);
-    if u128::from(a) < u128::from(b) + u128::from(borrow) {
+    if a < b || (borrow != 0 && a == b) {
         f |= CF;
     }
     if (a ^ b) & (a ^ res) & sign(size) != 0 {

@@ -33,7 +33,7 @@ use crate::case::{Case, Mode};
 use crate::layout::{CpuState, GuestModel, Layout, Segment};
 use crate::num::{Hex, HexBytes};
 use crate::result::{CaseResult, Event, Exit, MemDump};
-use decode::{Entry, ICache, Op};
+use decode::{Entry, ICache, Loc, Op};
 use iced_x86::{Instruction, Register};
 use mem::{PhysMem, Touch};
 
@@ -71,10 +71,17 @@ pub enum Stop {
 pub(crate) enum Fault {
     /// Exception `vector` with an optional error code.
     Exc(u8, Option<u32>),
-    /// Stop the case.
-    Stop(Stop),
+    /// Stop the case (boxed: results stay two words wide on the hot path).
+    Stop(Box<Stop>),
     /// Not modelled: the string says what.
-    Unsupported(String),
+    Unsupported(Box<str>),
+}
+
+impl Fault {
+    /// A `Fault::Unsupported` saying what is not modelled.
+    pub(crate) fn unsupported(what: impl Into<String>) -> Fault {
+        Fault::Unsupported(what.into().into_boxed_str())
+    }
 }
 
 /// Shorthand for an instruction's outcome.
@@ -133,6 +140,9 @@ pub struct Machine {
     /// Per-instruction override of (modified, undefined) flags for dynamic cases.
     fl_override: Option<(u64, u64)>,
     next_rip: u64,
+    /// The current instruction's resolved operands.
+    locs: [Loc; 3],
+    imm: u64,
     icache: ICache,
     initial_cs: Segment,
     initial_ss: Segment,
@@ -178,6 +188,8 @@ impl Machine {
             tainted: false,
             fl_override: None,
             next_rip: 0,
+            locs: [Loc::Other; 3],
+            imm: 0,
             icache: ICache::new(),
             initial_cs: model.cpu.cs,
             initial_ss: model.cpu.ss,
@@ -222,7 +234,7 @@ impl Machine {
         match self.exec_one() {
             Ok(()) if self.over_budget => Err(Stop::Budget),
             Ok(()) => Ok(()),
-            Err(Fault::Stop(s)) => Err(s),
+            Err(Fault::Stop(s)) => Err(*s),
             Err(Fault::Unsupported(what)) => Err(self.unsupported(&what)),
             Err(Fault::Exc(v, e)) => self.deliver(v, e, None),
         }
@@ -268,17 +280,21 @@ impl Machine {
     fn exec_one(&mut self) -> Res {
         let rip = self.cpu.rip;
         let lin = self.code_linear(rip);
-        let e: Entry = self.fetch(lin, rip)?;
+        let e: Entry = *self.fetch(lin, rip)?;
         let ins = &e.ins;
-        let reads_undefined = e.reads & self.undef != 0;
+        let reads_undefined = u64::from(e.reads) & self.undef != 0;
         self.next_rip = ins.next_ip() & self.ip_mask();
         self.fl_override = None;
+        self.locs = e.locs;
+        self.imm = e.imm;
         self.dispatch(ins, e.op)?;
         // A shift by 0 or a REP with count 0 neither reads nor writes flags.
         if reads_undefined && self.fl_override != Some((0, 0)) {
             self.tainted = true;
         }
-        let (modified, undefined) = self.fl_override.unwrap_or((e.modified, e.undefined));
+        let (modified, undefined) = self
+            .fl_override
+            .unwrap_or((u64::from(e.modified), u64::from(e.undefined)));
         self.undef = (self.undef & !modified) | undefined;
         self.cpu.rip = self.next_rip;
         Ok(())
@@ -310,7 +326,7 @@ impl Machine {
             return Err(GP0);
         }
         self.cpu.rip = self.next_rip;
-        Err(Fault::Stop(Stop::Hlt))
+        Err(Fault::Stop(Box::new(Stop::Hlt)))
     }
 
     /// Mask of the instruction pointer in the current mode.
@@ -520,6 +536,18 @@ impl Machine {
                 Event::mmio_read(pa, size as u8, val)
             }),
         }
+    }
+}
+
+/// The size in bytes of a register (general registers by arithmetic, others via iced).
+#[inline]
+pub(crate) fn gpr_size(r: Register) -> u32 {
+    match r as usize {
+        1..=20 => 1,
+        21..=36 => 2,
+        37..=52 => 4,
+        53..=68 => 8,
+        _ => r.size() as u32,
     }
 }
 

@@ -173,7 +173,7 @@ pub fn shift_double(
 
 impl Machine {
     pub(crate) fn shift(&mut self, ins: &Instruction, op: ShOp) -> Res {
-        let size = Self::op_size(ins, 0);
+        let size = self.size0(ins);
         let count = self.read_op(ins, 1, 1, false)?;
         if count & count_mask(size) == 0 {
             // The value is unchanged; a memory operand is still read and written back, as KVM's
@@ -194,13 +194,13 @@ impl Machine {
     }
 
     pub(crate) fn shift_double(&mut self, ins: &Instruction, left: bool) -> Res {
-        let size = Self::op_size(ins, 0);
+        let size = self.size0(ins);
         let count = self.read_op(ins, 2, 1, false)?;
         let a = self.read_op(ins, 0, size, true)?;
         let b = self.read_op(ins, 1, size, false)?;
         match shift_double(left, a, b, count, size) {
-            Err(()) => Err(Fault::Unsupported(
-                "16-bit shld/shrd with count > 16 (result undefined)".into(),
+            Err(()) => Err(Fault::unsupported(
+                "16-bit shld/shrd with count > 16 (result undefined)",
             )),
             Ok(None) => {
                 self.write_op(ins, 0, size, a)?;

@@ -81,9 +81,7 @@ impl Machine {
                 let v = self.stack_read(sp, size)?;
                 let new = popf_value(self.cpu.rflags, v, size, self.cpl);
                 if new & TF != 0 {
-                    return Err(Fault::Unsupported(
-                        "popf setting TF (single-step trap)".into(),
-                    ));
+                    return Err(Fault::unsupported("popf setting TF (single-step trap)"));
                 }
                 self.set_sp(sp.wrapping_add(u64::from(size)));
                 self.cpu.rflags = new;

@@ -32,6 +32,10 @@ impl Machine {
         };
         let src_seg = ins.memory_segment();
         let compares = matches!(op, StrOp::Cmps | StrOp::Scas);
+        if matches!(op, StrOp::Ins | StrOp::Outs) {
+            // The I/O permission check comes first, even for a REP with count 0.
+            self.io_check()?;
+        }
         if rep && self.cpu.gpr[1] & am == 0 {
             self.fl_override = Some((0, 0));
             return Ok(());
@@ -103,7 +107,7 @@ impl Machine {
             }
             if self.over_budget {
                 // The harness stops here; the REP resumes at this instruction.
-                return Err(Fault::Stop(Stop::Budget));
+                return Err(Fault::Stop(Box::new(Stop::Budget)));
             }
             if compares {
                 let zf = self.flag(ZF);
@@ -113,7 +117,7 @@ impl Machine {
             }
             self.count += 1;
             if self.count >= self.cap {
-                return Err(Fault::Stop(Stop::Timeout));
+                return Err(Fault::Stop(Box::new(Stop::Timeout)));
             }
         }
     }
