@@ -204,3 +204,21 @@ fn mul_div_and_bcd() {
     assert_eq!(r.rdi.0, (-21i32) as u32 as u64);
     assert_eq!(r.rax.0 & 0xff, 0x14);
 }
+
+/// Found by the KVM differential at CPL3 (native): a failed CMPXCHG leaves a 32-bit register
+/// destination alone (no zero-extension); a shift by 0 still writes (zero-extends) it.
+#[test]
+fn cmpxchg_failure_and_shift_by_zero_on_32_bit_registers() {
+    let mut c = case(Mode::Long64, |a| {
+        a.cmpxchg(r12d, r11d)?; // eax = 1 ≠ r12d = 0: fails
+        a.shrd(r13d, r10d, 0)?;
+        a.hlt()
+    });
+    c.regs.rax = Some(1.into());
+    c.regs.r12 = Some(0x8000_0000_0000_0000.into());
+    c.regs.r13 = Some(0xffff_ffff_ffff_ff00.into());
+    let o = run(&c);
+    assert_eq!(o.result.regs.r12.0, 0x8000_0000_0000_0000);
+    assert_eq!(o.result.regs.rax.0, 0);
+    assert_eq!(o.result.regs.r13.0, 0xffff_ff00);
+}

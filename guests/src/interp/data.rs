@@ -72,11 +72,9 @@ impl Machine {
                 if acc == d {
                     self.write_op(ins, 0, size, src)?;
                 } else {
-                    // A register destination is written back (zero-extending a 32-bit one); a
-                    // memory destination is not (KVM's emulator skips the write for MMIO).
-                    if ins.op0_kind() == OpKind::Register {
-                        self.set_reg(ins.op0_register(), d);
-                    }
+                    // The destination is not written on failure: a 32-bit register keeps its
+                    // upper half (observed on this host's CPU at CPL3), and KVM's emulator skips
+                    // the memory write for MMIO.
                     self.set_gpr(0, size, d);
                 }
                 self.set_flags(STATUS, f);
