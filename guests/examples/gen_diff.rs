@@ -111,6 +111,7 @@ fn main() {
                     }
                 }
             }
+            println!("KVM refused to emulate (internal error, not counted): {refused:?}");
             println!(
                 "{} cases, {} mismatches; fields: {:?}",
                 results.len(),
