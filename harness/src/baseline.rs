@@ -3,7 +3,9 @@
 
 use crate::kvm::{KvmError, RESET_MSRS, TSS_ADDR};
 use crate::memory::GuestMemory;
-use kvm_bindings::{CpuId, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::{
+    CpuId, KVM_MEM_LOG_DIRTY_PAGES, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use kvmconf_guests::layout::GuestModel;
 
@@ -89,7 +91,9 @@ pub fn fresh_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
         v.vcpu.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
         v.vcpu.get_xcrs().map_err(err("KVM_GET_XCRS"))?;
         v.vcpu.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?;
-        v.vcpu.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?;
+        v.vcpu
+            .get_vcpu_events()
+            .map_err(err("KVM_GET_VCPU_EVENTS"))?;
         v.vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?;
         v.vcpu.set_sregs(&v.sregs).map_err(err("KVM_SET_SREGS"))?;
         v.vcpu.set_regs(&v.regs).map_err(err("KVM_SET_REGS"))?;
@@ -120,7 +124,10 @@ pub fn reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
         xsave: v.vcpu.get_xsave().map_err(err("KVM_GET_XSAVE"))?,
         xcrs: v.vcpu.get_xcrs().map_err(err("KVM_GET_XCRS"))?,
         debugregs: v.vcpu.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?,
-        events: v.vcpu.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?,
+        events: v
+            .vcpu
+            .get_vcpu_events()
+            .map_err(err("KVM_GET_VCPU_EVENTS"))?,
         msrs,
         mp: v.vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
     });
@@ -142,7 +149,9 @@ pub fn reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
             .set_vcpu_events(&aux.events)
             .map_err(err("KVM_SET_VCPU_EVENTS"))?;
         v.vcpu.set_msrs(&aux.msrs).map_err(err("KVM_SET_MSRS"))?;
-        v.vcpu.set_mp_state(aux.mp).map_err(err("KVM_SET_MP_STATE"))?;
+        v.vcpu
+            .set_mp_state(aux.mp)
+            .map_err(err("KVM_SET_MP_STATE"))?;
         v.vcpu.set_sregs(&v.sregs).map_err(err("KVM_SET_SREGS"))?;
         v.vcpu.set_regs(&v.regs).map_err(err("KVM_SET_REGS"))?;
         outs += run_to_hlt(&mut v.vcpu)?;
@@ -154,7 +163,12 @@ pub fn reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
 
 /// Reruns the case on one VM with only KVM_SET_REGS and KVM_SET_SREGS between runs: the least a
 /// VMM can do to rerun a case that is known not to touch other state (a floor, not a peer).
-pub fn minimal_reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Result<u64, KvmError> {
+pub fn minimal_reuse_loop(
+    kvm: &Kvm,
+    cpuid: &CpuId,
+    model: &GuestModel,
+    n: u64,
+) -> Result<u64, KvmError> {
     let mut v = create(kvm, cpuid, model, false)?;
     let mut outs = 0;
     for _ in 0..n {
