@@ -202,10 +202,7 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iopl: Option<u8>,
     /// Guest RAM in MiB.
-    #[serde(
-        default = "default_memory_mib",
-        skip_serializing_if = "is_default_memory"
-    )]
+    #[serde(default = "default_memory_mib", skip_serializing_if = "is_default_memory")]
     pub memory_mib: u32,
     /// Guest page size for long64.
     #[serde(default, skip_serializing_if = "is_default_page_size")]
@@ -356,10 +353,7 @@ impl Case {
                 return err(&f, "len > 0".into());
             }
             if l > layout::MAX_MMIO_LEN {
-                return err(
-                    &f,
-                    format!("len <= {:#x}, got {l:#x}", layout::MAX_MMIO_LEN),
-                );
+                return err(&f, format!("len <= {:#x}, got {l:#x}", layout::MAX_MMIO_LEN));
             }
             let Some(end) = a.checked_add(l).filter(|&e| e <= layout::ADDRESS_LIMIT) else {
                 return err(
@@ -461,9 +455,7 @@ impl Case {
         if let Some((rs, re)) = lay.overlaps_harness(lin_rip, lin_rip + 1) {
             return err(
                 "regs.rip",
-                format!(
-                    "code outside the harness's reserved range {rs:#x}..{re:#x}, got {lin_rip:#x}"
-                ),
+                format!("code outside the harness's reserved range {rs:#x}..{re:#x}, got {lin_rip:#x}"),
             );
         }
         if self.mode != Mode::Long64 && rip > u64::from(u32::MAX) {
@@ -619,7 +611,8 @@ impl Format {
             .collect();
         match lines.first() {
             Some(l) if l.starts_with('{') => {
-                if lines.len() > 1 && lines.iter().all(|l| l.starts_with('{') && l.ends_with('}')) {
+                if lines.len() > 1 && lines.iter().all(|l| l.starts_with('{') && l.ends_with('}'))
+                {
                     Format::JsonLines
                 } else {
                     Format::Json

@@ -350,10 +350,10 @@ impl Layout {
         }
         let at = cs_base.wrapping_add(rip).wrapping_sub(1);
         match self.mode {
-            Mode::Real16 => {
-                (selector == REAL_STUB_CS && at >= REAL_STUB_BASE && at < REAL_STUB_BASE + 32)
-                    .then(|| (at - REAL_STUB_BASE) as u8)
-            }
+            Mode::Real16 => (selector == REAL_STUB_CS
+                && at >= REAL_STUB_BASE
+                && at < REAL_STUB_BASE + 32)
+                .then(|| (at - REAL_STUB_BASE) as u8),
             _ => {
                 let base = self.reserved + STUB_OFF;
                 let off = at.wrapping_sub(base);
@@ -421,11 +421,7 @@ pub fn decode_frame(mode: Mode, vector: u8, rsp: u64, bytes: &[u8]) -> Frame {
             cs,
             rflags,
             rsp: (rsp + frame_len(mode, vector) as u64)
-                & if mode == Mode::Real16 {
-                    0xffff
-                } else {
-                    0xffff_ffff
-                },
+                & if mode == Mode::Real16 { 0xffff } else { 0xffff_ffff },
             ss: None,
         },
     }
@@ -453,22 +449,14 @@ pub fn descriptor(base: u32, limit: u32, attributes: u32) -> u64 {
 pub fn decode_descriptor(selector: u16, d: u64) -> Segment {
     let g = (d >> 55) & 1 == 1;
     let raw_limit = ((d & 0xffff) | (((d >> 48) & 0xf) << 16)) as u32;
-    let limit = if g {
-        (raw_limit << 12) | 0xfff
-    } else {
-        raw_limit
-    };
+    let limit = if g { (raw_limit << 12) | 0xfff } else { raw_limit };
     let base = ((d >> 16) & 0xff_ffff) | (((d >> 56) & 0xff) << 24);
     let attributes = ((d >> 40) & 0xff) as u32 | ((((d >> 52) & 0xf) as u32) << 12);
     Segment {
         selector,
         base,
         limit,
-        attributes: if selector & !3 == 0 {
-            attr::UNUSABLE
-        } else {
-            attributes
-        },
+        attributes: if selector & !3 == 0 { attr::UNUSABLE } else { attributes },
     }
 }
 
@@ -510,8 +498,8 @@ impl GuestModel {
         let mut gpr = [0u64; 16];
         let g = &case.regs;
         for (i, v) in [
-            g.rax, g.rcx, g.rdx, g.rbx, g.rsp, g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11,
-            g.r12, g.r13, g.r14, g.r15,
+            g.rax, g.rcx, g.rdx, g.rbx, g.rsp, g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11, g.r12,
+            g.r13, g.r14, g.r15,
         ]
         .into_iter()
         .enumerate()
@@ -816,14 +804,8 @@ mod tests {
         }
         let r = m.layout.reserved;
         assert_eq!(r, 15 << 20);
-        assert_eq!(
-            walk(&m.image, m.cpu.cr3, r + 0x3000),
-            Some((r + 0x3000, false))
-        );
-        assert_eq!(
-            walk(&m.image, m.cpu.cr3, 0xd000_0008),
-            Some((0xd000_0008, true))
-        );
+        assert_eq!(walk(&m.image, m.cpu.cr3, r + 0x3000), Some((r + 0x3000, false)));
+        assert_eq!(walk(&m.image, m.cpu.cr3, 0xd000_0008), Some((0xd000_0008, true)));
         assert_eq!(walk(&m.image, m.cpu.cr3, 0xd000_1000), None);
         assert_eq!(walk(&m.image, m.cpu.cr3, 17 << 20), None);
         assert_eq!(walk(&m.image, m.cpu.cr3, 1 << 32), None);
@@ -854,15 +836,9 @@ mod tests {
 
     #[test]
     fn decode_descriptor_inverts_descriptor() {
-        for a in [
-            attr::CODE | attr::G | attr::L | attr::dpl(3),
-            attr::DATA | attr::G | attr::DB,
-        ] {
+        for a in [attr::CODE | attr::G | attr::L | attr::dpl(3), attr::DATA | attr::G | attr::DB] {
             let s = decode_descriptor(0x2b, descriptor(0x1234_5000, 0xffff_ffff, a));
-            assert_eq!(
-                (s.base, s.limit, s.attributes),
-                (0x1234_5000, 0xffff_ffff, a)
-            );
+            assert_eq!((s.base, s.limit, s.attributes), (0x1234_5000, 0xffff_ffff, a));
         }
         assert_eq!(decode_descriptor(0, 0).attributes, attr::UNUSABLE);
     }
@@ -888,14 +864,8 @@ mod tests {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         let f = decode_frame(Mode::Long64, 14, 0x7fd0, &bytes);
         assert_eq!(f.error_code, Some(4));
-        assert_eq!(
-            (f.rip, f.cs, f.rflags, f.rsp, f.ss),
-            (0x1234, 0x2b, 0x202, 0x8000, Some(0x23))
-        );
-        let real: Vec<u8> = [0x10u16, 0x20, 0x2]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
+        assert_eq!((f.rip, f.cs, f.rflags, f.rsp, f.ss), (0x1234, 0x2b, 0x202, 0x8000, Some(0x23)));
+        let real: Vec<u8> = [0x10u16, 0x20, 0x2].iter().flat_map(|w| w.to_le_bytes()).collect();
         let f = decode_frame(Mode::Real16, 0, 0xfffa, &real);
         assert_eq!((f.rip, f.cs, f.rflags, f.rsp), (0x10, 0x20, 0x2, 0x0));
     }

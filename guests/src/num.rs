@@ -94,7 +94,8 @@ pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
         .enumerate()
         .map(|(i, pair)| {
             let s = std::str::from_utf8(pair).map_err(|_| "ASCII hex digits".to_string())?;
-            u8::from_str_radix(s, 16).map_err(|_| format!("hex digits, found {s:?} at byte {i}"))
+            u8::from_str_radix(s, 16)
+                .map_err(|_| format!("hex digits, found {s:?} at byte {i}"))
         })
         .collect()
 }
@@ -140,10 +141,7 @@ mod tests {
 
     #[test]
     fn decode_hex_ignores_spaces_and_rejects_odd_digits() {
-        assert_eq!(
-            decode_hex("b0 48\ne6f1").unwrap(),
-            vec![0xb0, 0x48, 0xe6, 0xf1]
-        );
+        assert_eq!(decode_hex("b0 48\ne6f1").unwrap(), vec![0xb0, 0x48, 0xe6, 0xf1]);
         assert!(decode_hex("b04").unwrap_err().contains("even"));
         assert!(decode_hex("zz").unwrap_err().contains("hex digits"));
     }
@@ -152,10 +150,7 @@ mod tests {
     fn hex_round_trips_through_json() {
         let v: Vec<Hex> = serde_json::from_str(r#"[1, "0x10", "17"]"#).unwrap();
         assert_eq!(v, vec![Hex(1), Hex(16), Hex(17)]);
-        assert_eq!(
-            serde_json::to_string(&v).unwrap(),
-            r#"["0x1","0x10","0x11"]"#
-        );
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"["0x1","0x10","0x11"]"#);
         assert!(serde_json::from_str::<Hex>("-3").is_err());
     }
 }

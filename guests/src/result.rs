@@ -371,10 +371,7 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
             }
         }
         other => {
-            out.insert(
-                prefix.to_string(),
-                other.to_string().trim_matches('"').into(),
-            );
+            out.insert(prefix.to_string(), other.to_string().trim_matches('"').into());
         }
     }
 }
@@ -395,11 +392,7 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
             r.steps.clear();
         }
         let mut m = BTreeMap::new();
-        flatten(
-            "",
-            &serde_json::to_value(&r).expect("results serialize"),
-            &mut m,
-        );
+        flatten("", &serde_json::to_value(&r).expect("results serialize"), &mut m);
         m
     };
     let (fa, fb) = (prep(a), prep(b));
@@ -412,13 +405,7 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
             .position(|p| k.starts_with(p))
             .unwrap_or(9)
     };
-    keys.sort_by_key(|k| {
-        (
-            order(k),
-            GPR_NAMES.iter().position(|g| k.ends_with(g)).unwrap_or(99),
-            (*k).clone(),
-        )
-    });
+    keys.sort_by_key(|k| (order(k), GPR_NAMES.iter().position(|g| k.ends_with(g)).unwrap_or(99), (*k).clone()));
     keys.into_iter()
         .filter_map(|k| {
             let (l, r) = (fa.get(k), fb.get(k));
@@ -466,25 +453,9 @@ mod tests {
         b.trace.push(Event::io_out(0xf1, 1, 0x0a));
         let d = diff(&a, &b, &DiffMask::default());
         let paths: Vec<&str> = d.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            [
-                "trace[1].io_out.port",
-                "trace[1].io_out.size",
-                "trace[1].io_out.value",
-                "regs.rax",
-                "regs.rflags"
-            ]
-        );
+        assert_eq!(paths, ["trace[1].io_out.port", "trace[1].io_out.size", "trace[1].io_out.value", "regs.rax", "regs.rflags"]);
         assert_eq!(d[3].to_string(), "regs.rax: 0x48 != 0x49");
-        let masked = diff(
-            &a,
-            &b,
-            &DiffMask {
-                rflags_ignore: 0x10,
-                ..DiffMask::default()
-            },
-        );
+        let masked = diff(&a, &b, &DiffMask { rflags_ignore: 0x10, ..DiffMask::default() });
         assert!(masked.iter().all(|f| f.path != "regs.rflags"));
         assert!(diff(&a, &a.clone(), &DiffMask::default()).is_empty());
     }
