@@ -7,12 +7,16 @@
 
 use crate::kvm::{Host, TestVm};
 use crate::memory::{GuestMemory, MemoryError};
-use kvm_bindings::{kvm_cpuid_entry2, kvm_userspace_memory_region};
+use kvm_bindings::{
+    kvm_coalesced_mmio, kvm_cpuid_entry2, kvm_ioeventfd, kvm_irqchip, kvm_pic_state,
+    kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Mutex;
+pub use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 /// A failed raw call.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +78,8 @@ const KVM_GET_SUPPORTED_CPUID: libc::c_ulong = iowr(0x05, 8);
 const KVM_GET_EMULATED_CPUID: libc::c_ulong = iowr(0x09, 8);
 /// KVM_GET_MSR_FEATURE_INDEX_LIST = _IOWR(KVMIO, 0x0a, struct kvm_msr_list).
 const KVM_GET_MSR_FEATURE_INDEX_LIST: libc::c_ulong = iowr(0x0a, 4);
+/// KVM_IOEVENTFD = _IOW(KVMIO, 0x79, struct kvm_ioeventfd).
+const KVM_IOEVENTFD: libc::c_ulong = ((1 << 30) | (64 << 16) | (0xae << 8) | 0x79) as libc::c_ulong;
 /// KVM_GET_STATS_FD = _IO(KVMIO, 0xce).
 const KVM_GET_STATS_FD: libc::c_ulong = io(0xce);
 /// `_IO(KVMIO, 0xff)`: not assigned to any ioctl in include/uapi/linux/kvm.h (numbers end in the
@@ -353,6 +359,34 @@ pub fn cpuid(kvm: &Kvm, emulated: bool, nent: u32) -> CpuidReply {
     }
 }
 
+/// KVM_IOEVENTFD with a caller-built `struct kvm_ioeventfd` (kvm-ioctls derives `len` from the
+/// datamatch type, so it cannot ask for the lengths KVM must reject).
+pub fn ioeventfd(vm: &VmFd, args: &kvm_ioeventfd) -> Result<(), RawError> {
+    // SAFETY: KVM_IOEVENTFD reads one `struct kvm_ioeventfd` from the pointer, which is `args`;
+    // the eventfd it names is looked up (and checked) by the kernel.
+    let ret = unsafe { libc::ioctl(vm.as_raw_fd(), KVM_IOEVENTFD, args as *const kvm_ioeventfd) };
+    if ret < 0 {
+        return Err(RawError::Ioctl {
+            ioctl: "KVM_IOEVENTFD",
+            errno: last_errno(),
+        });
+    }
+    Ok(())
+}
+
+/// The PIC state in a `kvm_irqchip` read with chip_id 0 or 1.
+pub fn pic_state(chip: &kvm_irqchip) -> kvm_pic_state {
+    // SAFETY: every field of the union is plain integers, so any bit pattern is a valid
+    // `kvm_pic_state`; the union is 512 bytes, larger than the PIC state.
+    unsafe { chip.chip.pic }
+}
+
+/// The `pio` field of a coalesced MMIO ring entry (1 for port I/O, 0 for MMIO).
+pub fn coalesced_pio(entry: &kvm_coalesced_mmio) -> u32 {
+    // SAFETY: both members of the union are a `u32`; any bit pattern is valid.
+    unsafe { entry.__bindgen_anon_1.pio }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +398,7 @@ mod tests {
         assert_eq!(KVM_GET_EMULATED_CPUID, 0xc008_ae09);
         assert_eq!(KVM_GET_MSR_FEATURE_INDEX_LIST, 0xc004_ae0a);
         assert_eq!(KVM_GET_STATS_FD, 0xaece);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(std::mem::size_of::<kvm_cpuid_entry2>(), 40);
     }
 }
