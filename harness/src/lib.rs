@@ -20,6 +20,7 @@ pub mod fingerprint;
 pub mod kvm;
 pub mod memory;
 pub mod pool;
+pub mod raw;
 pub mod run;
 pub mod skip;
 pub mod state;
