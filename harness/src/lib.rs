@@ -19,6 +19,7 @@ pub mod fingerprint;
 pub mod kvm;
 pub mod memory;
 pub mod pool;
+pub mod raw_vcpu;
 pub mod run;
 pub mod skip;
 pub mod state;
