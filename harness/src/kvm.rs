@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// `/dev/kvm` could not be opened.
-    #[error("cannot open /dev/kvm: {0}")]
+    #[error("cannot open {path}: {0}", path = kvm_path())]
     NoKvm(std::io::Error),
     /// An ioctl failed.
     #[error("{ioctl} failed: {} (errno {errno})", std::io::Error::from_raw_os_error(*.errno))]
@@ -62,7 +62,9 @@ pub struct Host {
 impl Host {
     /// Opens `/dev/kvm` and reads the supported CPUID.
     pub fn open() -> Result<Host, KvmError> {
-        let kvm = Kvm::new()
+        let path = std::ffi::CString::new(kvm_path())
+            .map_err(|_| KvmError::NoKvm(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+        let kvm = Kvm::new_with_path(&path)
             .map_err(|e| KvmError::NoKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -126,6 +128,11 @@ impl Host {
             layout: layout.clone(),
         })
     }
+}
+
+/// The KVM device: `$KVMCONF_KVM_PATH`, else `/dev/kvm`.
+pub fn kvm_path() -> String {
+    std::env::var("KVMCONF_KVM_PATH").unwrap_or_else(|_| "/dev/kvm".into())
 }
 
 /// Where KVM_SET_TSS_ADDR puts its three pages (below 4 GiB, above RAM when RAM allows).
