@@ -64,6 +64,12 @@ impl fmt::Display for Fail {
     }
 }
 
+impl From<kvmconf_harness::watchdog::WatchdogError> for Fail {
+    fn from(e: kvmconf_harness::watchdog::WatchdogError) -> Fail {
+        Fail::Failed(format!("watchdog error: {e}"))
+    }
+}
+
 impl From<kvmconf_harness::KvmError> for Fail {
     fn from(e: kvmconf_harness::KvmError) -> Fail {
         Fail::Failed(format!("harness error: {e}"))

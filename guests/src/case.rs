@@ -728,3 +728,162 @@ pub fn load_file(path: &Path) -> Result<Vec<Located>, CaseError> {
     let name = if file == "-" { "<stdin>" } else { &file };
     parse_cases(name, &text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "ok"
+mode = "long64"
+regs = { rip = "0x1000" }
+memory = [{ addr = "0x1000", hex = "f4" }]
+"#;
+
+    fn err(file: &str, text: &str) -> String {
+        parse_cases(file, text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_toml_json_and_jsonl_parse() {
+        let t = parse_cases("a.toml", GOOD).unwrap();
+        assert_eq!(t[0].case.mode, Mode::Long64);
+        let json = serde_json::to_string(&t[0].case).unwrap();
+        let j = parse_cases("a.json", &json).unwrap();
+        assert_eq!(j[0].case, t[0].case);
+        let mut second = t[0].case.clone();
+        second.name = "two".into();
+        let lines = format!("{json}\n\n{}\n", serde_json::to_string(&second).unwrap());
+        let l = parse_cases("b.jsonl", &lines).unwrap();
+        assert_eq!((l.len(), l[1].line), (2, 3));
+        // Detected without an extension too.
+        assert_eq!(parse_cases("-", &lines).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn malformed_toml_names_file_and_line() {
+        let e = err(
+            "cases/x.toml",
+            "name = \"x\"\nmode = \"long64\"\nregs = { rip = }\n",
+        );
+        assert!(e.starts_with("cases/x.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn malformed_json_names_file_line_and_column() {
+        let e = err("x.json", "{\n\"name\": \"x\",\n\"mode\": long64}\n");
+        assert!(e.starts_with("x.json:3:"), "{e}");
+        assert!(e.contains("column"), "{e}");
+    }
+
+    #[test]
+    fn bad_jsonl_line_is_named() {
+        let good = serde_json::to_string(&parse_cases("a.toml", GOOD).unwrap()[0].case).unwrap();
+        let e = err("b.jsonl", &format!("{good}\n{{\"name\": 1}}\n"));
+        assert!(e.starts_with("b.jsonl:2:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_mode_lists_the_modes() {
+        let e = err("m.toml", &GOOD.replace("long64", "long32"));
+        assert!(e.contains("m.toml:3:"), "{e}");
+        assert!(e.contains("real16") && e.contains("prot32"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let e = err("f.toml", &format!("{GOOD}stubz = true\n"));
+        assert!(e.contains("stubz"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_memory_images_are_named() {
+        let e = err(
+            "o.toml",
+            &GOOD.replace(
+                r#"memory = [{ addr = "0x1000", hex = "f4" }]"#,
+                r#"memory = [{ addr = "0x1000", hex = "f4f4" }, { addr = "0x1001", hex = "90" }]"#,
+            ),
+        );
+        assert!(e.contains("field `memory[1]`"), "{e}");
+        assert!(e.contains("no overlap with memory[0]"), "{e}");
+    }
+
+    #[test]
+    fn memory_outside_ram_is_named() {
+        let e = err(
+            "r.toml",
+            &GOOD.replace(r#"addr = "0x1000", hex"#, r#"addr = "0x5000000", hex"#),
+        );
+        assert!(
+            e.contains("field `memory[0]`") && e.contains("inside guest RAM"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn code_in_the_reserved_range_is_refused() {
+        // 16 MiB of RAM: the reserved range is 0xe00000..0x1000000.
+        let e = err("c.toml", &GOOD.replace("0x1000", "0xe00100"));
+        assert!(e.contains("reserved range 0xe00000..0x1000000"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_mmio_regions_are_named() {
+        let e = err(
+            "mm.toml",
+            &format!(
+                "{GOOD}mmio = [{{ addr = \"0xd0000000\", len = 16 }}, {{ addr = \"0xd0000008\", len = 4 }}]\n"
+            ),
+        );
+        assert!(
+            e.contains("field `mmio[1]`") && e.contains("mmio[0]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mode_rules_are_checked() {
+        let e = err(
+            "p.toml",
+            &format!("{}cpl = 3\n", GOOD.replace("long64", "prot32")),
+        );
+        assert!(
+            e.contains("field `cpl`") && e.contains("only in long64"),
+            "{e}"
+        );
+        let e = err("s.toml", &format!("{GOOD}segs = {{ cs = 1 }}\n"));
+        assert!(e.contains("field `segs`"), "{e}");
+        let e = err("z.toml", &format!("{GOOD}memory_mib = 2\n"));
+        assert!(e.contains("field `memory_mib`"), "{e}");
+        let e = err("h.toml", &GOOD.replace("hex = \"f4\"", "hex = \"f\""));
+        assert!(e.contains("even number of hex digits"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_in_a_batch_are_refused() {
+        let good = serde_json::to_string(&parse_cases("a.toml", GOOD).unwrap()[0].case).unwrap();
+        let e = err("d.jsonl", &format!("{good}\n{good}\n"));
+        assert!(e.contains("already used at line 1"), "{e}");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut s = 0x1234_5678_u64;
+        for _ in 0..2000 {
+            let n = (s % 200) as usize;
+            let bytes: Vec<u8> = (0..n)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    let alphabet = b"{}[]\"=,:0x123abcname mode long64 memory hex addr\n";
+                    alphabet[(s % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = parse_cases("fuzz.toml", &text);
+            let _ = parse_cases("fuzz.jsonl", &text);
+        }
+    }
+}

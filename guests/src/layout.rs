@@ -350,15 +350,14 @@ impl Layout {
         }
         let at = cs_base.wrapping_add(rip).wrapping_sub(1);
         match self.mode {
-            Mode::Real16 => {
-                (selector == REAL_STUB_CS && at >= REAL_STUB_BASE && at < REAL_STUB_BASE + 32)
-                    .then(|| (at - REAL_STUB_BASE) as u8)
-            }
+            Mode::Real16 => (selector == REAL_STUB_CS
+                && (REAL_STUB_BASE..REAL_STUB_BASE + 32).contains(&at))
+            .then(|| (at - REAL_STUB_BASE) as u8),
             _ => {
                 let base = self.reserved + STUB_OFF;
                 let off = at.wrapping_sub(base);
                 (at >= base && off < 32 * STUB_STRIDE && off % STUB_STRIDE == 0)
-                    .then(|| (off / STUB_STRIDE) as u8)
+                    .then_some((off / STUB_STRIDE) as u8)
             }
         }
     }

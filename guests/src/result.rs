@@ -331,9 +331,37 @@ pub struct FieldDiff {
     pub right: String,
 }
 
+/// Shortens a long rendered value (memory dumps) to its first differing region.
+fn clip(v: &str, other: &str) -> String {
+    const MAX: usize = 48;
+    if v.len() <= MAX {
+        return v.to_string();
+    }
+    let at = v
+        .bytes()
+        .zip(other.bytes())
+        .position(|(a, b)| a != b)
+        .unwrap_or(0);
+    let start = at.saturating_sub(8) & !1;
+    let end = (start + MAX).min(v.len());
+    format!(
+        "{}{}{} ({} chars, first difference at {at})",
+        if start > 0 { "…" } else { "" },
+        &v[start..end],
+        if end < v.len() { "…" } else { "" },
+        v.len()
+    )
+}
+
 impl std::fmt::Display for FieldDiff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} != {}", self.path, self.left, self.right)
+        write!(
+            f,
+            "{}: {} != {}",
+            self.path,
+            clip(&self.left, &self.right),
+            clip(&self.right, &self.left)
+        )
     }
 }
 
@@ -455,6 +483,21 @@ mod tests {
         assert_eq!(v["regs"]["rip"], "0x1008");
         let back: CaseResult = serde_json::from_value(v).unwrap();
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn long_values_are_clipped_around_the_first_difference() {
+        let a = "00".repeat(100) + "ab" + &"00".repeat(100);
+        let b = "00".repeat(201);
+        let d = FieldDiff {
+            path: "memory[0].hex".into(),
+            left: a,
+            right: b,
+        };
+        let text = d.to_string();
+        assert!(text.len() < 300, "{text}");
+        assert!(text.contains("ab"), "{text}");
+        assert!(text.contains("first difference at 200"), "{text}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use crate::kvm::{KvmError, RESET_MSRS, TSS_ADDR};
 use crate::memory::GuestMemory;
-use kvm_bindings::{CpuId, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_bindings::{
+    CpuId, KVM_MEM_LOG_DIRTY_PAGES, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use kvmconf_guests::layout::GuestModel;
 
@@ -28,6 +30,45 @@ fn run_to_hlt(vcpu: &mut VcpuFd) -> Result<u64, KvmError> {
             }
         }
     }
+}
+
+/// Stages regs, sregs and events in kvm_run.s (the harness's path when KVM_CAP_SYNC_REGS allows).
+fn stage(v: &mut RawVm, events: &kvm_bindings::kvm_vcpu_events) {
+    use kvm_ioctls::SyncReg;
+    let (regs, sregs) = (v.regs, v.sregs);
+    let s = v.vcpu.sync_regs_mut();
+    s.regs = regs;
+    s.sregs = sregs;
+    s.events = *events;
+    for r in [
+        SyncReg::Register,
+        SyncReg::SystemRegister,
+        SyncReg::VcpuEvents,
+    ] {
+        v.vcpu.set_sync_dirty_reg(r);
+    }
+}
+
+/// Whether the harness would use sync regs on this host.
+fn sync_ok(vm: &VmFd) -> bool {
+    let want = kvm_bindings::KVM_SYNC_X86_REGS
+        | kvm_bindings::KVM_SYNC_X86_SREGS
+        | kvm_bindings::KVM_SYNC_X86_EVENTS;
+    (vm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYNC_REGS)) as u32 & want)
+        == want
+}
+
+fn reset_msrs() -> kvm_bindings::Msrs {
+    kvm_bindings::Msrs::from_entries(
+        &RESET_MSRS
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>(),
+    )
+    .expect("a short MSR list fits")
 }
 
 struct RawVm {
@@ -89,13 +130,29 @@ pub fn fresh_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
         v.vcpu.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
         v.vcpu.get_xcrs().map_err(err("KVM_GET_XCRS"))?;
         v.vcpu.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?;
-        v.vcpu.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?;
+        let mut msrs = reset_msrs();
+        v.vcpu.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))?;
         v.vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?;
-        v.vcpu.set_sregs(&v.sregs).map_err(err("KVM_SET_SREGS"))?;
-        v.vcpu.set_regs(&v.regs).map_err(err("KVM_SET_REGS"))?;
-        outs += run_to_hlt(&mut v.vcpu)?;
-        v.vcpu.get_regs().map_err(err("KVM_GET_REGS"))?;
-        v.vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        let events = v
+            .vcpu
+            .get_vcpu_events()
+            .map_err(err("KVM_GET_VCPU_EVENTS"))?;
+        if sync_ok(&v.vm) {
+            v.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+            v.vcpu
+                .set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+            stage(&mut v, &events);
+            outs += run_to_hlt(&mut v.vcpu)?;
+        } else {
+            v.vcpu
+                .set_vcpu_events(&events)
+                .map_err(err("KVM_SET_VCPU_EVENTS"))?;
+            v.vcpu.set_sregs(&v.sregs).map_err(err("KVM_SET_SREGS"))?;
+            v.vcpu.set_regs(&v.regs).map_err(err("KVM_SET_REGS"))?;
+            outs += run_to_hlt(&mut v.vcpu)?;
+            v.vcpu.get_regs().map_err(err("KVM_GET_REGS"))?;
+            v.vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        }
         drop(v);
     }
     Ok(outs)
@@ -104,27 +161,27 @@ pub fn fresh_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
 /// Reruns the case on one VM, issuing the harness's reset ioctls between runs.
 pub fn reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Result<u64, KvmError> {
     let mut v = create(kvm, cpuid, model, true)?;
-    let mut msrs = kvm_bindings::Msrs::from_entries(
-        &RESET_MSRS
-            .iter()
-            .map(|&index| kvm_bindings::kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect::<Vec<_>>(),
-    )
-    .expect("short list");
+    let mut msrs = reset_msrs();
     let got = v.vcpu.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))?;
     let msrs = kvm_bindings::Msrs::from_entries(&msrs.as_slice()[..got]).expect("fits");
     v.aux = Some(RawAux {
         xsave: v.vcpu.get_xsave().map_err(err("KVM_GET_XSAVE"))?,
         xcrs: v.vcpu.get_xcrs().map_err(err("KVM_GET_XCRS"))?,
         debugregs: v.vcpu.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?,
-        events: v.vcpu.get_vcpu_events().map_err(err("KVM_GET_VCPU_EVENTS"))?,
+        events: v
+            .vcpu
+            .get_vcpu_events()
+            .map_err(err("KVM_GET_VCPU_EVENTS"))?,
         msrs,
         mp: v.vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
     });
     let aux = v.aux.take().expect("set above");
+    let sync = sync_ok(&v.vm);
+    if sync {
+        v.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        v.vcpu
+            .set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+    }
     let mut outs = 0;
     for _ in 0..n {
         v.vm.get_dirty_log(0, model.layout.ram_size as usize)
@@ -138,23 +195,35 @@ pub fn reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
         v.vcpu
             .set_debug_regs(&aux.debugregs)
             .map_err(err("KVM_SET_DEBUGREGS"))?;
-        v.vcpu
-            .set_vcpu_events(&aux.events)
-            .map_err(err("KVM_SET_VCPU_EVENTS"))?;
         v.vcpu.set_msrs(&aux.msrs).map_err(err("KVM_SET_MSRS"))?;
-        v.vcpu.set_mp_state(aux.mp).map_err(err("KVM_SET_MP_STATE"))?;
-        v.vcpu.set_sregs(&v.sregs).map_err(err("KVM_SET_SREGS"))?;
-        v.vcpu.set_regs(&v.regs).map_err(err("KVM_SET_REGS"))?;
-        outs += run_to_hlt(&mut v.vcpu)?;
-        v.vcpu.get_regs().map_err(err("KVM_GET_REGS"))?;
-        v.vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        v.vcpu
+            .set_mp_state(aux.mp)
+            .map_err(err("KVM_SET_MP_STATE"))?;
+        if sync {
+            stage(&mut v, &aux.events);
+            outs += run_to_hlt(&mut v.vcpu)?;
+        } else {
+            v.vcpu
+                .set_vcpu_events(&aux.events)
+                .map_err(err("KVM_SET_VCPU_EVENTS"))?;
+            v.vcpu.set_sregs(&v.sregs).map_err(err("KVM_SET_SREGS"))?;
+            v.vcpu.set_regs(&v.regs).map_err(err("KVM_SET_REGS"))?;
+            outs += run_to_hlt(&mut v.vcpu)?;
+            v.vcpu.get_regs().map_err(err("KVM_GET_REGS"))?;
+            v.vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        }
     }
     Ok(outs)
 }
 
 /// Reruns the case on one VM with only KVM_SET_REGS and KVM_SET_SREGS between runs: the least a
 /// VMM can do to rerun a case that is known not to touch other state (a floor, not a peer).
-pub fn minimal_reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Result<u64, KvmError> {
+pub fn minimal_reuse_loop(
+    kvm: &Kvm,
+    cpuid: &CpuId,
+    model: &GuestModel,
+    n: u64,
+) -> Result<u64, KvmError> {
     let mut v = create(kvm, cpuid, model, false)?;
     let mut outs = 0;
     for _ in 0..n {

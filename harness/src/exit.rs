@@ -188,6 +188,11 @@ pub fn decode(run: &[u8]) -> KvmExit {
 /// The size of the header plus exit union that [`decode`] reads.
 pub const DECODE_LEN: usize = off::UNION + 256;
 
+/// The raw exit reason number in a `kvm_run` area.
+pub fn raw_reason(run: &[u8]) -> u32 {
+    u32_at(run, off::EXIT_REASON)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,9 +284,4 @@ mod tests {
             }
         );
     }
-}
-
-/// The raw exit reason number in a `kvm_run` area.
-pub fn raw_reason(run: &[u8]) -> u32 {
-    u32_at(run, off::EXIT_REASON)
 }

@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
     /// `/dev/kvm` could not be opened.
-    #[error("cannot open /dev/kvm: {0}")]
+    #[error("cannot open {path}: {0}", path = kvm_path())]
     NoKvm(std::io::Error),
     /// An ioctl failed.
     #[error("{ioctl} failed: {} (errno {errno})", std::io::Error::from_raw_os_error(*.errno))]
@@ -62,7 +62,9 @@ pub struct Host {
 impl Host {
     /// Opens `/dev/kvm` and reads the supported CPUID.
     pub fn open() -> Result<Host, KvmError> {
-        let kvm = Kvm::new()
+        let path = std::ffi::CString::new(kvm_path())
+            .map_err(|_| KvmError::NoKvm(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
+        let kvm = Kvm::new_with_path(&path)
             .map_err(|e| KvmError::NoKvm(std::io::Error::from_raw_os_error(e.errno())))?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -126,6 +128,11 @@ impl Host {
             layout: layout.clone(),
         })
     }
+}
+
+/// The KVM device: `$KVMCONF_KVM_PATH`, else `/dev/kvm`.
+pub fn kvm_path() -> String {
+    std::env::var("KVMCONF_KVM_PATH").unwrap_or_else(|_| "/dev/kvm".into())
 }
 
 /// Where KVM_SET_TSS_ADDR puts its three pages (below 4 GiB, above RAM when RAM allows).
@@ -224,6 +231,10 @@ pub struct TestVcpu {
     single_step: bool,
     /// KVM_CAP_XCRS is available.
     has_xcrs: bool,
+    /// KVM_CAP_SYNC_REGS covers regs, sregs and events.
+    sync: bool,
+    /// State staged in kvm_run.s that KVM has not applied yet.
+    staged: bool,
 }
 
 impl TestVcpu {
@@ -260,6 +271,14 @@ impl TestVcpu {
             msrs,
             mp_state: fd.get_mp_state().map_err(ioctl_err("KVM_GET_MP_STATE"))?,
         };
+        let want = kvm_bindings::KVM_SYNC_X86_REGS
+            | kvm_bindings::KVM_SYNC_X86_SREGS
+            | kvm_bindings::KVM_SYNC_X86_EVENTS;
+        let sync = !no_sync_regs()
+            && (vm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYNC_REGS))
+                as u32
+                & want)
+                == want;
         let mut v = TestVcpu {
             fd,
             run_len: vm.run_size(),
@@ -268,7 +287,13 @@ impl TestVcpu {
             aux,
             single_step: false,
             has_xcrs,
+            sync,
+            staged: false,
         };
+        if sync {
+            v.fd.set_sync_valid_reg(SyncReg::Register);
+            v.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
         v.bind_thread()?;
         Ok(v)
     }
@@ -346,15 +371,75 @@ impl TestVcpu {
 
     /// KVM_RUN once; `Err(errno)` when the ioctl fails (EINTR when interrupted).
     pub fn run_once(&mut self) -> Result<KvmExit, i32> {
-        match self.fd.run() {
-            Ok(_) => Ok(exit::decode(self.run_area())),
-            Err(e) => Err(e.errno()),
+        let r = self.fd.run().map(drop).map_err(|e| e.errno());
+        if r.is_ok() || r == Err(libc::EINTR) {
+            // KVM applied (and cleared) the staged sets before running or being interrupted.
+            self.staged = false;
         }
+        r.map(|()| exit::decode(self.run_area()))
     }
 
     /// Binds to the calling thread (signal mask) before running there.
     pub fn prepare_thread(&mut self) -> Result<(), KvmError> {
         self.bind_thread()
+    }
+
+    /// Loads `cpu` and the creation-time vCPU events for the next KVM_RUN: staged in `kvm_run.s`
+    /// when KVM_CAP_SYNC_REGS allows (no ioctls), else with KVM_SET_SREGS/REGS/VCPU_EVENTS.
+    pub fn load_state(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
+        if !self.sync {
+            self.fd
+                .set_vcpu_events(&self.aux.events)
+                .map_err(ioctl_err("KVM_SET_VCPU_EVENTS"))?;
+            return self.set_state(cpu);
+        }
+        let sregs = crate::state::to_kvm_sregs(cpu, &self.sregs_base);
+        let regs = crate::state::to_kvm_regs(cpu);
+        let events = self.aux.events;
+        let s = self.fd.sync_regs_mut();
+        s.regs = regs;
+        s.sregs = sregs;
+        s.events = events;
+        for r in [
+            SyncReg::Register,
+            SyncReg::SystemRegister,
+            SyncReg::VcpuEvents,
+        ] {
+            self.fd.set_sync_dirty_reg(r);
+        }
+        self.staged = true;
+        Ok(())
+    }
+
+    /// Whether state is staged in `kvm_run.s` for the next KVM_RUN.
+    pub fn staged(&self) -> bool {
+        self.staged
+    }
+
+    /// Drops staged state and loads it with explicit ioctls instead, to learn which one KVM
+    /// rejects (KVM_RUN reports a rejected sync-regs state only as EINVAL).
+    pub fn unstage_and_set(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
+        for r in [
+            SyncReg::Register,
+            SyncReg::SystemRegister,
+            SyncReg::VcpuEvents,
+        ] {
+            self.fd.clear_sync_dirty_reg(r);
+        }
+        self.staged = false;
+        self.fd
+            .set_vcpu_events(&self.aux.events)
+            .map_err(ioctl_err("KVM_SET_VCPU_EVENTS"))?;
+        self.set_state(cpu)
+    }
+
+    /// The CPU state after the last exit: from `kvm_run.s` when KVM filled it, else read.
+    pub fn exit_state(&self) -> Result<CpuState, KvmError> {
+        if self.sync && !self.staged {
+            let s = self.fd.sync_regs();
+            return Ok(crate::state::from_kvm(&s.regs, &s.sregs));
+        }
+        self.state()
     }
 
     /// Loads `cpu` into the vCPU with KVM_SET_REGS and KVM_SET_SREGS.
@@ -376,7 +461,8 @@ impl TestVcpu {
         Ok(crate::state::from_kvm(&r, &s))
     }
 
-    /// Restores XSAVE, XCRs, debug registers, events, MSRs and MP state to their values at creation.
+    /// Restores XSAVE, XCRs, debug registers, MSRs and MP state to their values at creation
+    /// (vCPU events are restored by [`TestVcpu::load_state`]).
     pub fn reset_aux(&mut self) -> Result<(), KvmError> {
         // SAFETY: `xsave` came from KVM_GET_XSAVE on this vCPU, so its size is the legacy
         // 4 KiB area KVM_SET_XSAVE reads.
@@ -387,9 +473,6 @@ impl TestVcpu {
         self.fd
             .set_debug_regs(&self.aux.debugregs)
             .map_err(ioctl_err("KVM_SET_DEBUGREGS"))?;
-        self.fd
-            .set_vcpu_events(&self.aux.events)
-            .map_err(ioctl_err("KVM_SET_VCPU_EVENTS"))?;
         self.fd
             .set_msrs(&self.aux.msrs)
             .map_err(ioctl_err("KVM_SET_MSRS"))?;
@@ -435,6 +518,11 @@ impl TestVcpu {
             self.fd.clear_sync_dirty_reg(r);
         }
     }
+}
+
+/// `KVMCONF_NO_SYNC_REGS=1` makes the harness use explicit ioctls even where sync regs exist.
+fn no_sync_regs() -> bool {
+    std::env::var_os("KVMCONF_NO_SYNC_REGS").is_some_and(|v| v == "1")
 }
 
 /// `KVM_SET_SIGNAL_MASK` = _IOW(KVMIO, 0x8b, struct kvm_signal_mask).

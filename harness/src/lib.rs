@@ -20,6 +20,8 @@ pub mod fingerprint;
 pub mod kvm;
 pub mod memory;
 pub mod pool;
+pub mod raw;
+pub mod raw_vcpu;
 pub mod run;
 pub mod skip;
 pub mod state;

@@ -32,7 +32,9 @@ fn image_pages(model: &GuestModel) -> BTreeMap<u64, Box<[u8; PAGE as usize]>> {
             let page = a & !(PAGE - 1);
             let off = (a - page) as usize;
             let n = rest.len().min(PAGE as usize - off);
-            let buf = out.entry(page).or_insert_with(|| Box::new([0; PAGE as usize]));
+            let buf = out
+                .entry(page)
+                .or_insert_with(|| Box::new([0; PAGE as usize]));
             buf[off..off + n].copy_from_slice(&rest[..n]);
             rest = &rest[n..];
             a += n as u64;

@@ -100,7 +100,7 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
     if let Err(e) = vm.vcpu.set_single_step(case.single_step) {
         return rejected(&e, &model.cpu, case);
     }
-    if let Err(e) = vm.vcpu.set_state(&model.cpu) {
+    if let Err(e) = vm.vcpu.load_state(&model.cpu) {
         return rejected(&e, &model.cpu, case);
     }
     let budget = case.exit_budget() as usize;
@@ -121,6 +121,14 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
                 continue;
             }
             Err(errno) => {
+                if vm.vcpu.staged() {
+                    // KVM refused the staged state: load it by ioctl to name what it rejects.
+                    if let Err(e) = vm.vcpu.unstage_and_set(&model.cpu) {
+                        drop(deadline);
+                        return rejected(&e, &model.cpu, case);
+                    }
+                    continue;
+                }
                 break End::Exit(Exit::Rejected {
                     ioctl: "KVM_RUN".into(),
                     errno,
@@ -180,7 +188,7 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
                 steps.push(Hex(pc));
             }
             KvmExit::Hlt => {
-                let st = vm.vcpu.state()?;
+                let st = vm.vcpu.exit_state()?;
                 let end = match model.layout.stub_vector(st.cs.selector, st.cs.base, st.rip) {
                     Some(v) => End::Stub(v),
                     None => End::Exit(Exit::Hlt),
@@ -242,7 +250,7 @@ pub fn execute(vm: &mut TestVm, model: &GuestModel, case: &Case) -> Result<CaseR
     }
     let mut cpu = match final_state {
         Some(st) => st,
-        None => vm.vcpu.state()?,
+        None => vm.vcpu.exit_state()?,
     };
     let exit = match end {
         End::Exit(e) => e,

@@ -24,7 +24,7 @@ pub fn require_kvm() -> Requirement {
     match Host::open() {
         Ok(h) => Requirement::Met(h),
         Err(KvmError::NoKvm(e)) => {
-            let exists = std::path::Path::new("/dev/kvm").exists();
+            let exists = std::path::Path::new(&crate::kvm::kvm_path()).exists();
             let reason = format!("/dev/kvm unavailable: {e}");
             if in_ci() && exists {
                 panic!("CI=true and /dev/kvm exists, but a KVM test would skip: {reason}");

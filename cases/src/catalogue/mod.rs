@@ -2,6 +2,7 @@
 
 use crate::registry::Check;
 
+pub mod fixture;
 pub mod harness;
 pub mod run;
 pub mod system;

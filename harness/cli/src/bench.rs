@@ -108,10 +108,14 @@ pub fn main(a: BenchArgs) -> u8 {
                 Ok(())
             })?);
             cols[2].push(rate(nf, || {
-                baseline::fresh_loop(kvm, cpuid, &model, nf).map(drop).map_err(|e| e.to_string())
+                baseline::fresh_loop(kvm, cpuid, &model, nf)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             })?);
             cols[3].push(rate(n, || {
-                baseline::reuse_loop(kvm, cpuid, &model, n).map(drop).map_err(|e| e.to_string())
+                baseline::reuse_loop(kvm, cpuid, &model, n)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             })?);
             cols[4].push(rate(n, || {
                 baseline::minimal_reuse_loop(kvm, cpuid, &model, n)
@@ -142,17 +146,38 @@ pub fn main(a: BenchArgs) -> u8 {
         pooled_over_raw_minimal: hp / rm,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&f).expect("figures serialize"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&f).expect("figures serialize")
+        );
     } else {
-        println!("kvmconf bench: trivial {} case (mov, add, out, hlt), median of {rounds} interleaved rounds", f.mode);
+        println!(
+            "kvmconf bench: trivial {} case (mov, add, out, hlt), median of {rounds} interleaved rounds",
+            f.mode
+        );
         println!("  harness, fresh VM per case   {:>10.0} cases/s", hf);
         println!("  raw kvm-ioctls, fresh VM     {:>10.0} cases/s", rf);
         println!("  harness, pooled VM           {:>10.0} cases/s", hp);
-        println!("  raw kvm-ioctls, reused VM    {:>10.0} cases/s  (same reset ioctls as the pool)", rr);
-        println!("  raw, regs+sregs only         {:>10.0} cases/s  (floor: no reset of other state)", rm);
-        println!("  pooled / raw reuse           {:>10.2}   (target >= 0.8)", f.pooled_over_raw_reuse);
-        println!("  fresh / raw fresh            {:>10.2}   (target >= 0.9)", f.fresh_over_raw_fresh);
-        println!("  pooled / raw floor           {:>10.2}", f.pooled_over_raw_minimal);
+        println!(
+            "  raw kvm-ioctls, reused VM    {:>10.0} cases/s  (same reset ioctls as the pool)",
+            rr
+        );
+        println!(
+            "  raw, regs+sregs only         {:>10.0} cases/s  (floor: no reset of other state)",
+            rm
+        );
+        println!(
+            "  pooled / raw reuse           {:>10.2}   (target >= 0.8)",
+            f.pooled_over_raw_reuse
+        );
+        println!(
+            "  fresh / raw fresh            {:>10.2}   (target >= 0.9)",
+            f.fresh_over_raw_fresh
+        );
+        println!(
+            "  pooled / raw floor           {:>10.2}",
+            f.pooled_over_raw_minimal
+        );
     }
     EXIT_OK
 }

@@ -1,7 +1,10 @@
-//! The `kvmconf` command: run case files on KVM (`exec`) and measure the harness (`bench`).
+//! The `kvmconf` command: the conformance run (`run`), case files on KVM (`exec`) and the
+//! harness benchmark (`bench`).
 
 mod bench;
 mod exec;
+mod report;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the conformance catalogue against this host's KVM and report, case by case.
+    Run(run::RunArgs),
     /// Run case files (TOML, JSON, JSONL; `-` for stdin) and print one JSON result per case.
     Exec(exec::ExecArgs),
     /// Measure cases/s: harness fresh and pooled against raw kvm-ioctls loops.
@@ -45,6 +50,7 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
+        Command::Run(a) => run::main(a),
         Command::Exec(a) => exec::main(a),
         Command::Bench(a) => bench::main(a),
     };
