@@ -161,6 +161,27 @@ impl SegsInit {
     }
 }
 
+/// Control-register overrides applied after the mode's set-up (for state-entry tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct CrInit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cr0: Option<Hex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cr3: Option<Hex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cr4: Option<Hex>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub efer: Option<Hex>,
+}
+
+impl CrInit {
+    fn is_empty(&self) -> bool {
+        *self == CrInit::default()
+    }
+}
+
 /// Default guest RAM in MiB.
 pub const DEFAULT_MEMORY_MIB: u32 = 16;
 /// Default exit budget.
@@ -219,6 +240,9 @@ pub struct Case {
     /// Starting selectors (real16).
     #[serde(default, skip_serializing_if = "SegsInit::is_empty")]
     pub segs: SegsInit,
+    /// Control-register overrides (KVM may reject the result: a `rejected` exit).
+    #[serde(default, skip_serializing_if = "CrInit::is_empty")]
+    pub cr: CrInit,
     /// Answers to `IN`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub io_in: Vec<IoIn>,
@@ -266,6 +290,7 @@ impl Case {
                 ..RegsInit::default()
             },
             segs: SegsInit::default(),
+            cr: CrInit::default(),
             io_in: vec![],
             mmio: vec![],
             stubs: false,

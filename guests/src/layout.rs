@@ -694,6 +694,17 @@ impl GuestModel {
                 }
             }
         }
+        let o = &case.cr;
+        for (reg, v) in [
+            (&mut cpu.cr0, o.cr0),
+            (&mut cpu.cr3, o.cr3),
+            (&mut cpu.cr4, o.cr4),
+            (&mut cpu.efer, o.efer),
+        ] {
+            if let Some(v) = v {
+                *reg = v.0;
+            }
+        }
         image.sort_by_key(|(a, _)| *a);
         let mmio = case
             .mmio
@@ -713,8 +724,45 @@ impl GuestModel {
     }
 }
 
-/// Builds identity-mapping page tables at `reserved + PT_OFF`; returns their bytes and CR3.
+/// What the page tables depend on.
+type PtKey = (u64, PageSize, Vec<(u64, u64)>);
+
+thread_local! {
+    /// The last few page-table images built on this thread: cases of one shape share them.
+    static PT_CACHE: std::cell::RefCell<Vec<(PtKey, std::rc::Rc<Vec<u8>>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Identity-mapping page tables at `reserved + PT_OFF` (memoised per thread); bytes and CR3.
 fn build_page_tables(layout: &Layout, case: &Case) -> (Vec<u8>, u64) {
+    let spans = case
+        .mmio
+        .iter()
+        .map(|m| page_span(m.addr.0, m.addr.0 + m.len.0))
+        .collect();
+    let key: PtKey = (layout.ram_size, layout.page_size, spans);
+    let cr3 = layout.reserved + PT_OFF;
+    if let Some(hit) = PT_CACHE.with(|c| {
+        c.borrow()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| std::rc::Rc::clone(v))
+    }) {
+        return (hit.as_ref().clone(), cr3);
+    }
+    let (bytes, cr3) = make_page_tables(layout, case);
+    PT_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 4 {
+            c.remove(0);
+        }
+        c.push((key, std::rc::Rc::new(bytes.clone())));
+    });
+    (bytes, cr3)
+}
+
+/// Builds identity-mapping page tables at `reserved + PT_OFF`; returns their bytes and CR3.
+fn make_page_tables(layout: &Layout, case: &Case) -> (Vec<u8>, u64) {
     use std::collections::BTreeMap;
     let base = layout.reserved + PT_OFF;
     let mut pages: Vec<[u64; 512]> = vec![[0; 512], [0; 512]]; // PML4, PDPT
@@ -829,6 +877,29 @@ mod tests {
         assert_eq!(walk(&m.image, m.cpu.cr3, 0xd000_1000), None);
         assert_eq!(walk(&m.image, m.cpu.cr3, 17 << 20), None);
         assert_eq!(walk(&m.image, m.cpu.cr3, 1 << 32), None);
+    }
+
+    #[test]
+    fn memoised_page_tables_equal_fresh_ones() {
+        let mut a = Case::new("t", Mode::Long64, 0x1000, vec![0xf4]);
+        a.mmio.push(crate::case::MmioRegion {
+            addr: 0xd000_0000.into(),
+            len: 0x10.into(),
+            hex: Default::default(),
+        });
+        let l = Layout::for_case(&a);
+        let built = make_page_tables(&l, &a);
+        assert_eq!(build_page_tables(&l, &a), built);
+        assert_eq!(
+            build_page_tables(&l, &a),
+            built,
+            "second call is served from the cache"
+        );
+        // Another shape is not confused with the cached one.
+        let b = Case::new("u", Mode::Long64, 0x1000, vec![0xf4]);
+        let lb = Layout::for_case(&b);
+        assert_eq!(build_page_tables(&lb, &b), make_page_tables(&lb, &b));
+        assert_ne!(build_page_tables(&lb, &b).0, built.0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::run;
 use kvmconf_guests::case::Case;
 use kvmconf_guests::layout::{GuestModel, Layout};
 use kvmconf_guests::result::CaseResult;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 const PAGE: u64 = 4096;
 
@@ -20,27 +20,6 @@ fn load_image(vm: &TestVm, model: &GuestModel, pages: &mut BTreeSet<u64>) -> Res
         }
     }
     Ok(())
-}
-
-/// The image as whole pages: page address → 4 KiB contents (zero outside the image's bytes).
-fn image_pages(model: &GuestModel) -> BTreeMap<u64, Box<[u8; PAGE as usize]>> {
-    let mut out: BTreeMap<u64, Box<[u8; PAGE as usize]>> = BTreeMap::new();
-    for (addr, bytes) in &model.image {
-        let mut a = *addr;
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            let page = a & !(PAGE - 1);
-            let off = (a - page) as usize;
-            let n = rest.len().min(PAGE as usize - off);
-            let buf = out
-                .entry(page)
-                .or_insert_with(|| Box::new([0; PAGE as usize]));
-            buf[off..off + n].copy_from_slice(&rest[..n]);
-            rest = &rest[n..];
-            a += n as u64;
-        }
-    }
-    out
 }
 
 /// Runs `case` on a new VM that is closed afterwards.
@@ -70,8 +49,8 @@ impl Shape {
 struct Pooled {
     vm: TestVm,
     shape: Shape,
-    /// The last case's image by page: what those pages held before the guest ran.
-    loaded: BTreeMap<u64, Box<[u8; PAGE as usize]>>,
+    /// The last case's image: what RAM held before the guest ran (zero elsewhere).
+    loaded: Vec<(u64, Vec<u8>)>,
     uses: u64,
 }
 
@@ -88,8 +67,8 @@ pub struct PoolStats {
 
 /// VMs kept between cases, reset instead of recreated.
 ///
-/// Reset: every page the guest dirtied (KVM_GET_DIRTY_LOG) or the harness loaded for the previous
-/// case is zeroed, the new image is written, and registers, special registers, XSAVE, XCRs, debug
+/// Reset: pages the guest dirtied (KVM_GET_DIRTY_LOG) and the previous image's byte runs that the
+/// new image does not repeat are zeroed, the new image's changed runs are written, and registers, special registers, XSAVE, XCRs, debug
 /// registers, vCPU events, MP state and the MSRs in [`crate::kvm::RESET_MSRS`] are restored. With `verify`
 /// set, all of RAM is compared against the expected image after every reset.
 pub struct Pool<'h> {
@@ -151,7 +130,7 @@ impl<'h> Pool<'h> {
                 self.vms.push(Pooled {
                     vm,
                     shape,
-                    loaded: image_pages(&model),
+                    loaded: Vec::new(),
                     uses: 0,
                 });
                 self.vms.len() - 1
@@ -161,7 +140,9 @@ impl<'h> Pool<'h> {
         p.uses += 1;
         // The VM's layout (stubs, mode) may differ from the case's within one shape.
         p.vm.set_layout(model.layout.clone());
-        match run::execute(&mut p.vm, &model, case) {
+        let result = run::execute(&mut p.vm, &model, case);
+        p.loaded = model.image;
+        match result {
             Ok(r) => {
                 if case.single_step && !self.reuse_after_single_step {
                     self.vms.swap_remove(idx);
@@ -176,34 +157,42 @@ impl<'h> Pool<'h> {
         }
     }
 
-    /// Brings RAM from the last case's end state to `model`'s image: a page is rewritten when the
-    /// guest dirtied it (KVM_GET_DIRTY_LOG) or when the two images differ on it; every other page
-    /// still holds what both images say (zero when neither mentions it).
+    /// Brings RAM from the last case's end state to `model`'s image. Invariant between cases:
+    /// RAM is zero except on the last image's bytes and on pages the guest dirtied. So: zero the
+    /// dirtied pages and the old image's runs that the new image does not repeat, then write the
+    /// new runs that are new or touch a zeroed page.
     fn reset(&mut self, i: usize, model: &GuestModel) -> Result<(), KvmError> {
         let p = &mut self.vms[i];
         self.dirty.clear();
         p.vm.take_dirty_pages(&mut self.dirty)?;
-        let next = image_pages(model);
         let dirty: BTreeSet<u64> = self.dirty.iter().copied().collect();
-        let mut touch: BTreeSet<u64> = dirty.clone();
-        for (page, old) in &p.loaded {
-            if next.get(page).is_none_or(|new| new != old) {
-                touch.insert(*page);
+        let touches_dirty = |addr: u64, len: usize| {
+            let (mut pg, end) = (addr & !(PAGE - 1), addr + len as u64);
+            while pg < end {
+                if dirty.contains(&pg) {
+                    return true;
+                }
+                pg += PAGE;
+            }
+            false
+        };
+        let kept = |run: &(u64, Vec<u8>), other: &[(u64, Vec<u8>)]| other.iter().any(|o| o == run);
+        let mut cleared = dirty.len() as u64;
+        for &page in &dirty {
+            p.vm.mem.zero(page, PAGE)?;
+        }
+        for run in &p.loaded {
+            if !kept(run, &model.image) {
+                p.vm.mem.zero(run.0, run.1.len() as u64)?;
+                cleared += 1;
             }
         }
-        for page in next.keys() {
-            if !p.loaded.contains_key(page) {
-                touch.insert(*page);
+        for run in &model.image {
+            if !kept(run, &p.loaded) || touches_dirty(run.0, run.1.len()) {
+                p.vm.mem.write(run.0, &run.1)?;
             }
         }
-        for &page in &touch {
-            match next.get(&page) {
-                Some(bytes) => p.vm.mem.write(page, &bytes[..])?,
-                None => p.vm.mem.zero(page, PAGE)?,
-            }
-        }
-        self.stats.pages_cleared += touch.len() as u64;
-        p.loaded = next;
+        self.stats.pages_cleared += cleared;
         p.vm.vcpu.reset_aux()?;
         if self.verify {
             verify_image(&p.vm, model)?;

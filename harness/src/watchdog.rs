@@ -1,8 +1,10 @@
-//! The per-case wall-clock deadline: a thread-directed POSIX timer whose signal stays blocked in the
-//! vCPU thread except inside KVM_RUN (KVM_SET_SIGNAL_MASK), so a spinning guest returns EINTR.
+//! The per-case wall-clock deadline: one watchdog thread signals a vCPU thread whose deadline has
+//! passed; the signal stays blocked in that thread except inside KVM_RUN (KVM_SET_SIGNAL_MASK), so
+//! a spinning guest returns EINTR, and a signal that arrives outside KVM_RUN waits for the next one.
 
 use std::cell::RefCell;
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The real-time signal the watchdog sends (SIGRTMIN + 5).
@@ -76,63 +78,108 @@ pub fn thread_id() -> i32 {
     unsafe { libc::gettid() }
 }
 
-/// A one-shot timer that signals the thread that created it.
+/// How often the watchdog thread looks at the armed deadlines.
+pub const TICK: Duration = Duration::from_millis(2);
+
+/// One vCPU thread's deadline, shared with the watchdog thread.
 #[derive(Debug)]
-pub struct ThreadTimer {
-    id: libc::timer_t,
+struct Slot {
     tid: i32,
+    /// Nanoseconds since [`epoch`] when the deadline passes; 0 = disarmed.
+    at_ns: AtomicU64,
 }
 
-impl ThreadTimer {
-    fn new() -> Result<ThreadTimer, WatchdogError> {
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// The slots of every thread that ever armed a deadline.
+static SLOTS: Mutex<Vec<Arc<Slot>>> = Mutex::new(Vec::new());
+static STARTED: Once = Once::new();
+
+/// The watchdog thread: every [`TICK`], signals each thread whose deadline has passed (once).
+fn watchdog_loop() {
+    let pid = std::process::id() as libc::pid_t;
+    loop {
+        std::thread::sleep(TICK);
+        let now = now_ns();
+        let slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for slot in slots {
+            let at = slot.at_ns.load(Ordering::Acquire);
+            if at != 0
+                && now >= at
+                && slot
+                    .at_ns
+                    .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                // SAFETY: tgkill only sends a signal; a thread that has exited makes it fail
+                // with ESRCH, which is ignored.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, slot.tid, signal()) };
+            }
+        }
+    }
+}
+
+fn thread_slot() -> Result<Arc<Slot>, WatchdogError> {
+    SLOT.with(|cell| {
+        if let Some(g) = cell.borrow().as_ref() {
+            return Ok(Arc::clone(&g.0));
+        }
         install_handler();
-        let tid = thread_id();
         let set = signal_set();
         // SAFETY: blocks the watchdog signal in this thread; `set` is initialised.
         if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
             return Err(sys("pthread_sigmask"));
         }
-        // SAFETY: a zeroed sigevent is valid; we fill in the thread-id notification fields.
-        let mut ev: libc::sigevent = unsafe { std::mem::zeroed() };
-        ev.sigev_notify = libc::SIGEV_THREAD_ID;
-        ev.sigev_signo = signal();
-        ev.sigev_notify_thread_id = tid;
-        let mut id: libc::timer_t = std::ptr::null_mut();
-        // SAFETY: `ev` and `id` are valid for the call; the timer is deleted in Drop.
-        if unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut id) } != 0 {
-            return Err(sys("timer_create"));
+        let slot = Arc::new(Slot {
+            tid: current_thread(),
+            at_ns: AtomicU64::new(0),
+        });
+        SLOTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&slot));
+        let mut spawn_err = None;
+        STARTED.call_once(|| {
+            if let Err(e) = std::thread::Builder::new()
+                .name("kvmconf-watchdog".into())
+                .spawn(watchdog_loop)
+            {
+                spawn_err = Some(e);
+            }
+        });
+        if let Some(source) = spawn_err {
+            return Err(WatchdogError::Sys {
+                call: "spawning the watchdog thread",
+                source,
+            });
         }
-        Ok(ThreadTimer { id, tid })
-    }
-
-    fn set(&self, after: Duration) -> Result<(), WatchdogError> {
-        let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: after.as_secs() as libc::time_t,
-                tv_nsec: after.subsec_nanos() as libc::c_long,
-            },
-        };
-        // SAFETY: `id` is a live timer owned by self; `spec` is a valid itimerspec.
-        if unsafe { libc::timer_settime(self.id, 0, &spec, std::ptr::null_mut()) } != 0 {
-            return Err(sys("timer_settime"));
-        }
-        Ok(())
-    }
+        *cell.borrow_mut() = Some(SlotGuard(Arc::clone(&slot)));
+        Ok(slot)
+    })
 }
 
-impl Drop for ThreadTimer {
+/// Unregisters a thread's slot when the thread exits, so its id is never signalled again.
+struct SlotGuard(Arc<Slot>);
+
+impl Drop for SlotGuard {
     fn drop(&mut self) {
-        // SAFETY: `id` was created by timer_create and is deleted once, here.
-        unsafe { libc::timer_delete(self.id) };
+        self.0.at_ns.store(0, Ordering::Release);
+        SLOTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|s| !Arc::ptr_eq(s, &self.0));
     }
 }
 
 thread_local! {
-    static TIMER: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
+    static SLOT: RefCell<Option<SlotGuard>> = const { RefCell::new(None) };
     static TID: i32 = thread_id();
 }
 
@@ -141,26 +188,22 @@ pub fn current_thread() -> i32 {
     TID.with(|t| *t)
 }
 
-/// An armed deadline for the current thread; disarms on drop.
+/// An armed deadline for the current thread; disarms on drop. Arming is an atomic store: the
+/// watchdog thread sends the signal within [`TICK`] of the deadline.
 #[derive(Debug)]
 pub struct Deadline {
     at: Instant,
+    slot: Arc<Slot>,
 }
 
 impl Deadline {
-    /// Arms the calling thread's timer to fire after `after`.
+    /// Arms the calling thread's deadline `after` from now (and blocks the signal in it).
     pub fn arm(after: Duration) -> Result<Deadline, WatchdogError> {
+        let slot = thread_slot()?;
         let at = Instant::now() + after;
-        TIMER.with(|t| {
-            let mut t = t.borrow_mut();
-            if t.as_ref().is_none_or(|x| x.tid != current_thread()) {
-                *t = Some(ThreadTimer::new()?);
-            }
-            t.as_ref()
-                .expect("timer just created")
-                .set(after.max(Duration::from_nanos(1)))
-        })?;
-        Ok(Deadline { at })
+        let ns = (now_ns() + after.as_nanos().min(u128::from(u64::MAX / 2)) as u64).max(1);
+        slot.at_ns.store(ns, Ordering::Release);
+        Ok(Deadline { at, slot })
     }
 
     /// Whether the deadline has passed.
@@ -171,11 +214,7 @@ impl Deadline {
 
 impl Drop for Deadline {
     fn drop(&mut self) {
-        TIMER.with(|t| {
-            if let Some(t) = t.borrow().as_ref() {
-                let _ = t.set(Duration::ZERO);
-            }
-        });
+        self.slot.at_ns.store(0, Ordering::Release);
     }
 }
 
@@ -213,5 +252,11 @@ mod tests {
         })
         .join()
         .unwrap();
+        // The exited thread's slot is gone.
+        let n = SLOTS.lock().unwrap().len();
+        std::thread::spawn(|| drop(Deadline::arm(Duration::from_secs(1)).unwrap()))
+            .join()
+            .unwrap();
+        assert_eq!(SLOTS.lock().unwrap().len(), n);
     }
 }

@@ -678,6 +678,65 @@ fn reset_after_single_stepped_hlt(host: &Host) -> Outcome {
     Ok(())
 }
 
+fn rejected_state_is_a_result(host: &Host) -> Outcome {
+    // CR0.PG without CR0.PE: KVM_SET_SREGS must fail with EINVAL (api.rst 4.14).
+    let mut bad = case("pg_without_pe", Mode::Long64, vec![0xf4]);
+    bad.cr.cr0 = Some(Hex(0x8000_0010));
+    let want = Exit::Rejected {
+        ioctl: "KVM_SET_SREGS".into(),
+        errno: libc::EINVAL,
+    };
+    let fresh = run(host, &bad)?;
+    ensure_eq!(fresh.exit, want, "fresh VM exit");
+    ensure!(fresh.trace.is_empty(), "nothing ran: {:?}", fresh.trace);
+    let mut pool = Pool::new(host, 1);
+    let pooled = pool.run(&bad)?;
+    ensure_eq!(pooled.exit, want, "pooled VM exit");
+    // The VM that refused the state runs the next case normally.
+    let code = hello(Mode::Long64)?;
+    let end = CODE + code.len() as u64;
+    let r = pool.run(&case("after", Mode::Long64, code))?;
+    ensure_eq!(pool.stats().reused, 1, "the VM was reused");
+    check_hello(&r, end)
+}
+
+fn four_gib_guest_runs(host: &Host) -> Outcome {
+    const AT: u64 = 0xf000_0000;
+    for mode in [Mode::Prot32, Mode::Long64] {
+        let code = program(mode, |a| {
+            if mode == Mode::Long64 {
+                a.mov(rax, AT)?;
+                a.mov(qword_ptr(rax), 0x1234_5678)?;
+                a.mov(rcx, qword_ptr(rax))?;
+            } else {
+                a.mov(eax, AT as u32)?;
+                a.mov(dword_ptr(eax), 0x1234_5678u32)?;
+                a.mov(ecx, dword_ptr(eax))?;
+            }
+            a.hlt()
+        })?;
+        let mut c = case("big", mode, code);
+        c.memory_mib = 4096;
+        c.dump = vec![kvmconf_guests::case::Dump {
+            addr: Hex(AT),
+            len: Hex(4),
+        }];
+        let r = run(host, &c)?;
+        ensure_eq!(r.exit, Exit::Hlt, "{mode:?} exit with 4 GiB of RAM");
+        ensure_eq!(
+            r.regs.rcx.0 & 0xffff_ffff,
+            0x1234_5678,
+            "{mode:?} rcx read back from {AT:#x}"
+        );
+        ensure_eq!(
+            r.memory[0].hex.0,
+            vec![0x78, 0x56, 0x34, 0x12],
+            "{mode:?} dump at {AT:#x}"
+        );
+    }
+    Ok(())
+}
+
 /// The harness checks.
 pub const CHECKS: &[Check] = &[
     Check {
@@ -775,6 +834,18 @@ pub const CHECKS: &[Check] = &[
         area: Area::Harness,
         doc: "api.rst KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_MP_STATE, KVM_SET_VCPU_EVENTS, KVM_SET_GUEST_DEBUG",
         run: reset_after_single_stepped_hlt,
+    },
+    Check {
+        id: "harness.rejected_state_is_a_result_and_vm_stays_usable",
+        area: Area::Harness,
+        doc: "api.rst 4.14 KVM_SET_SREGS (invalid CR0: EINVAL); kvmconf rejected exit",
+        run: rejected_state_is_a_result,
+    },
+    Check {
+        id: "harness.four_gib_guest_runs_prot32_and_long64",
+        area: Area::Harness,
+        doc: "api.rst 4.35 KVM_SET_USER_MEMORY_REGION; kvmconf memory_mib up to 16384",
+        run: four_gib_guest_runs,
     },
     Check {
         id: "harness.pooled_vm_results_equal_fresh_vm_results",
