@@ -737,6 +737,64 @@ fn four_gib_guest_runs(host: &Host) -> Outcome {
     Ok(())
 }
 
+fn int_n_reaches_its_gate(host: &Host, cpl: u8) -> Outcome {
+    {
+        // INT 7 through a DPL-3 gate reaches the vector-7 stub, rip after the INT (a trap).
+        let r = run(
+            host,
+            &stub_case("int7", cpl, |a| {
+                a.int(7)?;
+                a.hlt()
+            })?,
+        )?;
+        ensure_eq!(
+            r.exit,
+            Exit::Exception {
+                vector: 7,
+                error_code: None,
+                cr2: None
+            },
+            "cpl{cpl} `int 7` exit"
+        );
+        ensure_eq!(
+            r.regs.rip.0,
+            CODE + 2,
+            "cpl{cpl} `int 7` frame rip (after the INT)"
+        );
+        // INT 0x20 is past the 32-gate IDT limit: #GP with error code 0x20*8+2 (IDT, EXT=0).
+        let r = run(
+            host,
+            &stub_case("int20", cpl, |a| {
+                a.int(0x20)?;
+                a.hlt()
+            })?,
+        )?;
+        ensure_eq!(
+            r.exit,
+            Exit::Exception {
+                vector: 13,
+                error_code: Some(Hex(0x102)),
+                cr2: None
+            },
+            "cpl{cpl} `int 0x20` past the IDT limit"
+        );
+        ensure_eq!(
+            r.regs.rip.0,
+            CODE,
+            "cpl{cpl} `int 0x20` #GP rip (the INT itself)"
+        );
+    }
+    Ok(())
+}
+
+fn int_n_cpl0(host: &Host) -> Outcome {
+    int_n_reaches_its_gate(host, 0)
+}
+
+fn int_n_cpl3(host: &Host) -> Outcome {
+    int_n_reaches_its_gate(host, 3)
+}
+
 /// The harness checks.
 pub const CHECKS: &[Check] = &[
     Check {
@@ -846,6 +904,18 @@ pub const CHECKS: &[Check] = &[
         area: Area::Harness,
         doc: "api.rst 4.35 KVM_SET_USER_MEMORY_REGION; kvmconf memory_mib up to 16384",
         run: four_gib_guest_runs,
+    },
+    Check {
+        id: "harness.int_n_cpl0_reaches_its_gate_or_gp_past_idt_limit",
+        area: Area::Harness,
+        doc: "SDM 2 INT n (gate DPL, IDT limit -> #GP(vector*8+2)); SDM 3A 6.12",
+        run: int_n_cpl0,
+    },
+    Check {
+        id: "harness.int_n_cpl3_reaches_its_gate_or_gp_past_idt_limit",
+        area: Area::Harness,
+        doc: "SDM 2 INT n (gate DPL, IDT limit -> #GP(vector*8+2)); SDM 3A 6.12",
+        run: int_n_cpl3,
     },
     Check {
         id: "harness.pooled_vm_results_equal_fresh_vm_results",
