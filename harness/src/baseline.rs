@@ -1,7 +1,7 @@
 //! Raw kvm-ioctls loops for `kvmconf bench`: the ioctls the harness issues for a trivial case, with
 //! none of its bookkeeping, so the benchmark can say what the harness itself costs.
 
-use crate::kvm::{KvmError, RESET_MSRS, TSS_ADDR};
+use crate::kvm::{KvmError, TSS_ADDR};
 use crate::memory::GuestMemory;
 use kvm_bindings::{
     CpuId, KVM_MEM_LOG_DIRTY_PAGES, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
@@ -47,28 +47,6 @@ fn stage(v: &mut RawVm, events: &kvm_bindings::kvm_vcpu_events) {
     ] {
         v.vcpu.set_sync_dirty_reg(r);
     }
-}
-
-/// Whether the harness would use sync regs on this host.
-fn sync_ok(vm: &VmFd) -> bool {
-    let want = kvm_bindings::KVM_SYNC_X86_REGS
-        | kvm_bindings::KVM_SYNC_X86_SREGS
-        | kvm_bindings::KVM_SYNC_X86_EVENTS;
-    (vm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYNC_REGS)) as u32 & want)
-        == want
-}
-
-fn reset_msrs() -> kvm_bindings::Msrs {
-    kvm_bindings::Msrs::from_entries(
-        &RESET_MSRS
-            .iter()
-            .map(|&index| kvm_bindings::kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect::<Vec<_>>(),
-    )
-    .expect("a short MSR list fits")
 }
 
 struct RawVm {
@@ -130,14 +108,14 @@ pub fn fresh_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
         v.vcpu.get_xsave().map_err(err("KVM_GET_XSAVE"))?;
         v.vcpu.get_xcrs().map_err(err("KVM_GET_XCRS"))?;
         v.vcpu.get_debug_regs().map_err(err("KVM_GET_DEBUGREGS"))?;
-        let mut msrs = reset_msrs();
+        let mut msrs = crate::kvm::reset_msr_list();
         v.vcpu.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))?;
         v.vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?;
         let events = v
             .vcpu
             .get_vcpu_events()
             .map_err(err("KVM_GET_VCPU_EVENTS"))?;
-        if sync_ok(&v.vm) {
+        if crate::kvm::sync_regs_supported(&v.vm) {
             v.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
             v.vcpu
                 .set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
@@ -161,7 +139,7 @@ pub fn fresh_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
 /// Reruns the case on one VM, issuing the harness's reset ioctls between runs.
 pub fn reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Result<u64, KvmError> {
     let mut v = create(kvm, cpuid, model, true)?;
-    let mut msrs = reset_msrs();
+    let mut msrs = crate::kvm::reset_msr_list();
     let got = v.vcpu.get_msrs(&mut msrs).map_err(err("KVM_GET_MSRS"))?;
     let msrs = kvm_bindings::Msrs::from_entries(&msrs.as_slice()[..got]).expect("fits");
     v.aux = Some(RawAux {
@@ -176,7 +154,7 @@ pub fn reuse_loop(kvm: &Kvm, cpuid: &CpuId, model: &GuestModel, n: u64) -> Resul
         mp: v.vcpu.get_mp_state().map_err(err("KVM_GET_MP_STATE"))?,
     });
     let aux = v.aux.take().expect("set above");
-    let sync = sync_ok(&v.vm);
+    let sync = crate::kvm::sync_regs_supported(&v.vm);
     if sync {
         v.vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         v.vcpu

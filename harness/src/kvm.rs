@@ -11,7 +11,6 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuFd, VmFd};
 use kvmconf_guests::layout::{CpuState, Layout};
-use std::os::fd::AsRawFd;
 
 /// A failed KVM call, naming the ioctl and keeping the errno.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +219,29 @@ pub const RESET_MSRS: &[u32] = &[
     0xc000_0103, // TSC_AUX
 ];
 
+/// The [`RESET_MSRS`] as a KVM_GET_MSRS request.
+pub fn reset_msr_list() -> kvm_bindings::Msrs {
+    kvm_bindings::Msrs::from_entries(
+        &RESET_MSRS
+            .iter()
+            .map(|&index| kvm_bindings::kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>(),
+    )
+    .expect("a short MSR list fits")
+}
+
+/// Whether KVM_CAP_SYNC_REGS covers regs, sregs and vCPU events on this VM.
+pub fn sync_regs_supported(vm: &VmFd) -> bool {
+    let want = kvm_bindings::KVM_SYNC_X86_REGS
+        | kvm_bindings::KVM_SYNC_X86_SREGS
+        | kvm_bindings::KVM_SYNC_X86_EVENTS;
+    (vm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYNC_REGS)) as u32 & want)
+        == want
+}
+
 /// One vCPU and its mapped `kvm_run` area.
 #[derive(Debug)]
 pub struct TestVcpu {
@@ -243,16 +265,7 @@ impl TestVcpu {
         fd.set_cpuid2(cpuid).map_err(ioctl_err("KVM_SET_CPUID2"))?;
         let sregs_base = fd.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
         let has_xcrs = vm.check_extension(Cap::Xcrs);
-        let mut msrs = kvm_bindings::Msrs::from_entries(
-            &RESET_MSRS
-                .iter()
-                .map(|&index| kvm_bindings::kvm_msr_entry {
-                    index,
-                    ..Default::default()
-                })
-                .collect::<Vec<_>>(),
-        )
-        .expect("a short MSR list fits");
+        let mut msrs = reset_msr_list();
         let n = fd.get_msrs(&mut msrs).map_err(ioctl_err("KVM_GET_MSRS"))?;
         let msrs = kvm_bindings::Msrs::from_entries(&msrs.as_slice()[..n]).expect("fits");
         let aux = AuxState {
@@ -271,14 +284,7 @@ impl TestVcpu {
             msrs,
             mp_state: fd.get_mp_state().map_err(ioctl_err("KVM_GET_MP_STATE"))?,
         };
-        let want = kvm_bindings::KVM_SYNC_X86_REGS
-            | kvm_bindings::KVM_SYNC_X86_SREGS
-            | kvm_bindings::KVM_SYNC_X86_EVENTS;
-        let sync = !no_sync_regs()
-            && (vm.check_extension_raw(libc::c_ulong::from(kvm_bindings::KVM_CAP_SYNC_REGS))
-                as u32
-                & want)
-                == want;
+        let sync = !no_sync_regs() && sync_regs_supported(vm);
         let mut v = TestVcpu {
             fd,
             run_len: vm.run_size(),
@@ -314,44 +320,16 @@ impl TestVcpu {
         if self.mask_tid == tid {
             return Ok(());
         }
-        // Make sure this thread has its timer (which also blocks the signal) before reading the mask.
+        // Register this thread with the watchdog (which blocks the signal) before reading the mask.
         drop(watchdog::Deadline::arm(std::time::Duration::from_secs(
             3600,
         ))?);
-        let mask = watchdog::run_mask();
-        #[repr(C)]
-        struct SignalMask {
-            len: u32,
-            sigset: [u8; 8],
-        }
-        let mut m = SignalMask {
-            len: 8,
-            sigset: [0; 8],
-        };
-        // SAFETY: sigset_t starts with the kernel's 64-bit signal set on Linux x86-64; we copy
-        // its first 8 bytes, which is the size the kernel expects (len = 8).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&mask as *const libc::sigset_t).cast::<u8>(),
-                m.sigset.as_mut_ptr(),
-                8,
-            )
-        };
-        // SAFETY: KVM_SET_SIGNAL_MASK reads a kvm_signal_mask header followed by `len` bytes,
-        // all inside `m`; the fd is a vCPU fd.
-        let ret = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                KVM_SET_SIGNAL_MASK,
-                &m as *const SignalMask,
-            )
-        };
-        if ret != 0 {
-            return Err(KvmError::Ioctl {
+        crate::raw_vcpu::set_signal_mask(&self.fd, &[], &[watchdog::signal()]).map_err(
+            |errno| KvmError::Ioctl {
                 ioctl: "KVM_SET_SIGNAL_MASK",
-                errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-            });
-        }
+                errno,
+            },
+        )?;
         self.mask_tid = tid;
         Ok(())
     }
@@ -524,6 +502,3 @@ impl TestVcpu {
 fn no_sync_regs() -> bool {
     std::env::var_os("KVMCONF_NO_SYNC_REGS").is_some_and(|v| v == "1")
 }
-
-/// `KVM_SET_SIGNAL_MASK` = _IOW(KVMIO, 0x8b, struct kvm_signal_mask).
-const KVM_SET_SIGNAL_MASK: libc::c_ulong = 0x4004_ae8b;

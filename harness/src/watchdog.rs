@@ -61,17 +61,6 @@ pub fn signal_set() -> libc::sigset_t {
     }
 }
 
-/// The calling thread's signal mask with the watchdog signal removed: the mask for KVM_RUN.
-pub fn run_mask() -> libc::sigset_t {
-    // SAFETY: pthread_sigmask with a null new set only reads the current mask into `cur`.
-    unsafe {
-        let mut cur: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur);
-        libc::sigdelset(&mut cur, signal());
-        cur
-    }
-}
-
 /// The calling thread's kernel thread id.
 pub fn thread_id() -> i32 {
     // SAFETY: gettid has no preconditions.
