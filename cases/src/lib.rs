@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod catalogue;
+pub mod corpus;
 pub mod deviations;
 pub mod registry;
 pub mod runner;

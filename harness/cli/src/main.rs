@@ -1,6 +1,7 @@
 //! The `kvmconf` command: the conformance run (`run`), case files on KVM (`exec`) and the
 //! harness benchmark (`bench`).
 
+mod baseline;
 mod bench;
 mod exec;
 mod report;
@@ -34,6 +35,10 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Measure cases/s: harness fresh and pooled against raw kvm-ioctls loops.
     Bench(bench::BenchArgs),
+    /// Record a baseline: catalogue verdicts, corpus and generated-program results, host fingerprint.
+    Record(baseline::RecordArgs),
+    /// Rerun a baseline's set and report new failures, fixes and changed results.
+    Compare(baseline::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +58,8 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::Exec(a) => exec::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::Record(a) => baseline::record(a),
+        Command::Compare(a) => baseline::compare(a),
     };
     ExitCode::from(code)
 }
