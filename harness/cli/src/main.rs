@@ -1,5 +1,6 @@
 //! The `kvmconf` command: the conformance run (`run`), case files on KVM (`exec`) and the
 //! harness benchmark (`bench`).
+#![forbid(unsafe_code)]
 
 mod baseline;
 mod bench;
