@@ -5,6 +5,7 @@
 
 pub mod catalogue;
 pub mod deviations;
+pub mod fuzz;
 pub mod registry;
 pub mod runner;
 
