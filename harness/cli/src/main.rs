@@ -3,7 +3,9 @@
 
 mod bench;
 mod exec;
+mod fuzz;
 mod report;
+mod repro;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +36,11 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Measure cases/s: harness fresh and pooled against raw kvm-ioctls loops.
     Bench(bench::BenchArgs),
+    /// Fuzz KVM in-process with the generator and an oracle; findings go to an artifacts folder.
+    Fuzz(fuzz::FuzzArgs),
+    /// Replay a case file (a fuzz artifact) under its oracle and print the diff; --emit-c writes
+    /// a standalone C reproducer.
+    Repro(repro::ReproArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,8 @@ fn main() -> ExitCode {
         Command::Run(a) => run::main(a),
         Command::Exec(a) => exec::main(a),
         Command::Bench(a) => bench::main(a),
+        Command::Fuzz(a) => fuzz::main(a),
+        Command::Repro(a) => repro::main(a),
     };
     ExitCode::from(code)
 }
