@@ -9,6 +9,13 @@ use kvmconf_guests::r#gen::CODE;
 /// Most candidate runs one minimisation may spend.
 pub const MAX_TRIES: usize = 400;
 
+/// Most wall-clock time one minimisation may spend.
+pub const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Deadline of a candidate run: removing an instruction can make a loop endless, and the
+/// original's full deadline per candidate would make minimising take minutes.
+pub const CANDIDATE_TIMEOUT_MS: u64 = 100;
+
 /// Instruction boundaries `(offset, len)` of the code image at `CODE`.
 fn instructions(case: &Case) -> Option<(usize, Vec<(usize, usize)>)> {
     let i = case.memory.iter().position(|m| m.addr.0 == CODE)?;
@@ -32,9 +39,15 @@ fn instructions(case: &Case) -> Option<(usize, Vec<(usize, usize)>)> {
 /// Shrinks `case` while `reproduces` holds; returns the smallest case found (at worst `case`).
 pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case {
     let mut best = case.clone();
+    best.timeout_ms = Some(case.deadline_ms().min(CANDIDATE_TIMEOUT_MS));
+    if !reproduces(&best) {
+        // Needs the full deadline (a timeout finding): minimise with it.
+        best.timeout_ms = case.timeout_ms;
+    }
+    let started = std::time::Instant::now();
     let mut tries = 0usize;
     let mut attempt = |c: &Case, best: &mut Case, tries: &mut usize| -> bool {
-        if *tries >= MAX_TRIES || c.validate().is_err() {
+        if *tries >= MAX_TRIES || started.elapsed() > MAX_TIME || c.validate().is_err() {
             return false;
         }
         *tries += 1;
@@ -176,6 +189,7 @@ pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case 
         c.io_in.clear();
         attempt(&c, &mut best, &mut tries);
     }
+    best.timeout_ms = case.timeout_ms;
     best
 }
 

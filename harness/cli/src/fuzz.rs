@@ -48,6 +48,9 @@ pub struct FuzzArgs {
     /// Measure execs/s with one and two workers against the raw pooled case rate.
     #[arg(long)]
     bench: bool,
+    /// Write new findings as found, without minimising them (for long soak runs).
+    #[arg(long)]
+    no_minimise: bool,
 }
 
 /// One unique finding.
@@ -120,6 +123,7 @@ struct Config {
     artifacts: PathBuf,
     stats_every: f64,
     quiet: bool,
+    minimise: bool,
 }
 
 fn signature_file(target: Target, signature: &str) -> String {
@@ -202,7 +206,7 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
     let original = f.case.memory.first().map_or(0, |m| m.hex.0.len());
     let mut f = f;
     let small = match (f.target, runner) {
-        (Target::GuestVsInterp | Target::GuestEmulatedVsNative, Some(r)) => {
+        (Target::GuestVsInterp | Target::GuestEmulatedVsNative, Some(r)) if cfg.minimise => {
             let mut still = |c: &Case| matches!(r.exec_case(f.target, c), Ok(Exec { finding: Some(g), .. }) if g.signature == f.signature);
             let small = minimise(&f.case, &mut still);
             // The header shows the differences of the minimised case.
@@ -430,6 +434,7 @@ pub fn main(a: FuzzArgs) -> u8 {
         artifacts: a.artifacts.clone(),
         stats_every: a.stats_every,
         quiet: false,
+        minimise: !a.no_minimise,
     };
     let (fd0, rss0) = (fd_count(), rss_kib());
     eprintln!(
@@ -551,10 +556,11 @@ fn replay(target: Target, seed: u64, index: u64) -> u8 {
     }
 }
 
-/// Cases/s of the pooled harness on the trivial benchmark case, single thread, for `secs`.
-fn raw_pooled_rate(secs: f64) -> Result<f64, KvmError> {
+/// Cases/s of the pooled harness alone (no generator, interpreter or diff), single thread, for
+/// `secs`: on the trivial benchmark case, and on the same generated cases the fuzzer runs.
+fn raw_pooled_rates(secs: f64, seed: u64) -> Result<(f64, f64), KvmError> {
     let host = Host::open()?;
-    let mut pool = Pool::new(&host, 1);
+    let mut pool = Pool::new(&host, 4);
     let mut c = Case::new(
         "bench",
         kvmconf_guests::case::Mode::Long64,
@@ -569,12 +575,22 @@ fn raw_pooled_rate(secs: f64) -> Result<f64, KvmError> {
         pool.run(&c)?;
         n += 1;
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    let trivial = n as f64 / t.elapsed().as_secs_f64();
+    let cases: Vec<Case> = (0..2000)
+        .map(|i| kvmconf_cases::fuzz::gen_guest(&mut source_for(seed, i)))
+        .collect();
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        pool.run(&cases[n as usize % cases.len()])?;
+        n += 1;
+    }
+    Ok((trivial, n as f64 / t.elapsed().as_secs_f64()))
 }
 
 fn bench(a: &FuzzArgs, seed: u64) -> u8 {
     let secs = a.duration.unwrap_or(10.0);
-    let raw = match raw_pooled_rate(secs / 2.0) {
+    let (trivial, generated) = match raw_pooled_rates(secs / 2.0, seed) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kvmconf fuzz --bench: {e}");
@@ -593,23 +609,23 @@ fn bench(a: &FuzzArgs, seed: u64) -> u8 {
             artifacts: dir.clone(),
             stats_every: 0.0,
             quiet: true,
+            minimise: false,
         };
         let (s, _) = run(&cfg);
         let _ = std::fs::remove_dir_all(&dir);
         rates.push(s.execs as f64 / s.secs);
     }
-    println!("fuzz bench (guest_vs_interp, seed {seed}, {secs} s per figure):");
-    println!("  raw pooled case rate (trivial case, 1 thread)  {raw:10.0} cases/s");
     println!(
-        "  kvmconf fuzz, 1 worker                         {:10.0} execs/s  ({:.2}x raw)",
-        rates[0],
-        rates[0] / raw
+        "fuzz bench (guest_vs_interp, seed {seed}, {secs} s per figure; minimisation off, it runs once per unique finding):"
     );
-    println!(
-        "  kvmconf fuzz, 2 workers                        {:10.0} execs/s  ({:.2}x raw, {:.2}x raw per worker)",
-        rates[1],
-        rates[1] / raw,
-        rates[1] / raw / 2.0
-    );
+    println!("  raw pooled rate, trivial case (1 thread)       {trivial:10.0} cases/s");
+    println!("  raw pooled rate, the fuzzer's generated cases  {generated:10.0} cases/s");
+    for (jobs, r) in [(1.0, rates[0]), (2.0, rates[1])] {
+        println!(
+            "  kvmconf fuzz, {jobs} worker(s)                     {r:10.0} execs/s  per worker {:.2}x raw generated, {:.2}x raw trivial",
+            r / jobs / generated,
+            r / jobs / trivial
+        );
+    }
     EXIT_OK
 }
