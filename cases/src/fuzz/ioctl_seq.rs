@@ -184,8 +184,9 @@ pub fn exec_checked(host: &Host, ops: &Ops, check_fds: bool) -> Result<Exec, Kvm
                     };
                     *slot = *value;
                     if reg % 18 == 17 {
-                        // RFLAGS bit 1 reads as 1; other reserved bits are the caller's problem.
-                        r.rflags = (r.rflags | 2) & 0x3f_7fd7;
+                        // Status flags, DF and IF (bit 1 reads as 1): the bits KVM_SET_REGS must
+                        // keep as given in any mode (TF belongs to guest debug, VM/RF to the mode).
+                        r.rflags = (r.rflags & 0xed5) | 2;
                     }
                     match fd.set_regs(&r) {
                         Ok(()) => {
@@ -325,6 +326,9 @@ pub fn exec_checked(host: &Host, ops: &Ops, check_fds: bool) -> Result<Exec, Kvm
             bad
         },
     });
+    // Coverage is the set of outcomes seen, not their order.
+    sig.sort();
+    sig.dedup();
     Ok(Exec {
         signal: signal_of(&sig),
         rejected: false,
