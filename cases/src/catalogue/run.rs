@@ -1120,7 +1120,7 @@ fn irq_window_after_sti_shadow_once(host: &Host) -> Outcome {
 
 /// Fresh guests per check: the documented exit must come every time (on kvm_pvm it comes only
 /// sometimes, depending on when the host interrupts the vCPU).
-const WINDOW_ATTEMPTS: u32 = 20;
+const WINDOW_ATTEMPTS: u32 = 100;
 
 /// Runs `once` on [`WINDOW_ATTEMPTS`] fresh guests; the first failure fails the check.
 fn every_attempt(host: &Host, once: fn(&Host) -> Outcome) -> Outcome {

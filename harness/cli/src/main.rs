@@ -5,7 +5,9 @@
 mod baseline;
 mod bench;
 mod exec;
+mod fuzz;
 mod report;
+mod repro;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +42,11 @@ enum Command {
     Record(baseline::RecordArgs),
     /// Rerun a baseline's set and report new failures, fixes and changed results.
     Compare(baseline::CompareArgs),
+    /// Fuzz KVM in-process with the generator and an oracle; findings go to an artifacts folder.
+    Fuzz(fuzz::FuzzArgs),
+    /// Replay a case file (a fuzz artifact) under its oracle and print the diff; --emit-c writes
+    /// a standalone C reproducer.
+    Repro(repro::ReproArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +68,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::main(a),
         Command::Record(a) => baseline::record(a),
         Command::Compare(a) => baseline::compare(a),
+        Command::Fuzz(a) => fuzz::main(a),
+        Command::Repro(a) => repro::main(a),
     };
     ExitCode::from(code)
 }

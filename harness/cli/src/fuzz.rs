@@ -1,0 +1,631 @@
+//! `kvmconf fuzz`: in-process, generator-driven fuzzing on stable Rust. Worker threads (one VM pool
+//! each) take input indices from a shared counter; input `i` of a run is built from
+//! `(seed, i)` alone, so `--seed S --index I` replays it anywhere. Findings are deduplicated by
+//! signature; known deviations are counted as known; each new finding is minimised and written
+//! atomically to the artifacts folder as a case file that `kvmconf repro` replays.
+
+use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_NO_KVM, EXIT_OK};
+use kvmconf_cases::fuzz::{
+    Exec, Finding, Runner, Target, ioctl_seq::fd_count, kcov_status, minimise::minimise, source_for,
+};
+use kvmconf_guests::case::Case;
+use kvmconf_harness::{Host, KvmError, Pool};
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Arguments of `kvmconf fuzz`.
+#[derive(clap::Args)]
+pub struct FuzzArgs {
+    /// What to fuzz: guest_vs_interp, guest_emulated_vs_native, state_entry, case_parser,
+    /// ioctl_sequence.
+    #[arg(long, default_value = "guest_vs_interp")]
+    target: String,
+    /// Stop after this many seconds (default 60 unless --cases is given).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Stop after this many inputs (over all workers).
+    #[arg(long)]
+    cases: Option<u64>,
+    /// Parallel workers, each with its own /dev/kvm handle and VM pool.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Seed of the run (default: from the clock; printed so the run can be replayed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Replay the single input with this index of the run (with --seed) and print its result.
+    #[arg(long)]
+    index: Option<u64>,
+    /// Where minimised findings are written.
+    #[arg(long, default_value = "artifacts")]
+    artifacts: PathBuf,
+    /// Seconds between statistics lines on stderr (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    stats_every: f64,
+    /// Measure execs/s with one and two workers against the raw pooled case rate.
+    #[arg(long)]
+    bench: bool,
+    /// Write new findings as found, without minimising them (for long soak runs).
+    #[arg(long)]
+    no_minimise: bool,
+}
+
+/// One unique finding.
+struct Unique {
+    count: u64,
+    known: Option<String>,
+    artifact: Option<PathBuf>,
+    index: u64,
+    details: Vec<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    execs: AtomicU64,
+    rejected: AtomicU64,
+    mismatches: AtomicU64,
+    known: AtomicU64,
+    panics: AtomicU64,
+    errors: AtomicU64,
+    next: AtomicU64,
+    stop: AtomicBool,
+    signals: Mutex<HashSet<u64>>,
+    findings: Mutex<BTreeMap<String, Unique>>,
+    first_errors: Mutex<Vec<String>>,
+}
+
+/// Resident set size of this process in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// What one fuzz run did.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Inputs executed (rejected ones included).
+    pub execs: u64,
+    /// Inputs out of the oracle's scope.
+    pub rejected: u64,
+    /// Executions with a broken invariant.
+    pub mismatches: u64,
+    /// ... of which a known deviation explains.
+    pub known: u64,
+    /// Harness panics caught.
+    pub panics: u64,
+    /// Harness errors.
+    pub errors: u64,
+    /// Distinct KVM-side signals.
+    pub signal: usize,
+    /// Unique new findings.
+    pub unique_new: usize,
+    /// Unique known findings.
+    pub unique_known: usize,
+    /// Seconds.
+    pub secs: f64,
+}
+
+struct Config {
+    target: Target,
+    seed: u64,
+    cases: Option<u64>,
+    duration: Option<Duration>,
+    jobs: usize,
+    artifacts: PathBuf,
+    stats_every: f64,
+    quiet: bool,
+    minimise: bool,
+}
+
+fn signature_file(target: Target, signature: &str) -> String {
+    format!(
+        "{}-{:016x}.toml",
+        target.name(),
+        kvmconf_cases::fuzz::signal_of(signature)
+    )
+}
+
+/// Writes `text` to `dir/name` through a temporary file and a rename.
+pub fn write_atomic(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// The artifact text: a header of `#` lines (target, signature, replay command, the differences)
+/// and the case as TOML.
+pub fn artifact_text(f: &Finding, case: &Case, seed: u64, index: u64, original: usize) -> String {
+    let mut s = String::new();
+    s.push_str("# kvmconf fuzz finding\n");
+    s.push_str(&format!("# target: {}\n", f.target.name()));
+    s.push_str(&format!("# signature: {}\n", f.signature));
+    s.push_str(&format!(
+        "# replay: kvmconf fuzz --target {} --seed {seed} --index {index}\n",
+        f.target.name()
+    ));
+    s.push_str(&format!(
+        "# repro: kvmconf repro <this file> [--emit-c repro.c]\n# minimised: code {original} -> {} bytes\n",
+        case.memory.first().map_or(0, |m| m.hex.0.len())
+    ));
+    for d in &f.details {
+        for l in d.lines() {
+            s.push_str(&format!("#   {l}\n"));
+        }
+    }
+    let mut c = case.clone();
+    c.name = format!("fuzz_{}", &signature_file(f.target, &f.signature)[..]);
+    c.name.truncate(c.name.len() - 5);
+    match kvmconf_cases::fuzz::case_to_toml(&c) {
+        Ok(t) => s.push_str(&t),
+        Err(e) => s.push_str(&format!("# (TOML failed: {e})\n")),
+    }
+    s
+}
+
+fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64, f: Finding) {
+    sh.mismatches.fetch_add(1, Ordering::Relaxed);
+    if f.known.is_some() {
+        sh.known.fetch_add(1, Ordering::Relaxed);
+    }
+    {
+        let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = m.get_mut(&f.signature) {
+            u.count += 1;
+            return;
+        }
+        m.insert(
+            f.signature.clone(),
+            Unique {
+                count: 1,
+                known: f.known.clone(),
+                artifact: None,
+                index,
+                details: f.details.clone(),
+            },
+        );
+    }
+    if f.known.is_some() {
+        return;
+    }
+    let original = f.case.memory.first().map_or(0, |m| m.hex.0.len());
+    let mut f = f;
+    let small = match (f.target, runner) {
+        (Target::GuestVsInterp | Target::GuestEmulatedVsNative, Some(r)) if cfg.minimise => {
+            let mut still = |c: &Case| matches!(r.exec_case(f.target, c), Ok(Exec { finding: Some(g), .. }) if g.signature == f.signature);
+            let small = minimise(&f.case, &mut still);
+            // The header shows the differences of the minimised case.
+            if let Ok(Exec {
+                finding: Some(g), ..
+            }) = r.exec_case(f.target, &small)
+                && g.signature == f.signature
+            {
+                f.details = g.details;
+            }
+            small
+        }
+        _ => f.case.clone(),
+    };
+    let text = artifact_text(&f, &small, cfg.seed, index, original);
+    let path = write_atomic(
+        &cfg.artifacts,
+        &signature_file(f.target, &f.signature),
+        &text,
+    );
+    let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
+    match path {
+        Ok(p) => {
+            if !cfg.quiet {
+                eprintln!("new finding {} -> {}", f.signature, p.display());
+            }
+            if let Some(u) = m.get_mut(&f.signature) {
+                u.artifact = Some(p);
+            }
+        }
+        Err(e) => eprintln!("cannot write artifact for {}: {e}", f.signature),
+    }
+}
+
+fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
+    let host = if cfg.target.needs_kvm() {
+        match Host::open() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                sh.errors.fetch_add(1, Ordering::Relaxed);
+                sh.first_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(e.to_string());
+                sh.stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let mut runner = host.as_ref().map(Runner::new);
+    let mut local_signals: Vec<u64> = Vec::new();
+    loop {
+        if sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let index = sh.next.fetch_add(1, Ordering::Relaxed);
+        if cfg.cases.is_some_and(|n| index >= n) {
+            break;
+        }
+        let mut src = source_for(cfg.seed, index);
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &mut runner {
+            Some(r) => r.exec_source(cfg.target, &mut src),
+            None => Ok(kvmconf_cases::fuzz::case_parser(
+                &kvmconf_cases::fuzz::gen_parser_input(&mut src),
+            )),
+        }));
+        sh.execs.fetch_add(1, Ordering::Relaxed);
+        match out {
+            Err(_) => {
+                sh.panics.fetch_add(1, Ordering::Relaxed);
+                // The pool may hold a VM in an unknown state after a panic: start a new one.
+                runner = host.as_ref().map(Runner::new);
+                sh.first_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(format!("harness panic at index {index}"));
+            }
+            Ok(Err(e)) => {
+                sh.errors.fetch_add(1, Ordering::Relaxed);
+                note_error(sh, index, &e);
+                runner = host.as_ref().map(Runner::new);
+            }
+            Ok(Ok(x)) => {
+                if x.rejected {
+                    sh.rejected.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                local_signals.push(x.signal);
+                if local_signals.len() >= 256 {
+                    let mut s = sh.signals.lock().unwrap_or_else(|p| p.into_inner());
+                    s.extend(local_signals.drain(..));
+                }
+                if let Some(f) = x.finding {
+                    record(sh, cfg, runner.as_mut(), index, f);
+                }
+            }
+        }
+    }
+    sh.signals
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(local_signals);
+}
+
+fn note_error(sh: &Shared, index: u64, e: &KvmError) {
+    let mut v = sh.first_errors.lock().unwrap_or_else(|p| p.into_inner());
+    if v.len() < 10 {
+        v.push(format!("harness error at index {index}: {e}"));
+    }
+}
+
+fn stats_line(sh: &Shared, t: f64) -> String {
+    let execs = sh.execs.load(Ordering::Relaxed);
+    let (u_new, u_known) = {
+        let m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
+        let k = m.values().filter(|u| u.known.is_some()).count();
+        (m.len() - k, k)
+    };
+    format!(
+        "[{t:7.1}s] execs {execs} ({:.0}/s)  rejected {}  mismatches {} ({} known)  unique {u_new} new, {u_known} known  signal {}  panics {}  errors {}",
+        execs as f64 / t.max(1e-9),
+        sh.rejected.load(Ordering::Relaxed),
+        sh.mismatches.load(Ordering::Relaxed),
+        sh.known.load(Ordering::Relaxed),
+        sh.signals.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        sh.panics.load(Ordering::Relaxed),
+        sh.errors.load(Ordering::Relaxed),
+    )
+}
+
+fn run(cfg: &Config) -> (Summary, Arc<Shared>) {
+    let sh = Arc::new(Shared::default());
+    let t0 = Instant::now();
+    let deadline = cfg.duration.map(|d| t0 + d);
+    std::thread::scope(|s| {
+        for _ in 0..cfg.jobs.max(1) {
+            let sh = &sh;
+            s.spawn(move || worker(sh, cfg, deadline));
+        }
+        if cfg.stats_every > 0.0 && !cfg.quiet {
+            let every = Duration::from_secs_f64(cfg.stats_every);
+            let mut next = t0 + every;
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                let done = sh.stop.load(Ordering::Relaxed)
+                    || deadline.is_some_and(|d| Instant::now() >= d)
+                    || cfg
+                        .cases
+                        .is_some_and(|n| sh.next.load(Ordering::Relaxed) >= n);
+                if done {
+                    break;
+                }
+                if Instant::now() >= next {
+                    eprintln!("{}", stats_line(&sh, t0.elapsed().as_secs_f64()));
+                    next += every;
+                }
+            }
+        }
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    let m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
+    let unique_known = m.values().filter(|u| u.known.is_some()).count();
+    let summary = Summary {
+        execs: sh.execs.load(Ordering::Relaxed),
+        rejected: sh.rejected.load(Ordering::Relaxed),
+        mismatches: sh.mismatches.load(Ordering::Relaxed),
+        known: sh.known.load(Ordering::Relaxed),
+        panics: sh.panics.load(Ordering::Relaxed),
+        errors: sh.errors.load(Ordering::Relaxed),
+        signal: sh.signals.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        unique_new: m.len() - unique_known,
+        unique_known,
+        secs,
+    };
+    drop(m);
+    (summary, sh)
+}
+
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+/// Runs `kvmconf fuzz`.
+pub fn main(a: FuzzArgs) -> u8 {
+    let Some(target) = Target::from_name(&a.target) else {
+        eprintln!(
+            "kvmconf fuzz: --target: expected one of {}, got {:?}",
+            Target::ALL.map(Target::name).join(", "),
+            a.target
+        );
+        return EXIT_BAD_INPUT;
+    };
+    if target.needs_kvm()
+        && let Err(e) = Host::open()
+    {
+        eprintln!("SKIP: requirement not met: {e}");
+        return EXIT_NO_KVM;
+    }
+    let seed = a.seed.unwrap_or_else(clock_seed);
+    if a.bench {
+        return bench(&a, seed);
+    }
+    if let Some(index) = a.index {
+        return replay(target, seed, index);
+    }
+    match kcov_status() {
+        Ok(()) => eprintln!(
+            "KCOV: /sys/kernel/debug/kcov present; kvmconf fuzz uses KVM-side signal only (the cargo-fuzz targets report it too)"
+        ),
+        Err(why) => eprintln!("KCOV: skipped: {why}; coverage signal is KVM-side only"),
+    }
+    let cfg = Config {
+        target,
+        seed,
+        cases: a.cases,
+        duration: a
+            .duration
+            .or(if a.cases.is_none() { Some(60.0) } else { None })
+            .map(Duration::from_secs_f64),
+        jobs: a.jobs.max(1),
+        artifacts: a.artifacts.clone(),
+        stats_every: a.stats_every,
+        quiet: false,
+        minimise: !a.no_minimise,
+    };
+    let (fd0, rss0) = (fd_count(), rss_kib());
+    eprintln!(
+        "kvmconf fuzz: target {} seed {seed} jobs {} artifacts {}; start: {fd0} fds, RSS {rss0} KiB",
+        target.name(),
+        cfg.jobs,
+        cfg.artifacts.display()
+    );
+    let (s, sh) = run(&cfg);
+    let (fd1, rss1) = (fd_count(), rss_kib());
+    eprintln!("{}", stats_line(&sh, s.secs));
+    println!(
+        "fuzz {}: {} execs in {:.1} s ({:.0}/s), {} rejected, {} mismatches ({} known), unique findings: {} new, {} known; signal {}; panics {}; harness errors {}",
+        target.name(),
+        s.execs,
+        s.secs,
+        s.execs as f64 / s.secs.max(1e-9),
+        s.rejected,
+        s.mismatches,
+        s.known,
+        s.unique_new,
+        s.unique_known,
+        s.signal,
+        s.panics,
+        s.errors
+    );
+    println!(
+        "resources: fds {fd0} -> {fd1}; RSS {rss0} KiB -> {rss1} KiB ({:+} KiB)",
+        rss1 as i64 - rss0 as i64
+    );
+    for e in sh
+        .first_errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        println!("error: {e}");
+    }
+    let m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
+    for (sig, u) in m.iter() {
+        match &u.known {
+            Some(id) => println!("known    {sig} x{} (deviation {id})", u.count),
+            None => {
+                println!(
+                    "FINDING  {sig} x{} -> {} (replay: --seed {seed} --index {})",
+                    u.count,
+                    u.artifact
+                        .as_ref()
+                        .map_or("(not written)".into(), |p| p.display().to_string()),
+                    u.index
+                );
+                for d in u.details.iter().take(4) {
+                    println!("           {d}");
+                }
+            }
+        }
+    }
+    if s.panics > 0 || s.errors > 0 || s.unique_new > 0 {
+        EXIT_FAIL
+    } else {
+        EXIT_OK
+    }
+}
+
+fn replay(target: Target, seed: u64, index: u64) -> u8 {
+    let mut src = source_for(seed, index);
+    let host = if target.needs_kvm() {
+        match Host::open() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("SKIP: requirement not met: {e}");
+                return EXIT_NO_KVM;
+            }
+        }
+    } else {
+        None
+    };
+    let out = match &host {
+        Some(h) => Runner::new(h).exec_source(target, &mut src),
+        None => Ok(kvmconf_cases::fuzz::case_parser(
+            &kvmconf_cases::fuzz::gen_parser_input(&mut src),
+        )),
+    };
+    match out {
+        Err(e) => {
+            println!("harness error: {e}");
+            EXIT_FAIL
+        }
+        Ok(x) if x.rejected => {
+            println!("input {index} of seed {seed} is out of the oracle's scope (rejected)");
+            EXIT_OK
+        }
+        Ok(Exec {
+            finding: None,
+            signal,
+            ..
+        }) => {
+            println!("input {index} of seed {seed}: no difference (signal {signal:016x})");
+            EXIT_OK
+        }
+        Ok(Exec {
+            finding: Some(f), ..
+        }) => {
+            println!(
+                "input {index} of seed {seed}: {} {}",
+                f.signature,
+                f.known
+                    .as_ref()
+                    .map_or(String::new(), |k| format!("(known: {k})"))
+            );
+            for d in &f.details {
+                println!("  {d}");
+            }
+            if let Ok(t) = kvmconf_cases::fuzz::case_to_toml(&f.case) {
+                println!("{t}");
+            }
+            EXIT_FAIL
+        }
+    }
+}
+
+/// Cases/s of the pooled harness alone (no generator, interpreter or diff), single thread, for
+/// `secs`: on the trivial benchmark case, and on the same generated cases the fuzzer runs.
+fn raw_pooled_rates(secs: f64, seed: u64) -> Result<(f64, f64), KvmError> {
+    let host = Host::open()?;
+    let mut pool = Pool::new(&host, 4);
+    let mut c = Case::new(
+        "bench",
+        kvmconf_guests::case::Mode::Long64,
+        0x1000,
+        // mov eax, 0x2a; add eax, 1; out 0xf1, al; hlt
+        vec![0xb8, 0x2a, 0, 0, 0, 0x83, 0xc0, 0x01, 0xe6, 0xf1, 0xf4],
+    );
+    c.regs.rsp = Some(0x8000.into());
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        pool.run(&c)?;
+        n += 1;
+    }
+    let trivial = n as f64 / t.elapsed().as_secs_f64();
+    let cases: Vec<Case> = (0..2000)
+        .map(|i| kvmconf_cases::fuzz::gen_guest(&mut source_for(seed, i)))
+        .collect();
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        pool.run(&cases[n as usize % cases.len()])?;
+        n += 1;
+    }
+    Ok((trivial, n as f64 / t.elapsed().as_secs_f64()))
+}
+
+fn bench(a: &FuzzArgs, seed: u64) -> u8 {
+    let secs = a.duration.unwrap_or(10.0);
+    let (trivial, generated) = match raw_pooled_rates(secs / 2.0, seed) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kvmconf fuzz --bench: {e}");
+            return EXIT_FAIL;
+        }
+    };
+    let mut rates = Vec::new();
+    for jobs in [1usize, 2] {
+        let dir = std::env::temp_dir().join(format!("kvmconf-fuzz-bench-{}", std::process::id()));
+        let cfg = Config {
+            target: Target::GuestVsInterp,
+            seed,
+            cases: None,
+            duration: Some(Duration::from_secs_f64(secs)),
+            jobs,
+            artifacts: dir.clone(),
+            stats_every: 0.0,
+            quiet: true,
+            minimise: false,
+        };
+        let (s, _) = run(&cfg);
+        let _ = std::fs::remove_dir_all(&dir);
+        rates.push(s.execs as f64 / s.secs);
+    }
+    println!(
+        "fuzz bench (guest_vs_interp, seed {seed}, {secs} s per figure; minimisation off, it runs once per unique finding):"
+    );
+    println!("  raw pooled rate, trivial case (1 thread)       {trivial:10.0} cases/s");
+    println!("  raw pooled rate, the fuzzer's generated cases  {generated:10.0} cases/s");
+    for (jobs, r) in [(1.0, rates[0]), (2.0, rates[1])] {
+        println!(
+            "  kvmconf fuzz, {jobs} worker(s)                     {r:10.0} execs/s  per worker {:.2}x raw generated, {:.2}x raw trivial",
+            r / jobs / generated,
+            r / jobs / trivial
+        );
+    }
+    EXIT_OK
+}
