@@ -207,6 +207,27 @@ impl Drop for Deadline {
     }
 }
 
+/// Whether the watchdog signal is pending (blocked, not yet consumed) in the calling thread.
+pub fn pending() -> bool {
+    // SAFETY: sigpending writes the pending set into `set`, which we own; sigismember only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set) == 0 && libc::sigismember(&set, signal()) == 1
+    }
+}
+
+/// Waits up to `limit` for the watchdog signal to be pending in the calling thread.
+pub fn wait_pending(limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if pending() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    pending()
+}
+
 /// Consumes a pending watchdog signal of the calling thread, if any; returns whether one was.
 pub fn drain() -> bool {
     let set = signal_set();
@@ -226,8 +247,9 @@ mod tests {
     fn deadline_fires_as_a_pending_blocked_signal_and_drains() {
         std::thread::spawn(|| {
             let d = Deadline::arm(Duration::from_millis(5)).unwrap();
-            std::thread::sleep(Duration::from_millis(20));
-            assert!(d.expired());
+            assert!(!pending());
+            assert!(wait_pending(Duration::from_secs(1)), "signal within 1 s");
+            assert!(d.expired(), "the signal came only after the deadline");
             assert!(
                 drain(),
                 "the timer signal should be pending (blocked) in this thread"

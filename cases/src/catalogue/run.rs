@@ -573,7 +573,10 @@ fn signal_interrupts_spin(host: &Host) -> Outcome {
 fn signal_pending() -> Result<Deadline, Fail> {
     let d = Deadline::arm(Duration::from_nanos(1))
         .map_err(|e| Fail::Failed(format!("watchdog: {e}")))?;
-    std::thread::sleep(Duration::from_millis(2));
+    ensure!(
+        watchdog::wait_pending(Duration::from_secs(1)),
+        "the watchdog signal was not pending within 1 s of an expired deadline"
+    );
     Ok(d)
 }
 
