@@ -5,6 +5,7 @@
 
 pub mod catalogue;
 pub mod deviations;
+pub mod differential;
 pub mod registry;
 pub mod runner;
 
