@@ -14,7 +14,7 @@ use crate::registry::Fail;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
 use kvmconf_guests::case::Case;
 use kvmconf_guests::r#gen::CODE;
-use kvmconf_guests::interp;
+use kvmconf_guests::interp::{self, Machine};
 use kvmconf_guests::result::{CaseResult, DiffMask, Exit, FieldDiff, diff};
 use kvmconf_harness::fingerprint::Fingerprint;
 use kvmconf_harness::{KvmError, Pool};
@@ -82,25 +82,41 @@ fn nop_out(case: &Case, ip: u64, len: usize) -> Case {
     c
 }
 
-/// Shrinks a mismatching case: each instruction in turn (last first, twice over) is replaced by
-/// NOPs and the replacement kept while `still_differs` holds. Returns the smallest case found.
+/// Shrinks a mismatching case: runs of instructions, halving in length down to one, are replaced by
+/// NOPs (last run first) and each replacement kept while `still_differs` holds; single instructions
+/// get a second pass. Returns the smallest case found.
 pub fn minimise(case: &Case, mut still_differs: impl FnMut(&Case) -> bool) -> Case {
+    let live = |c: &Case| -> Vec<(u64, usize)> {
+        instructions(c)
+            .iter()
+            .filter(|i| !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt))
+            .map(|i| (i.ip(), i.len()))
+            .collect()
+    };
     let mut best = case.clone();
-    for _ in 0..2 {
-        let mut changed = false;
-        for ins in instructions(&best).iter().rev() {
-            if ins.mnemonic() == Mnemonic::Nop || ins.mnemonic() == Mnemonic::Hlt {
-                continue;
+    let mut chunk = live(&best).len().div_ceil(2).max(1);
+    let mut single_passes = 0;
+    loop {
+        let ins = live(&best);
+        let mut end = ins.len();
+        while end > 0 {
+            let start = end.saturating_sub(chunk);
+            let mut trial = best.clone();
+            for &(ip, len) in &ins[start..end] {
+                trial = nop_out(&trial, ip, len);
             }
-            let trial = nop_out(&best, ins.ip(), ins.len());
             if still_differs(&trial) {
                 best = trial;
-                changed = true;
+            }
+            end = start;
+        }
+        if chunk == 1 {
+            single_passes += 1;
+            if single_passes == 2 {
+                break;
             }
         }
-        if !changed {
-            break;
-        }
+        chunk = (chunk / 2).max(1);
     }
     best
 }
@@ -201,12 +217,44 @@ pub fn minimise_mismatch(
     mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
 ) -> Mismatch {
     let refused = matches!(kvm.exit, Exit::InternalError { .. });
-    let minimised = minimise(case, |trial| match run(trial) {
-        Ok(r) => {
-            !compare(&r, trial).is_empty()
-                && refused == matches!(r.exit, Exit::InternalError { .. })
+    if refused {
+        // The refused instruction is the one at KVM's RIP: no need to minimise on KVM. Keep it and
+        // the final HLT (the rest NOPed) as the minimised case.
+        let mut minimised = case.clone();
+        for i in instructions(case) {
+            if i.ip() != kvm.regs.rip.0 && !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt) {
+                minimised = nop_out(&minimised, i.ip(), i.len());
+            }
         }
-        Err(_) => false,
+        let mut class = classify(case, kvm);
+        if let Some(m) = class.strip_suffix(" refused")
+            && refusals()
+                .iter()
+                .any(|r| r.mnemonic == m && r.mode == case.mode.name())
+        {
+            class = format!("{m} refused (listed in cases/emulator_refuses.toml)");
+        }
+        return Mismatch {
+            case: case.clone(),
+            minimised,
+            class,
+            diffs: compare(kvm, case).iter().map(ToString::to_string).collect(),
+        };
+    }
+    // A trial still shows the mismatch when KVM and the interpreter still differ and each ends the
+    // way it did on the original (so removing a loop bound cannot turn the mismatch into a timeout).
+    // Nor may a trial read a flag that is undefined at that point (the generator's fix-ups can be
+    // NOPed away): the interpreter reports that as `tainted`.
+    let model_kind = interp::run(case).exit.kind();
+    let minimised = minimise(case, |trial| {
+        let o = Machine::new(trial).run();
+        if o.tainted || o.result.exit.kind() != model_kind {
+            return false;
+        }
+        match run(trial) {
+            Ok(r) => r.exit.kind() == kvm.exit.kind() && !compare(&r, trial).is_empty(),
+            Err(_) => false,
+        }
     });
     let (class, diffs) = match run(&minimised) {
         Ok(r) => {
@@ -215,18 +263,6 @@ pub fn minimise_mismatch(
             (class, d.iter().map(ToString::to_string).collect())
         }
         Err(e) => ("harness error".into(), vec![e.to_string()]),
-    };
-    let class = if let Some(m) = class.strip_suffix(" refused") {
-        let listed = refusals()
-            .iter()
-            .any(|r| r.mnemonic == m && r.mode == case.mode.name());
-        if listed {
-            format!("{m} refused (listed in cases/emulator_refuses.toml)")
-        } else {
-            class
-        }
-    } else {
-        class
     };
     Mismatch {
         case: case.clone(),
