@@ -433,7 +433,7 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
         let mut m = BTreeMap::new();
         flatten(
             "",
-            &serde_json::to_value(&r).expect("results serialize"),
+            &serde_json::to_value(r).expect("results serialize"),
             &mut m,
         );
         m
