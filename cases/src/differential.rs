@@ -245,14 +245,22 @@ pub fn minimise_mismatch(
     // way it did on the original (so removing a loop bound cannot turn the mismatch into a timeout).
     // Nor may a trial read a flag that is undefined at that point (the generator's fix-ups can be
     // NOPed away): the interpreter reports that as `tainted`.
+    // And a trial must differ only in fields the original differs in, so that removing set-up code
+    // (say, the bounds of a string operation) cannot trade the mismatch for another one.
     let model_kind = interp::run(case).exit.kind();
+    let paths: Vec<String> = compare(kvm, case).into_iter().map(|d| d.path).collect();
     let minimised = minimise(case, |trial| {
         let o = Machine::new(trial).run();
         if o.tainted || o.result.exit.kind() != model_kind {
             return false;
         }
         match run(trial) {
-            Ok(r) => r.exit.kind() == kvm.exit.kind() && !compare(&r, trial).is_empty(),
+            Ok(r) => {
+                let d = compare(&r, trial);
+                r.exit.kind() == kvm.exit.kind()
+                    && !d.is_empty()
+                    && d.iter().all(|f| paths.contains(&f.path))
+            }
             Err(_) => false,
         }
     });
