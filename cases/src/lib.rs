@@ -6,6 +6,7 @@
 pub mod catalogue;
 pub mod corpus;
 pub mod deviations;
+pub mod differential;
 pub mod fuzz;
 pub mod registry;
 pub mod runner;

@@ -409,7 +409,7 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
 
 /// Lists every field where `a` and `b` differ, register names and hex values included.
 pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
-    let prep = |r: &CaseResult| {
+    let masked = |r: &CaseResult| {
         let mut r = r.clone();
         r.name.clear();
         r.regs.rflags.0 &= !mask.rflags_ignore;
@@ -422,15 +422,23 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
         if mask.skip_steps {
             r.steps.clear();
         }
+        r
+    };
+    let (ma, mb) = (masked(a), masked(b));
+    // Equal results (the common case) need no rendering.
+    if ma == mb {
+        return vec![];
+    }
+    let prep = |r: &CaseResult| {
         let mut m = BTreeMap::new();
         flatten(
             "",
-            &serde_json::to_value(&r).expect("results serialize"),
+            &serde_json::to_value(r).expect("results serialize"),
             &mut m,
         );
         m
     };
-    let (fa, fb) = (prep(a), prep(b));
+    let (fa, fb) = (prep(&ma), prep(&mb));
     let mut keys: Vec<&String> = fa.keys().chain(fb.keys()).collect();
     keys.sort();
     keys.dedup();

@@ -222,3 +222,32 @@ fn cmpxchg_failure_and_shift_by_zero_on_32_bit_registers() {
     assert_eq!(o.result.regs.rax.0, 0);
     assert_eq!(o.result.regs.r13.0, 0xffff_ff00);
 }
+
+/// SDM 2 CMPXCHG: "the destination operand is written back if the comparison fails" — found by the
+/// differential with the data region as MMIO: the failed compare reads and then writes the old
+/// value, both visible in the trace.
+#[test]
+fn cmpxchg_failure_writes_memory_destination_back() {
+    let mut c = case(Mode::Long64, |a| {
+        a.mov(ebx, 0xd000_0000u32)?;
+        a.cmpxchg(dword_ptr(rbx), ecx)?; // eax = 1 ≠ 0x0a: fails
+        a.hlt()
+    });
+    c.regs.rax = Some(1.into());
+    c.mmio.push(kvmconf_guests::case::MmioRegion {
+        addr: 0xd000_0000.into(),
+        len: 0x10.into(),
+        hex: HexBytes(vec![0x0a, 0, 0, 0]),
+    });
+    let o = run(&c);
+    assert_eq!(o.result.exit, Exit::Hlt);
+    assert_eq!(o.result.regs.rax.0, 0x0a);
+    use kvmconf_guests::result::Event;
+    assert_eq!(
+        o.result.trace,
+        vec![
+            Event::mmio_read(0xd000_0000, 4, 0x0a),
+            Event::mmio_write(0xd000_0000, 4, 0x0a)
+        ]
+    );
+}

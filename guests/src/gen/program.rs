@@ -307,7 +307,13 @@ impl Gen<'_> {
         ) {
             reads |= STATUS;
         }
-        if effect && reads & self.undef != 0 {
+        // An instruction that may raise an exception pushes RFLAGS into the frame, where it is
+        // compared (prot32/real16 frames land on the dumped stack): undefined flags must not reach it.
+        let faulting = self.opts.stubs && may_fault(ins.mnemonic());
+        if faulting {
+            reads |= STATUS;
+        }
+        if (effect || faulting) && reads & self.undef != 0 {
             self.fixup();
         }
         self.steps.push(Step::Ins(ins));
@@ -1260,6 +1266,30 @@ fn assemble(mode: Mode, steps: &[Step], labels: usize) -> Result<Vec<u8>, iced_x
 }
 
 /// Builds one case.
+/// Whether a generated instruction may deliver an exception (#DE, #BP, #OF, or #GP for I/O and
+/// CLI/STI at CPL3), which pushes RFLAGS.
+fn may_fault(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Div
+            | Mnemonic::Idiv
+            | Mnemonic::Int
+            | Mnemonic::Int3
+            | Mnemonic::Into
+            | Mnemonic::In
+            | Mnemonic::Out
+            | Mnemonic::Insb
+            | Mnemonic::Insw
+            | Mnemonic::Insd
+            | Mnemonic::Outsb
+            | Mnemonic::Outsw
+            | Mnemonic::Outsd
+            | Mnemonic::Cli
+            | Mnemonic::Sti
+            | Mnemonic::Aam
+    )
+}
+
 pub(super) fn build(opts: &Options, src: &mut dyn Source, name: &str) -> Case {
     let mode = opts.mode;
     let mut g = Gen {

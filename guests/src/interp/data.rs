@@ -72,9 +72,14 @@ impl Machine {
                 if acc == d {
                     self.write_op(ins, 0, size, src)?;
                 } else {
-                    // The destination is not written on failure: a 32-bit register keeps its
-                    // upper half (observed on this host's CPU at CPL3), and KVM's emulator skips
-                    // the memory write for MMIO.
+                    // On failure a memory destination gets a write cycle with its own value (SDM 2
+                    // CMPXCHG: "the destination operand is written back if the comparison fails"),
+                    // visible as an MMIO write. A register destination is left alone: a 32-bit
+                    // register keeps its upper half, as the CPU does at CPL3 (the SDM pseudo-code's
+                    // `DEST := TEMP` would clear it; KVM's emulator does, a recorded deviation).
+                    if ins.op0_kind() == OpKind::Memory {
+                        self.write_op(ins, 0, size, d)?;
+                    }
                     self.set_gpr(0, size, d);
                 }
                 self.set_flags(STATUS, f);

@@ -19,6 +19,11 @@ impl Machine {
         error: Option<u32>,
         soft_next: Option<u64>,
     ) -> Result<(), Stop> {
+        // The frame holds RFLAGS; outside long mode (where every gate uses IST1, off the case's
+        // stack) it lands in the case's memory, so an undefined status flag there is a read of it.
+        if self.mode != Mode::Long64 && self.undef & flags::STATUS != 0 {
+            self.tainted = true;
+        }
         let (mut v, mut e, mut soft) = (vector, error, soft_next);
         loop {
             match self.deliver_once(v, e, soft) {

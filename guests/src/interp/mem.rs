@@ -72,11 +72,16 @@ impl PhysMem {
 
     /// Copies `bytes` into RAM at `pa` (loading the image; no trace, holes skipped).
     pub fn load(&mut self, pa: u64, bytes: &[u8]) {
-        for (i, &b) in bytes.iter().enumerate() {
-            let a = pa + i as u64;
+        // Page by page: RAM and MMIO holes are page-granular, so a page is all one or the other.
+        let mut done = 0usize;
+        while done < bytes.len() {
+            let a = pa + done as u64;
+            let off = (a % PAGE) as usize;
+            let n = (PAGE as usize - off).min(bytes.len() - done);
             if self.is_ram(a) {
-                self.page_mut(a).data[(a % PAGE) as usize] = b;
+                self.page_mut(a).data[off..off + n].copy_from_slice(&bytes[done..done + n]);
             }
+            done += n;
         }
     }
 

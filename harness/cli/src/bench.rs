@@ -1,11 +1,15 @@
 //! `kvmconf bench`: cases/s for a trivial case (a few instructions, one OUT, HLT), measured in one
 //! run four ways — harness fresh, harness pooled, raw kvm-ioctls fresh, raw reuse — in interleaved
-//! rounds, reported as medians with the harness/raw ratios.
+//! rounds, reported as medians with the harness/raw ratios. The differential loop (generate a
+//! program, run it on KVM, run it in the interpreter, compare) is measured in the same rounds,
+//! against the pooled rate for the same generated programs without the interpreter.
 
 use crate::exec::open_host;
 use crate::{EXIT_FAIL, EXIT_OK};
+use kvmconf_cases::differential::compare;
 use kvmconf_guests::asm::assemble;
 use kvmconf_guests::case::{Case, Mode};
+use kvmconf_guests::r#gen::case_from_seed;
 use kvmconf_guests::layout::GuestModel;
 use kvmconf_harness::{Pool, baseline, run_fresh};
 use serde::Serialize;
@@ -41,6 +45,12 @@ pub struct Figures {
     pooled_over_raw_reuse: f64,
     fresh_over_raw_fresh: f64,
     pooled_over_raw_minimal: f64,
+    /// Generated programs/s on the pool alone (pre-generated, KVM only).
+    generated_pooled_cases_per_s: f64,
+    /// Generated programs/s through generate + KVM + interpreter + compare.
+    differential_cases_per_s: f64,
+    /// `differential_cases_per_s / generated_pooled_cases_per_s` (target >= 0.5).
+    differential_over_pooled: f64,
 }
 
 fn trivial_case(mode: Mode) -> Case {
@@ -85,7 +95,8 @@ pub fn main(a: BenchArgs) -> u8 {
     let kvm = host.kvm();
     let cpuid = host.supported_cpuid();
     let mut pool = Pool::new(&host, 1);
-    let mut cols: [Vec<f64>; 5] = Default::default();
+    let mut cols: [Vec<f64>; 7] = Default::default();
+    let ng = (a.cases / 4).max(10);
     let check = |r: &kvmconf_guests::CaseResult| -> Result<(), String> {
         if r.exit != kvmconf_guests::Exit::Hlt || r.trace.len() != 1 {
             return Err(format!("the trivial case did not end as expected: {r:?}"));
@@ -122,6 +133,23 @@ pub fn main(a: BenchArgs) -> u8 {
                     .map(drop)
                     .map_err(|e| e.to_string())
             })?);
+            let generated: Vec<Case> = (0..ng)
+                .map(|i| case_from_seed(mode, u64::from(round), i))
+                .collect();
+            cols[5].push(rate(ng, || {
+                for c in &generated {
+                    pool.run(c).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })?);
+            cols[6].push(rate(ng, || {
+                for i in 0..ng {
+                    let c = case_from_seed(mode, u64::from(round), i);
+                    let r = pool.run(&c).map_err(|e| e.to_string())?;
+                    std::hint::black_box(compare(&r, &c));
+                }
+                Ok(())
+            })?);
             Ok(())
         })();
         if let Err(e) = res {
@@ -132,7 +160,7 @@ pub fn main(a: BenchArgs) -> u8 {
             eprintln!("round {}/{rounds} done", round + 1);
         }
     }
-    let [hf, hp, rf, rr, rm] = cols.map(median);
+    let [hf, hp, rf, rr, rm, gp, dl] = cols.map(median);
     let f = Figures {
         mode: mode.name().into(),
         rounds,
@@ -144,6 +172,9 @@ pub fn main(a: BenchArgs) -> u8 {
         pooled_over_raw_reuse: hp / rr,
         fresh_over_raw_fresh: hf / rf,
         pooled_over_raw_minimal: hp / rm,
+        generated_pooled_cases_per_s: gp,
+        differential_cases_per_s: dl,
+        differential_over_pooled: dl / gp,
     };
     if a.json {
         println!(
@@ -177,6 +208,18 @@ pub fn main(a: BenchArgs) -> u8 {
         println!(
             "  pooled / raw floor           {:>10.2}",
             f.pooled_over_raw_minimal
+        );
+        println!(
+            "  generated programs, pooled   {:>10.0} cases/s  (KVM only, {ng} a round)",
+            gp
+        );
+        println!(
+            "  differential loop            {:>10.0} cases/s  (generate + KVM + interpreter + compare)",
+            dl
+        );
+        println!(
+            "  differential / pooled        {:>10.2}   (target >= 0.5)",
+            f.differential_over_pooled
         );
     }
     EXIT_OK

@@ -1,0 +1,430 @@
+//! The differential oracle (issue 3): generated programs on KVM against the reference interpreter.
+//!
+//! Each per-mode test draws `PROPTEST_CASES` programs (default 10,000; the CPL3 and MMIO variants,
+//! which run every program three times, a fifth of that) from a printed seed
+//! (`KVMCONF_DIFF_SEED=0x… ` replays one), runs each on KVM through a pool and in the interpreter,
+//! and compares every field, masking only the RFLAGS bits the interpreter reports as undefined. A
+//! mismatch is minimised on KVM and classified (`kvmconf_cases::differential`); a class that a
+//! `differential.*` entry of `cases/deviations.toml` names for this host is printed as a KNOWN
+//! DEVIATION and counted, anything else fails the test. Failing seeds are kept in
+//! `proptest-regressions/`.
+
+use kvmconf_cases::deviations::{self, Deviation, Verdict};
+use kvmconf_cases::differential::{
+    Mismatch, compare, compare_runs, minimise_mismatch, refusals, refused_mnemonic,
+};
+use kvmconf_guests::case::{Case, MemInit, Mode};
+use kvmconf_guests::r#gen::{Options, generate, source::SplitMix};
+use kvmconf_guests::interp;
+use kvmconf_guests::result::Exit;
+use kvmconf_harness::fingerprint::{self, Fingerprint};
+use kvmconf_harness::skip::{Requirement, print_skip, require_kvm};
+use kvmconf_harness::{Host, Pool};
+use proptest::prelude::*;
+use proptest::test_runner::{
+    Config, FileFailurePersistence, RngAlgorithm, TestCaseError, TestRng, TestRunner,
+};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+fn host() -> Option<Host> {
+    match require_kvm() {
+        Requirement::Met(h) => Some(h),
+        Requirement::Skip(r) => {
+            print_skip(module_path!(), &r);
+            None
+        }
+    }
+}
+
+/// Programs per mode: `PROPTEST_CASES`, default 10,000.
+fn programs() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+fn seed() -> u64 {
+    let parse = |v: String| {
+        let v = v.trim().to_string();
+        match v.strip_prefix("0x") {
+            Some(h) => u64::from_str_radix(h, 16).ok(),
+            None => v.parse().ok(),
+        }
+    };
+    std::env::var("KVMCONF_DIFF_SEED")
+        .ok()
+        .and_then(parse)
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970");
+            t.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(40)
+        })
+}
+
+/// Programs for `mode` from a seed and a length, the proptest way (shrinks toward short programs).
+fn programs_of(mode: Mode, data_mmio: bool) -> impl Strategy<Value = Case> {
+    (any::<u64>(), 1usize..=40, any::<bool>()).prop_map(move |(s, len, nostubs)| {
+        let o = Options {
+            mode,
+            stubs: !nostubs || mode == Mode::Real16,
+            data_mmio,
+            len,
+        };
+        generate(
+            &o,
+            &mut SplitMix(s),
+            &format!("prop-{}-{s:x}-{len}", mode.name()),
+        )
+    })
+}
+
+/// Tallies of one test run.
+#[derive(Default)]
+struct Tally {
+    programs: u64,
+    known: BTreeMap<String, u64>,
+    unexplained: u64,
+}
+
+/// Runs `body` on `programs()` cases from `strategy` with a printed seed. `body` returns the
+/// mismatches it found (already minimised); each is judged against the deviations for `check`.
+fn property(
+    check: &str,
+    n: u32,
+    strategy: impl Strategy<Value = Case>,
+    body: impl Fn(&Case) -> Vec<(String, Mismatch)>,
+    fp: &Fingerprint,
+) {
+    let devs: Vec<Deviation> = deviations::known();
+    // KVMCONF_DIFF_TRIAGE=1: print every unexplained mismatch and go on (fails at the end).
+    let triage = std::env::var_os("KVMCONF_DIFF_TRIAGE").is_some();
+    let seed = seed();
+    println!("{check}: seed {seed:#x} (replay: KVMCONF_DIFF_SEED={seed:#x}), {n} programs");
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let config = Config {
+        cases: n,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/differential.txt",
+        ))),
+        source_file: Some(file!()),
+        max_shrink_iters: 0,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+    let tally = RefCell::new(Tally::default());
+    let result = runner.run(&strategy, |case| {
+        tally.borrow_mut().programs += 1;
+        for (what, m) in body(&case) {
+            match m.judge(check, &what, &devs, fp) {
+                Verdict::KnownDeviation { id, message } => {
+                    let first = message.lines().next().unwrap_or_default().to_string();
+                    if !tally.borrow().known.contains_key(&id) {
+                        println!("KNOWN DEVIATION {id} [{check}]: {message}");
+                    } else {
+                        println!("KNOWN DEVIATION {id} [{check}]: {first}");
+                    }
+                    *tally.borrow_mut().known.entry(id).or_default() += 1;
+                }
+                Verdict::Fail(msg) if triage => {
+                    println!("UNEXPLAINED [{check}]: {msg}");
+                    tally.borrow_mut().unexplained += 1;
+                }
+                Verdict::Fail(msg) => return Err(TestCaseError::fail(msg)),
+                other => return Err(TestCaseError::fail(format!("unexpected verdict {other:?}"))),
+            }
+        }
+        Ok(())
+    });
+    let t = tally.into_inner();
+    println!(
+        "{check}: {} programs, known deviations {:?}, unexplained {}, seed {seed:#x}",
+        t.programs, t.known, t.unexplained
+    );
+    if let Err(e) = result {
+        let e = e.to_string();
+        let short = e.split("; minimal failing input").next().unwrap_or(&e);
+        panic!("{check}: seed {seed:#x}: {short}");
+    }
+    assert_eq!(
+        t.unexplained, 0,
+        "{check}: seed {seed:#x}: unexplained mismatches"
+    );
+}
+
+/// KVM's result for `case` against the interpreter's, minimised and classified when they differ.
+fn against_interp(pool: &RefCell<Pool<'_>>, case: &Case, what: &str) -> Vec<(String, Mismatch)> {
+    let kvm = pool
+        .borrow_mut()
+        .run(case)
+        .expect("the harness runs the case");
+    if compare(&kvm, case).is_empty() {
+        return vec![];
+    }
+    let m = minimise_mismatch(case, &kvm, |c| pool.borrow_mut().run(c));
+    vec![(what.to_string(), m)]
+}
+
+fn differential_mode(check: &str, mode: Mode) {
+    let Some(host) = host() else { return };
+    let fp = fingerprint::read(Some(&host));
+    let pool = RefCell::new(Pool::new(&host, 2));
+    property(
+        check,
+        programs(),
+        programs_of(mode, false),
+        |c| against_interp(&pool, c, "KVM != interpreter"),
+        &fp,
+    );
+}
+
+/// SDM 1 ch. 7 (general-purpose instructions) and SDM 3A ch. 6 (exception delivery through the
+/// IVT): real-mode programs, run by KVM at CPL0, agree with the interpreter.
+#[test]
+fn generated_real16_programs_kvm_matches_interpreter() {
+    differential_mode("differential.real16", Mode::Real16);
+}
+
+/// SDM 1 ch. 7, SDM 3A ch. 6 (IDT delivery): flat 32-bit protected-mode programs at CPL0 agree with
+/// the interpreter.
+#[test]
+fn generated_prot32_programs_kvm_matches_interpreter() {
+    differential_mode("differential.prot32", Mode::Prot32);
+}
+
+/// SDM 1 ch. 7 and SDM 3A ch. 4-6 (4-level paging, IDT with IST): 64-bit programs at CPL0 agree
+/// with the interpreter. On hosts where CPL0 is emulated this checks KVM's instruction emulator.
+#[test]
+fn generated_long64_cpl0_programs_kvm_matches_interpreter() {
+    differential_mode("differential.long64_cpl0", Mode::Long64);
+}
+
+/// CPL0 versus CPL3 (issue 3): the same 64-bit programs at CPL3 (run natively by the CPU on this
+/// host) agree with the interpreter, and where the interpreter predicts the same registers and
+/// memory for both rings, KVM's CPL0 run (its instruction emulator here) agrees with the native one.
+#[test]
+fn generated_long64_cpl3_native_matches_interpreter_and_cpl0() {
+    let Some(host) = host() else { return };
+    let fp = fingerprint::read(Some(&host));
+    let pool = RefCell::new(Pool::new(&host, 2));
+    property(
+        "differential.long64_cpl3",
+        (programs() / 5).max(1),
+        programs_of(Mode::Long64, false),
+        |c| {
+            let mut c3 = c.clone();
+            c3.cpl = 3;
+            c3.name.push_str("-cpl3");
+            let mut out = against_interp(&pool, &c3, "native CPL3 run != interpreter");
+            if !out.is_empty() {
+                return out;
+            }
+            let (m0, u0) = interp::run_with_undefined(c);
+            let (m3, u3) = interp::run_with_undefined(&c3);
+            if !compare_runs(&m0, &m3, u0 | u3).is_empty() {
+                return out; // the rings legitimately differ (I/O, CLI/STI at CPL3)
+            }
+            let k0 = pool.borrow_mut().run(c).expect("the harness runs the case");
+            let k3 = pool
+                .borrow_mut()
+                .run(&c3)
+                .expect("the harness runs the case");
+            if !compare_runs(&k0, &k3, u0 | u3).is_empty() {
+                out.push((
+                    "KVM CPL0 (emulated) != KVM CPL3 (native)".into(),
+                    minimise_mismatch(c, &k0, |x| pool.borrow_mut().run(x)),
+                ));
+            }
+            out
+        },
+        &fp,
+    );
+}
+
+/// The case with its MMIO data region turned into RAM.
+fn with_data_in_ram(c: &Case) -> Case {
+    let mut r = c.clone();
+    for m in std::mem::take(&mut r.mmio) {
+        r.memory.push(MemInit {
+            addr: m.addr,
+            hex: m.hex,
+        });
+    }
+    r
+}
+
+/// Emulator forcing (issue 3; SDM 1 ch. 7; api.rst KVM_EXIT_MMIO): the same 64-bit programs at
+/// CPL3 with their data region declared as MMIO (no memslot), so every memory-touching instruction
+/// goes through KVM's instruction emulator: the result agrees with the interpreter (trace included)
+/// and with the native run on RAM (registers, exit and memory).
+#[test]
+fn generated_long64_mmio_data_emulated_matches_native_and_interpreter() {
+    let Some(host) = host() else { return };
+    let fp = fingerprint::read(Some(&host));
+    let pool = RefCell::new(Pool::new(&host, 2));
+    property(
+        "differential.long64_mmio",
+        (programs() / 5).max(1),
+        programs_of(Mode::Long64, true),
+        |c| {
+            let mut c3 = c.clone();
+            c3.cpl = 3;
+            c3.name.push_str("-cpl3");
+            let mut out = against_interp(&pool, &c3, "MMIO-data CPL3 run != interpreter");
+            if !out.is_empty() {
+                return out;
+            }
+            let ram = with_data_in_ram(&c3);
+            let (_, u) = interp::run_with_undefined(&c3);
+            let k = pool
+                .borrow_mut()
+                .run(&c3)
+                .expect("the harness runs the case");
+            let n = pool
+                .borrow_mut()
+                .run(&ram)
+                .expect("the harness runs the case");
+            if !compare_runs(&k, &n, u).is_empty() {
+                out.push((
+                    "MMIO-data run != RAM-data native run".into(),
+                    minimise_mismatch(&ram, &n, |x| pool.borrow_mut().run(x)),
+                ));
+            }
+            out
+        },
+        &fp,
+    );
+}
+
+/// The list in `cases/emulator_refuses.toml` is what this host refuses: every probe ends in
+/// KVM_EXIT_INTERNAL_ERROR at its first byte on kvm_pvm (api.rst KVM_EXIT_INTERNAL_ERROR,
+/// KVM_INTERNAL_ERROR_EMULATION), and the interpreter runs each (SDM 2: all are valid in the mode).
+/// On other hosts the probes must not be refused (the list is this host's).
+#[test]
+fn emulator_refusal_list_matches_this_host() {
+    let Some(host) = host() else { return };
+    let fp = fingerprint::read(Some(&host));
+    let pvm = fp.modules.contains_key("kvm_pvm");
+    let mut pool = Pool::new(&host, 2);
+    let mut wrong = Vec::new();
+    for r in refusals() {
+        let mode = match r.mode.as_str() {
+            "real16" => Mode::Real16,
+            "prot32" => Mode::Prot32,
+            "long64" => Mode::Long64,
+            other => panic!("cases/emulator_refuses.toml: mode {other:?}"),
+        };
+        let mut bytes: Vec<u8> = (0..r.hex.len() / 2)
+            .map(|i| u8::from_str_radix(&r.hex[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        bytes.push(0xf4);
+        let mut c = Case::new(
+            &format!("probe-{}-{}", r.mnemonic, r.mode),
+            mode,
+            0x1000,
+            bytes,
+        );
+        c.stubs = true;
+        c.regs.rsp = Some(0x8000.into());
+        c.regs.rflags = Some(0x802.into()); // OF for INTO
+        let k = pool.run(&c).expect("the harness runs the probe");
+        let refused = refused_mnemonic(&c, &k).map(|m| format!("{m:?}"));
+        let model = interp::run(&c);
+        assert!(
+            !matches!(model.exit, Exit::UnsupportedInstruction { .. }),
+            "{}: the interpreter does not model it",
+            c.name
+        );
+        match (pvm, refused) {
+            (true, Some(m)) if m == r.mnemonic => {}
+            (false, None) => {}
+            (_, got) => wrong.push(format!(
+                "{}: wanted {} at {:#x}, got exit {:?} (refused: {got:?})",
+                c.name,
+                if pvm {
+                    "an emulation failure"
+                } else {
+                    "no emulation failure"
+                },
+                0x1000,
+                k.exit
+            )),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// KVM's forced-emulation prefix (`ud2; .ascii "kvm"`, 0f 0b 6b 76 6d; kernel parameter
+/// kvm.force_emulation_prefix): straight-line 64-bit programs at CPL3 with every instruction
+/// prefixed go through the emulator and must end with the same registers and memory as the native
+/// run. Optional host setting: skipped when the parameter is 0.
+#[test]
+fn forced_emulation_prefix_programs_match_native_run() {
+    let param = std::fs::read_to_string("/sys/module/kvm/parameters/force_emulation_prefix")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "0".into());
+    if param == "0" || param == "N" {
+        println!("SKIP: requirement not met: force_emulation_prefix is 0");
+        return;
+    }
+    let Some(host) = host() else { return };
+    let mut pool = Pool::new(&host, 2);
+    let seed = seed();
+    println!("forced emulation: seed {seed:#x}");
+    let mut checked = 0;
+    for i in 0..programs().min(2000) {
+        let c = kvmconf_guests::r#gen::case_from_seed(Mode::Long64, seed, u64::from(i));
+        let Some(prefixed) = with_forced_emulation(&c) else {
+            continue;
+        };
+        let (mut a, mut b) = (c.clone(), prefixed);
+        a.cpl = 3;
+        b.cpl = 3;
+        let (_, u) = interp::run_with_undefined(&a);
+        let ka = pool.run(&a).expect("the harness runs the case");
+        let mut kb = pool.run(&b).expect("the harness runs the case");
+        kb.regs.rip = ka.regs.rip; // the prefixes move every address after the first
+        let d = compare_runs(&ka, &kb, u);
+        assert!(
+            d.is_empty(),
+            "{}: forced emulation differs from the native run: {}\n{}",
+            c.name,
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+            serde_json::to_string(&b).unwrap()
+        );
+        checked += 1;
+    }
+    println!("forced emulation: {checked} straight-line programs agree");
+}
+
+/// The program with the forced-emulation prefix before every instruction, when it is straight-line
+/// code without RIP-relative operands that ends in HLT without faulting.
+fn with_forced_emulation(c: &Case) -> Option<Case> {
+    use iced_x86::FlowControl;
+    let ins = kvmconf_cases::differential::instructions(c);
+    let model = interp::run(c);
+    if model.exit != Exit::Hlt {
+        return None;
+    }
+    let mut code = Vec::new();
+    for i in &ins {
+        if i.flow_control() != FlowControl::Next && i.mnemonic() != iced_x86::Mnemonic::Hlt
+            || i.is_ip_rel_memory_operand()
+        {
+            return None;
+        }
+        let off = (i.ip() - kvmconf_guests::r#gen::CODE) as usize;
+        code.extend_from_slice(&[0x0f, 0x0b, 0x6b, 0x76, 0x6d]);
+        code.extend_from_slice(&c.memory[0].hex.0[off..off + i.len()]);
+    }
+    let mut p = c.clone();
+    p.memory[0].hex.0 = code;
+    Some(p)
+}

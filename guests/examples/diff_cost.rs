@@ -1,0 +1,49 @@
+//! Where the differential loop's time goes: generate, GuestModel, interpret, diff (release build).
+use kvmconf_guests::case::Mode;
+use kvmconf_guests::r#gen::case_from_seed;
+use kvmconf_guests::interp;
+use kvmconf_guests::layout::GuestModel;
+use kvmconf_guests::result::{DiffMask, diff};
+use std::time::Instant;
+
+fn main() {
+    let n = 1000;
+    let t = Instant::now();
+    let cases: Vec<_> = (0..n).map(|i| case_from_seed(Mode::Long64, 1, i)).collect();
+    println!(
+        "generate   {:>8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    for c in &cases {
+        std::hint::black_box(GuestModel::build(c));
+    }
+    println!(
+        "model      {:>8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    for c in &cases {
+        std::hint::black_box(interp::Machine::new(c));
+    }
+    println!(
+        "machine    {:>8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    let rs: Vec<_> = cases.iter().map(interp::run_with_undefined).collect();
+    println!(
+        "interp     {:>8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+    let t = Instant::now();
+    for (r, _) in &rs {
+        let mut o = r.clone();
+        o.regs.rax.0 ^= 1;
+        std::hint::black_box(diff(r, r, &DiffMask::default()));
+    }
+    println!(
+        "diff       {:>8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
+}
