@@ -1,32 +1,16 @@
 //! `kvmconf record` / `kvmconf compare` end to end: a baseline compared on the same host shows no
 //! difference; edited results are reported exactly; a broken file is bad input naming the file.
 
+#[macro_use]
+mod common;
+
+use common::text;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn kvmconf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvmconf"))
-        .args(args)
-        .output()
-        .expect("kvmconf runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Skips (printing why) unless /dev/kvm can be opened; panics in CI when it exists.
-macro_rules! need_kvm {
-    () => {
-        match kvmconf_harness::skip::require_kvm() {
-            kvmconf_harness::skip::Requirement::Met(_) => {}
-            kvmconf_harness::skip::Requirement::Skip(r) => {
-                kvmconf_harness::skip::print_skip(module_path!(), &r);
-                return;
-            }
-        }
-    };
+    common::run_kvmconf(args, None, &[])
 }
 
 fn tmp(name: &str) -> PathBuf {

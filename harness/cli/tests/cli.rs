@@ -1,50 +1,13 @@
 //! End-to-end tests of the `kvmconf` command: exit codes, error messages, output formats.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+#[macro_use]
+mod common;
+
+use common::{corpus, text};
+use std::process::Output;
 
 fn kvmconf(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_kvmconf"));
-    c.args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().expect("kvmconf starts");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(text.as_bytes())
-            .expect("write stdin");
-    } else {
-        drop(child.stdin.take());
-    }
-    child.wait_with_output().expect("kvmconf finishes")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn corpus(name: &str) -> String {
-    format!("{}/../../cases/corpus/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Skips (printing why) unless /dev/kvm can be opened; panics in CI when it exists.
-macro_rules! need_kvm {
-    () => {
-        match kvmconf_harness::skip::require_kvm() {
-            kvmconf_harness::skip::Requirement::Met(_) => {}
-            kvmconf_harness::skip::Requirement::Skip(r) => {
-                kvmconf_harness::skip::print_skip(module_path!(), &r);
-                return;
-            }
-        }
-    };
+    common::run_kvmconf(args, stdin, env)
 }
 
 const HELLO_JSON: &str = r#"{"name":"hello64","mode":"long64","regs":{"rip":"0x1000"},"memory":[{"addr":"0x1000","hex":"b048e6f1f4"}]}"#;

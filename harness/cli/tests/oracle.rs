@@ -1,40 +1,13 @@
 //! `kvmconf exec --oracle kvm|interp|both`: the interpreter alone, and KVM compared with it.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+#[macro_use]
+mod common;
+
+use common::text;
+use std::process::Output;
 
 fn kvmconf(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmconf"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kvmconf starts");
-    // kvmconf may exit (a usage error) before reading: a broken pipe here is not a failure.
-    let _ = child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes());
-    child.wait_with_output().expect("kvmconf finishes")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Skips (printing why) unless /dev/kvm can be opened; panics in CI when it exists.
-macro_rules! need_kvm {
-    () => {
-        match kvmconf_harness::skip::require_kvm() {
-            kvmconf_harness::skip::Requirement::Met(_) => {}
-            kvmconf_harness::skip::Requirement::Skip(r) => {
-                kvmconf_harness::skip::print_skip(module_path!(), &r);
-                return;
-            }
-        }
-    };
+    common::run_kvmconf(args, Some(stdin), &[])
 }
 
 /// `mov al, 0x48; out 0xf1, al; mov ecx, 7; add ecx, 1; hlt` in long mode.

@@ -3,22 +3,14 @@
 //! known-deviation case (or matches, on a host without that deviation). Also `kvmconf fuzz`
 //! end to end: a short deterministic run, and replay of one input from its seed and index.
 
+mod common;
+
+use common::{corpus, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn kvmconf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvmconf"))
-        .args(args)
-        .output()
-        .expect("kvmconf runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn corpus(name: &str) -> String {
-    format!("{}/../../cases/corpus/{name}", env!("CARGO_MANIFEST_DIR"))
+    common::run_kvmconf(args, None, &[])
 }
 
 fn scratch(name: &str) -> PathBuf {
