@@ -335,51 +335,36 @@ fn stubs_report_exceptions(host: &Host) -> Outcome {
         );
         ensure_eq!(r.cr.cr2.0, 0x1_0000_0010, "cpl{cpl} cr2 in the final state");
     }
-    // The same in real16 and prot32 where they exist.
-    let code = program(Mode::Prot32, |a| {
-        a.xor(ecx, ecx)?;
-        a.div(ecx)?;
-        a.hlt()
-    })?;
-    let mut c = case("de32", Mode::Prot32, code);
-    c.stubs = true;
-    let r = run(host, &c)?;
-    ensure_eq!(
-        r.exit,
-        Exit::Exception {
-            vector: 0,
-            error_code: None,
-            cr2: None
-        },
-        "prot32 #DE"
-    );
-    ensure_eq!(
-        (r.regs.rip.0, r.regs.rsp.0),
-        (CODE + 2, STACK),
-        "prot32 #DE rip/rsp"
-    );
-    let code = program(Mode::Real16, |a| {
-        a.xor(cx, cx)?;
-        a.div(cx)?;
-        a.hlt()
-    })?;
-    let mut c = case("de16", Mode::Real16, code);
-    c.stubs = true;
-    let r = run(host, &c)?;
-    ensure_eq!(
-        r.exit,
-        Exit::Exception {
-            vector: 0,
-            error_code: None,
-            cr2: None
-        },
-        "real16 #DE"
-    );
-    ensure_eq!(
-        (r.regs.rip.0, r.regs.rsp.0),
-        (CODE + 2, STACK),
-        "real16 #DE rip/rsp"
-    );
+    // #DE in prot32 and real16 too (2-byte `div`, so the faulting rip is CODE + 2).
+    for mode in [Mode::Prot32, Mode::Real16] {
+        let code = program(mode, |a| {
+            if mode == Mode::Real16 {
+                a.xor(cx, cx)?;
+                a.div(cx)?;
+            } else {
+                a.xor(ecx, ecx)?;
+                a.div(ecx)?;
+            }
+            a.hlt()
+        })?;
+        let mut c = case("de", mode, code);
+        c.stubs = true;
+        let r = run(host, &c)?;
+        ensure_eq!(
+            r.exit,
+            Exit::Exception {
+                vector: 0,
+                error_code: None,
+                cr2: None
+            },
+            "{mode:?} #DE"
+        );
+        ensure_eq!(
+            (r.regs.rip.0, r.regs.rsp.0),
+            (CODE + 2, STACK),
+            "{mode:?} #DE rip/rsp"
+        );
+    }
     Ok(())
 }
 
