@@ -407,6 +407,27 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: render whole results (the reference the part-wise rendering must equal).
+    static WHOLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Serialising any part of a result to a JSON value, through one object-safe call.
+mod erased {
+    /// A part of a result that renders to JSON.
+    pub trait Ser {
+        /// The part as a JSON value.
+        fn value(&self) -> serde_json::Value;
+    }
+
+    impl<T: serde::Serialize> Ser for T {
+        fn value(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("results serialize")
+        }
+    }
+}
+
 /// Lists every field where `a` and `b` differ, register names and hex values included.
 pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
     let masked = |r: &CaseResult| {
@@ -429,16 +450,62 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
     if ma == mb {
         return vec![];
     }
-    let prep = |r: &CaseResult| {
-        let mut m = BTreeMap::new();
-        flatten(
-            "",
-            &serde_json::to_value(r).expect("results serialize"),
-            &mut m,
-        );
-        m
+    #[cfg(test)]
+    if WHOLE.with(std::cell::Cell::get) {
+        let flat = |r: &CaseResult| {
+            let mut m = BTreeMap::new();
+            flatten("", &erased::Ser::value(r), &mut m);
+            m
+        };
+        return field_diffs(&flat(&ma), &flat(&mb));
+    }
+    // Render only the parts that differ (a memory dump renders to thousands of characters); the
+    // paths are those of the whole result flattened, as `diff_whole` (the tests' reference) gives.
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    let mut part = |path: &str, x: Option<serde_json::Value>, y: Option<serde_json::Value>| {
+        if let Some(x) = x {
+            flatten(path, &x, &mut fa);
+        }
+        if let Some(y) = y {
+            flatten(path, &y, &mut fb);
+        }
     };
-    let (fa, fb) = (prep(&ma), prep(&mb));
+    let val = |v: &dyn erased::Ser| Some(v.value());
+    if ma.exit != mb.exit {
+        part("exit", val(&ma.exit), val(&mb.exit));
+    }
+    if ma.trace != mb.trace {
+        part("trace", val(&ma.trace), val(&mb.trace));
+    }
+    if ma.regs != mb.regs {
+        part("regs", val(&ma.regs), val(&mb.regs));
+    }
+    if ma.segs != mb.segs {
+        part("segs", val(&ma.segs), val(&mb.segs));
+    }
+    if ma.cr != mb.cr {
+        part("cr", val(&ma.cr), val(&mb.cr));
+    }
+    if ma.memory.len() != mb.memory.len() {
+        part("memory", val(&ma.memory), val(&mb.memory));
+    } else {
+        for (i, (x, y)) in ma.memory.iter().zip(&mb.memory).enumerate() {
+            if x != y {
+                part(&format!("memory[{i}]"), val(x), val(y));
+            }
+        }
+    }
+    if ma.steps != mb.steps {
+        // An empty list is not serialised at all (absent), as in the whole result.
+        let steps = |r: &CaseResult| (!r.steps.is_empty()).then(|| erased::Ser::value(&r.steps));
+        part("steps", steps(&ma), steps(&mb));
+    }
+    field_diffs(&fa, &fb)
+}
+
+/// The differing entries of two flattened results, in report order: exit, trace, registers (in
+/// encoding order), segments, control registers, memory, steps.
+fn field_diffs(fa: &BTreeMap<String, String>, fb: &BTreeMap<String, String>) -> Vec<FieldDiff> {
     let mut keys: Vec<&String> = fa.keys().chain(fb.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -479,6 +546,82 @@ mod tests {
         let mut r = CaseResult::from_state("a", Exit::Hlt, &cpu);
         r.trace.push(Event::io_out(0xf1, 1, 0x48));
         r
+    }
+
+    /// Renders the differences of `a` and `b` from the whole flattened results.
+    fn diff_whole(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
+        WHOLE.with(|w| w.set(true));
+        let d = diff(a, b, mask);
+        WHOLE.with(|w| w.set(false));
+        d
+    }
+
+    #[test]
+    fn partwise_diff_equals_whole_result_diff() {
+        let base = {
+            let mut r = sample();
+            r.memory.push(MemDump {
+                addr: Hex(0x4000),
+                hex: HexBytes((0..4096u32).map(|i| (i * 7) as u8).collect()),
+            });
+            r.memory.push(MemDump {
+                addr: Hex(0x7000),
+                hex: HexBytes(vec![0; 64]),
+            });
+            r
+        };
+        type Edit = fn(&mut CaseResult);
+        let edits: &[Edit] = &[
+            |r| r.regs.rax.0 ^= 1,
+            |r| r.regs.rflags.0 ^= 0x800,
+            |r| r.exit = Exit::Shutdown,
+            |r| r.trace.push(Event::io_out(0x80, 2, 7)),
+            |r| r.trace.clear(),
+            |r| r.segs.cs.selector.0 ^= 8,
+            |r| r.cr.cr2.0 = 0xdead,
+            |r| r.memory[0].hex.0[100] ^= 0xff,
+            |r| {
+                if let Some(m) = r.memory.get_mut(1) {
+                    m.hex.0[63] = 1;
+                }
+            },
+            |r| {
+                r.memory.pop();
+            },
+            |r| {
+                if let Some(m) = r.memory.get_mut(1) {
+                    m.addr.0 += 1;
+                }
+            },
+            |r| r.steps.push(Hex(0x1000)),
+        ];
+        for (i, e) in edits.iter().enumerate() {
+            for (j, f) in edits.iter().enumerate() {
+                let mut b = base.clone();
+                e(&mut b);
+                f(&mut b);
+                let mut a = base.clone();
+                if i % 3 == 0 {
+                    a.steps.push(Hex(0x2000));
+                }
+                for mask in [
+                    DiffMask::default(),
+                    DiffMask {
+                        rflags_ignore: 0x800,
+                        skip_segs: true,
+                        ..DiffMask::default()
+                    },
+                ] {
+                    let whole = diff_whole(&a, &b, &mask);
+                    assert_eq!(diff(&a, &b, &mask), whole, "edits {i} and {j}");
+                    assert_eq!(
+                        diff(&b, &a, &mask),
+                        diff_whole(&b, &a, &mask),
+                        "edits {j} and {i}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -203,37 +203,51 @@ impl Machine {
     }
 
     /// The 4-level walk from CR3: the physical address, or the #PF error code (P, W, U; the I bit
-    /// is never set because neither EFER.NXE nor CR4.SMEP is on).
+    /// is never set because neither EFER.NXE nor CR4.SMEP is on). Present translations are
+    /// remembered in a small TLB that any write to a page table empties (see [`Tlb`]), so the
+    /// result is always that of a fresh walk.
     pub(crate) fn walk(&self, lin: u64, acc: Acc) -> Result<u64, u32> {
-        let mut table = self.cpu.cr3 & pte::ADDR;
-        let (mut user_ok, mut write_ok) = (true, true);
         let err = |present: bool| {
             u32::from(present) | (u32::from(acc.write) << 1) | (u32::from(acc.user) << 2)
         };
-        let mut pa = None;
-        for (level, shift) in [(4u32, 39u32), (3, 30), (2, 21), (1, 12)] {
-            let slot = table + ((lin >> shift) & 511) * 8;
-            let e = self.mem.read(slot, 8).0;
-            if e & pte::P == 0 {
-                return Err(err(false));
+        let (page, user_ok, write_ok) = match self.tlb.get(lin, self.cpu.cr3) {
+            Some(hit) => hit,
+            None => {
+                let t = self.walk_tables(lin).ok_or_else(|| err(false))?;
+                self.tlb.put(lin, self.cpu.cr3, t);
+                t
             }
-            user_ok &= e & pte::US != 0;
-            write_ok &= e & pte::RW != 0;
-            if (level == 2 || level == 3) && e & pte::PS != 0 {
-                let size = 1u64 << shift;
-                pa = Some((e & pte::ADDR & !(size - 1)) | (lin & (size - 1)));
-                break;
-            }
-            table = e & pte::ADDR;
-        }
-        let pa = pa.unwrap_or(table | (lin & 0xfff));
+        };
         if acc.user && !user_ok {
             return Err(err(true));
         }
         if acc.write && !write_ok && (acc.user || self.cpu.cr0 & cr0::WP != 0) {
             return Err(err(true));
         }
-        Ok(pa)
+        Ok(page | (lin & 0xfff))
+    }
+
+    /// Walks the tables for `lin`: the physical 4 KiB frame and whether every level allows user
+    /// and write access, or `None` when an entry is not present.
+    fn walk_tables(&self, lin: u64) -> Option<(u64, bool, bool)> {
+        let mut table = self.cpu.cr3 & pte::ADDR;
+        let (mut user_ok, mut write_ok) = (true, true);
+        for (level, shift) in [(4u32, 39u32), (3, 30), (2, 21), (1, 12)] {
+            let slot = table + ((lin >> shift) & 511) * 8;
+            let e = self.mem.read(slot, 8).0;
+            if e & pte::P == 0 {
+                return None;
+            }
+            user_ok &= e & pte::US != 0;
+            write_ok &= e & pte::RW != 0;
+            if (level == 2 || level == 3) && e & pte::PS != 0 {
+                let size = 1u64 << shift;
+                let pa = (e & pte::ADDR & !(size - 1)) | (lin & (size - 1));
+                return Some((pa & !0xfff, user_ok, write_ok));
+            }
+            table = e & pte::ADDR;
+        }
+        Some((table, user_ok, write_ok))
     }
 
     /// Translation for inspection (dumps, frames, reports): no faults, no CR2.
@@ -442,6 +456,44 @@ impl Machine {
             Mode::Long64 => Ok(()),
             _ if target > u64::from(self.cpu.cs.limit) => Err(GP0),
             _ => Ok(()),
+        }
+    }
+}
+
+const TLB_SLOTS: usize = 16;
+
+/// One TLB entry: linear page number, CR3, 4 KiB frame, user allowed, write allowed.
+type TlbEntry = Option<(u64, u64, u64, bool, bool)>;
+
+/// A direct-mapped cache of present translations `(linear page, CR3) -> (frame, user ok, write
+/// ok)`. Interior mutability lets `&self` walks (inspection, fetch) fill it; the interpreter empties
+/// it whenever a write lands on a watched page (page tables are watched), so it never serves a
+/// translation a fresh walk would not give.
+#[derive(Default)]
+pub struct Tlb {
+    slots: [std::cell::Cell<TlbEntry>; TLB_SLOTS],
+}
+
+impl Tlb {
+    #[inline]
+    fn get(&self, lin: u64, cr3: u64) -> Option<(u64, bool, bool)> {
+        let vpn = lin >> 12;
+        match self.slots[(vpn as usize) % TLB_SLOTS].get() {
+            Some((v, c, frame, u, w)) if v == vpn && c == cr3 => Some((frame, u, w)),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn put(&self, lin: u64, cr3: u64, (frame, u, w): (u64, bool, bool)) {
+        let vpn = lin >> 12;
+        self.slots[(vpn as usize) % TLB_SLOTS].set(Some((vpn, cr3, frame, u, w)));
+    }
+
+    /// Forgets every translation.
+    pub fn flush(&self) {
+        for s in &self.slots {
+            s.set(None);
         }
     }
 }

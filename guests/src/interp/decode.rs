@@ -487,63 +487,65 @@ const SLOTS: usize = 1 << 12;
 struct Slot {
     lin: u64,
     ip: u64,
-    generation: u32,
     entry: Entry,
 }
 
-/// A direct-mapped cache of decoded instructions keyed by linear address and IP.
+/// A direct-mapped cache of decoded instructions keyed by linear address and IP: a small index
+/// (slot number + 1, 0 = empty) into a dense list that grows with the code actually run, so a new
+/// machine costs an 8 KiB zeroed index rather than thousands of initialised slots.
 pub struct ICache {
+    index: Vec<u16>,
     slots: Vec<Slot>,
-    generation: u32,
 }
 
 impl ICache {
     /// An empty cache.
     pub fn new() -> ICache {
-        let empty = Slot {
-            lin: u64::MAX,
-            ip: 0,
-            generation: 0,
-            entry: Entry {
-                ins: Instruction::default(),
-                op: Op::Nop,
-                reads: 0,
-                modified: 0,
-                undefined: 0,
-                locs: [Loc::Other; 3],
-                imm: 0,
-            },
-        };
         ICache {
-            slots: vec![empty; SLOTS],
-            generation: 1,
+            index: vec![0; SLOTS],
+            slots: Vec::new(),
         }
     }
 
     /// Forgets everything (code or page tables were written).
     pub fn flush(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
-            for s in &mut self.slots {
-                s.generation = 0;
-            }
-            self.generation = 1;
+        if !self.slots.is_empty() {
+            self.index.fill(0);
+            self.slots.clear();
         }
     }
 
     #[inline]
-    fn get(&self, lin: u64, ip: u64) -> Option<&Entry> {
-        let s = &self.slots[(lin as usize) & (SLOTS - 1)];
-        (s.lin == lin && s.ip == ip && s.generation == self.generation).then_some(&s.entry)
+    fn slot_of(&self, lin: u64) -> Option<usize> {
+        match self.index[(lin as usize) & (SLOTS - 1)] {
+            0 => None,
+            n => Some(usize::from(n) - 1),
+        }
     }
 
-    fn put(&mut self, lin: u64, ip: u64, entry: Entry) {
-        self.slots[(lin as usize) & (SLOTS - 1)] = Slot {
-            lin,
-            ip,
-            generation: self.generation,
-            entry,
+    #[inline]
+    fn hit(&self, lin: u64, ip: u64) -> Option<usize> {
+        let i = self.slot_of(lin)?;
+        let s = &self.slots[i];
+        (s.lin == lin && s.ip == ip).then_some(i)
+    }
+
+    fn put(&mut self, lin: u64, ip: u64, entry: Entry) -> &Entry {
+        let slot = Slot { lin, ip, entry };
+        let i = match self.slot_of(lin) {
+            Some(i) => {
+                self.slots[i] = slot;
+                i
+            }
+            None => {
+                // At most SLOTS entries exist (one per index position), so the number fits a u16.
+                self.slots.push(slot);
+                let i = self.slots.len() - 1;
+                self.index[(lin as usize) & (SLOTS - 1)] = (i + 1) as u16;
+                i
+            }
         };
+        &self.slots[i].entry
     }
 }
 
@@ -557,11 +559,13 @@ impl Machine {
     /// Fetches, decodes and classifies the instruction at `rip` (linear `lin`), via the cache.
     #[inline]
     pub(crate) fn fetch(&mut self, lin: u64, rip: u64) -> Res<&Entry> {
-        if self.icache.get(lin, rip).is_none() {
-            let e = self.fetch_slow(lin, rip)?;
-            self.icache.put(lin, rip, e);
+        match self.icache.hit(lin, rip) {
+            Some(i) => Ok(&self.icache.slots[i].entry),
+            None => {
+                let e = self.fetch_slow(lin, rip)?;
+                Ok(self.icache.put(lin, rip, e))
+            }
         }
-        Ok(&self.icache.slots[(lin as usize) & (SLOTS - 1)].entry)
     }
 
     fn fetch_slow(&mut self, _lin: u64, rip: u64) -> Res<Entry> {

@@ -156,6 +156,27 @@ impl PhysMem {
             .map(|(s, buf)| buf[(a - s) as usize])
     }
 
+    /// `len` bytes from `pa` as the harness dumps them (see [`PhysMem::peek`]), a page at a time.
+    pub fn dump(&self, pa: u64, len: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len as usize);
+        let mut a = pa;
+        let end = pa.wrapping_add(len);
+        while out.len() < len as usize {
+            let off = (a % PAGE) as usize;
+            let n = ((PAGE as usize) - off).min(end.wrapping_sub(a) as usize);
+            if self.is_ram(a) {
+                match self.pages.get(&(a / PAGE)) {
+                    Some(p) => out.extend_from_slice(&p.data[off..off + n]),
+                    None => out.resize(out.len() + n, 0),
+                }
+            } else {
+                out.extend((0..n as u64).map(|i| self.peek(a.wrapping_add(i))));
+            }
+            a = a.wrapping_add(n as u64);
+        }
+        out
+    }
+
     /// One byte as the harness reads it for a dump: RAM, MMIO buffer, or 0xff; no trace.
     pub fn peek(&self, pa: u64) -> u8 {
         if self.is_ram(pa) {
@@ -190,5 +211,28 @@ mod tests {
         m.write(0x20_0000, 1, 0x55);
         assert_eq!(m.peek(0x20_0000), 0x55);
         assert_eq!(m.peek(0x20_0010), 0xff);
+    }
+
+    #[test]
+    fn dump_equals_bytewise_peek_across_pages_holes_and_mmio() {
+        let case = Case::new("t", Mode::Prot32, 0x1000, vec![0xf4]);
+        let l = Layout::for_case(&case);
+        let ram = l.ram_size;
+        let mut m = PhysMem::new(l, vec![(ram + 0x10, vec![7, 8, 9])]);
+        for (i, a) in [0x0ffe_u64, 0x1000, 0x2fff, 0x5555, ram - 2]
+            .into_iter()
+            .enumerate()
+        {
+            m.write(a, 1, 0x40 + i as u64);
+        }
+        for (pa, len) in [
+            (0x0ff0_u64, 0x2020_u64),
+            (0x5555, 1),
+            (ram - 4, 0x20),
+            (0, 0),
+        ] {
+            let want: Vec<u8> = (0..len).map(|i| m.peek(pa + i)).collect();
+            assert_eq!(m.dump(pa, len), want, "dump({pa:#x}, {len:#x})");
+        }
     }
 }

@@ -144,6 +144,7 @@ pub struct Machine {
     locs: [Loc; 3],
     imm: u64,
     icache: ICache,
+    tlb: addr::Tlb,
     initial_cs: Segment,
     initial_ss: Segment,
     over_budget: bool,
@@ -191,6 +192,7 @@ impl Machine {
             locs: [Loc::Other; 3],
             imm: 0,
             icache: ICache::new(),
+            tlb: addr::Tlb::default(),
             initial_cs: model.cpu.cs,
             initial_ss: model.cpu.ss,
             over_budget: false,
@@ -437,7 +439,7 @@ impl Machine {
         let mut result = CaseResult::from_state(&self.name, exit, &cpu);
         result.trace = std::mem::take(&mut self.trace);
         for &(a, l) in &self.dumps {
-            let hex = (0..l).map(|i| self.mem.peek(a + i)).collect();
+            let hex = self.mem.dump(a, l);
             result.memory.push(MemDump {
                 addr: Hex(a),
                 hex: HexBytes(hex),
@@ -527,6 +529,7 @@ impl Machine {
             Touch::Ram { watched } => {
                 if watched {
                     self.icache.flush();
+                    self.tlb.flush();
                 }
                 Ok(())
             }
