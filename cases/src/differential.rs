@@ -23,14 +23,15 @@ use kvmconf_harness::{KvmError, Pool};
 /// the RFLAGS bits the interpreter reports as undefined masked.
 pub fn compare(kvm: &CaseResult, case: &Case) -> Vec<FieldDiff> {
     let (model, undefined) = interp::run_with_undefined(case);
-    diff(
-        kvm,
-        &model,
-        &DiffMask {
-            rflags_ignore: undefined,
-            ..DiffMask::default()
-        },
-    )
+    diff(kvm, &model, &undefined_masked(undefined))
+}
+
+/// The comparison mask of KVM against the interpreter: only the undefined RFLAGS bits.
+fn undefined_masked(undefined: u64) -> DiffMask {
+    DiffMask {
+        rflags_ignore: undefined,
+        ..DiffMask::default()
+    }
 }
 
 /// Compares two KVM results of the same program (e.g. CPL0 against CPL3, or RAM against MMIO data):
@@ -80,6 +81,63 @@ fn nop_out(case: &Case, ip: u64, len: usize) -> Case {
         c.memory[i].hex.0[off..off + len].fill(0x90);
     }
     c
+}
+
+/// `case` with every live instruction (not NOP or HLT) for which `drop` holds overwritten by NOPs.
+fn nop_where(case: &Case, mut drop: impl FnMut(&Instruction) -> bool) -> Case {
+    let mut c = case.clone();
+    if let Some(i) = code_index(&c) {
+        for ins in instructions(case) {
+            if !matches!(ins.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt) && drop(&ins) {
+                let off = (ins.ip() - CODE) as usize;
+                c.memory[i].hex.0[off..off + ins.len()].fill(0x90);
+            }
+        }
+    }
+    c
+}
+
+/// The distinct mnemonics of the live instructions (not NOP or HLT) of `case`, in program order.
+fn live_mnemonics(case: &Case) -> Vec<Mnemonic> {
+    let mut out = Vec::new();
+    for i in instructions(case) {
+        let m = i.mnemonic();
+        if !matches!(m, Mnemonic::Nop | Mnemonic::Hlt) && !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
+}
+
+thread_local! {
+    /// How often keeping one mnemonic alone reproduced a mismatch in this thread: the classes
+    /// seen so far are tried first.
+    static FOCUS_HITS: std::cell::RefCell<std::collections::HashMap<Mnemonic, u32>> =
+        std::cell::RefCell::default();
+}
+
+/// A first, cheap shrinking step: for each mnemonic of the program (those that reproduced a
+/// mismatch before first), the program with every other live instruction NOPed; the first such
+/// trial for which `still_differs` holds, or the case itself. Most mismatches on a host come from
+/// a few instruction classes, so one or two trials usually replace the dozens of bisection steps
+/// [`minimise`] would take; [`minimise`] then finishes from there.
+pub fn focus(case: &Case, mut still_differs: impl FnMut(&Case) -> bool) -> Case {
+    let mut mnemonics = live_mnemonics(case);
+    if mnemonics.len() < 2 {
+        return case.clone();
+    }
+    FOCUS_HITS.with(|h| {
+        let h = h.borrow();
+        mnemonics.sort_by_key(|m| std::cmp::Reverse(h.get(m).copied().unwrap_or(0)));
+    });
+    for m in mnemonics {
+        let trial = nop_where(case, |i| i.mnemonic() != m);
+        if still_differs(&trial) {
+            FOCUS_HITS.with(|h| *h.borrow_mut().entry(m).or_default() += 1);
+            return trial;
+        }
+    }
+    case.clone()
 }
 
 /// Shrinks a mismatching case: runs of instructions, halving in length down to one, are replaced by
@@ -247,26 +305,47 @@ pub fn minimise_mismatch(
     // NOPed away): the interpreter reports that as `tainted`.
     // And a trial must differ only in fields the original differs in, so that removing set-up code
     // (say, the bounds of a string operation) cannot trade the mismatch for another one.
-    let model_kind = interp::run(case).exit.kind();
+    let original = Machine::new(case).run();
+    let (model_kind, cap) = (
+        original.result.exit.kind(),
+        trial_cap(original.instructions),
+    );
     let paths: Vec<String> = compare(kvm, case).into_iter().map(|d| d.path).collect();
-    let minimised = minimise(case, |trial| {
-        let o = Machine::new(trial).run();
+    let mut still_differs = |trial: &Case| {
+        let o = run_capped(trial, cap);
         if o.tainted || o.result.exit.kind() != model_kind {
             return false;
         }
         match run(trial) {
             Ok(r) => {
-                let d = compare(&r, trial);
+                let d = diff(&r, &o.result, &undefined_masked(o.undefined));
                 r.exit.kind() == kvm.exit.kind()
                     && !d.is_empty()
                     && d.iter().all(|f| paths.contains(&f.path))
             }
             Err(_) => false,
         }
-    });
+    };
+    let start = focus(case, &mut still_differs);
+    let minimised = minimise(&start, &mut still_differs);
     let (class, diffs) = match run(&minimised) {
         Ok(r) => {
-            let class = classify(&minimised, &r);
+            let mut class = classify(&minimised, &r);
+            // When the minimised program still needs context (set-up of an operand, a DIV that
+            // keeps the exit the same), name the culprit: in straight-line code, the instruction
+            // that ends the shortest prefix on which KVM and the interpreter disagree. The class
+            // is then that mnemonic and the rest is context, so a deviation naming one mnemonic
+            // cannot absorb a mismatch another instruction causes.
+            if live_mnemonics(&minimised).len() > 1
+                && let Some(m) = culprit(&minimised, cap, &mut run)
+            {
+                let context: Vec<String> = live_mnemonics(&minimised)
+                    .into_iter()
+                    .filter(|&x| x != m)
+                    .map(|x| format!("{x:?}"))
+                    .collect();
+                class = format!("{m:?}; context: {}", context.join("+"));
+            }
             let d = compare(&r, &minimised);
             (class, d.iter().map(ToString::to_string).collect())
         }
@@ -278,6 +357,108 @@ pub fn minimise_mismatch(
         class,
         diffs,
     }
+}
+
+/// The first divergent instruction of a straight-line `case` (no branches, calls or returns among
+/// its live instructions): the mnemonic of the instruction that ends the shortest prefix (the
+/// later live instructions NOPed) on which KVM and the interpreter disagree. `None` when the code
+/// branches, or no prefix the interpreter can predict disagrees.
+fn culprit(
+    case: &Case,
+    cap: u64,
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<Mnemonic> {
+    use iced_x86::FlowControl as F;
+    let live: Vec<Instruction> = instructions(case)
+        .into_iter()
+        .filter(|i| !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt))
+        .collect();
+    if live
+        .iter()
+        .any(|i| !matches!(i.flow_control(), F::Next | F::Interrupt | F::Exception))
+    {
+        return None;
+    }
+    for (k, last) in live.iter().enumerate() {
+        let prefix = nop_where(case, |i| live[k + 1..].iter().any(|l| l.ip() == i.ip()));
+        let o = run_capped(&prefix, cap);
+        if o.tainted || matches!(o.result.exit, Exit::UnsupportedInstruction { .. }) {
+            continue;
+        }
+        let Ok(r) = run(&prefix) else { return None };
+        if !diff(&r, &o.result, &undefined_masked(o.undefined)).is_empty() {
+            return Some(last.mnemonic());
+        }
+    }
+    None
+}
+
+/// The instruction cap of a shrinking trial of a program the interpreter ran in `n` instructions:
+/// a trial that runs far longer has lost a loop bound and is a runaway (it ends as a timeout, so
+/// it cannot show the original mismatch); stopping it early saves running it to the full cap.
+fn trial_cap(n: u64) -> u64 {
+    n.saturating_mul(8)
+        .max(100_000)
+        .min(interp::INSTRUCTION_CAP)
+}
+
+/// The interpreter's run of `case`, stopped as a timeout after `cap` instructions.
+fn run_capped(case: &Case, cap: u64) -> interp::Outcome {
+    let mut m = Machine::new(case);
+    m.set_cap(cap);
+    m.run()
+}
+
+/// Explains a mismatching case completely: minimises it ([`minimise_mismatch`]), then runs the
+/// *residual* program — the original with every instruction of the minimised mnemonics NOPed —
+/// and, while that still disagrees with the interpreter, explains the residual the same way (at
+/// most four rounds). So a known deviation in a program cannot hide a second, unexplained one in
+/// the rest of it, and a program KVM refuses to emulate is still checked past the refusal. A
+/// residual the interpreter cannot predict (it times out, reads an undefined flag or reaches an
+/// instruction whose result is undefined), or that ends another way than the original, is not run.
+pub fn explain(
+    case: &Case,
+    kvm: &CaseResult,
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Vec<Mismatch> {
+    let mut out: Vec<Mismatch> = Vec::new();
+    let (mut cur, mut cur_kvm) = (case.clone(), kvm.clone());
+    let original = Machine::new(case).run();
+    let (model_kind, cap) = (
+        original.result.exit.kind(),
+        trial_cap(original.instructions),
+    );
+    for _ in 0..4 {
+        let m = minimise_mismatch(&cur, &cur_kvm, &mut run);
+        let names = live_mnemonics(&m.minimised);
+        out.push(m);
+        if names.is_empty() {
+            break;
+        }
+        let residual = nop_where(&cur, |i| names.contains(&i.mnemonic()));
+        let o = run_capped(&residual, cap);
+        // NOPing the set-up of a later instruction can leave it out of the interpreter's scope
+        // (a flag read while undefined, a 16-bit SHRD count above 16): nothing to compare then.
+        // And a residual that ends differently from the original in the interpreter (its loop
+        // bound or its pointer set-up was NOPed: it may now run away through memory, page tables
+        // included) checks nothing the original program asked for.
+        if o.tainted
+            || o.result.exit.kind() != model_kind
+            || matches!(
+                o.result.exit,
+                Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
+            )
+        {
+            break;
+        }
+        let Ok(r) = run(&residual) else { break };
+        if diff(&r, &o.result, &undefined_masked(o.undefined)).is_empty() {
+            break;
+        }
+        cur = residual;
+        cur_kvm = r;
+    }
+    out
 }
 
 /// The list of instructions this host's KVM refuses to emulate, compiled in.
@@ -334,6 +515,85 @@ mod tests {
             .collect();
         assert!(left.iter().all(|&x| x == Mnemonic::Hlt), "{left:?}");
         assert_eq!(classify(&m, &interp::run(&m)), "empty");
+    }
+
+    /// A long64 program: mov eax,5; bswap eax; mov ebx,7; lzcnt ecx,ebx; add eax,ebx; hlt.
+    fn two_class_program() -> Case {
+        let code = vec![
+            0xb8, 5, 0, 0, 0, // mov eax, 5
+            0x0f, 0xc8, // bswap eax
+            0xbb, 7, 0, 0, 0, // mov ebx, 7
+            0xf3, 0x0f, 0xbd, 0xcb, // lzcnt ecx, ebx
+            0x01, 0xd8, // add eax, ebx
+            0xf4, // hlt
+        ];
+        Case::new("two-classes", Mode::Long64, CODE, code)
+    }
+
+    /// A fake KVM: the interpreter, except that a program with a live BSWAP gets RDX flipped and
+    /// one with a live LZCNT gets RSI flipped (two independent "deviations").
+    fn fake_kvm(c: &Case) -> Result<CaseResult, KvmError> {
+        let mut r = interp::run(c);
+        let live = live_mnemonics(c);
+        if live.contains(&Mnemonic::Bswap) {
+            r.regs.rdx.0 ^= 1;
+        }
+        if live.contains(&Mnemonic::Lzcnt) {
+            r.regs.rsi.0 ^= 1;
+        }
+        Ok(r)
+    }
+
+    #[test]
+    fn focus_keeps_the_one_mnemonic_the_mismatch_needs() {
+        let c = two_class_program();
+        let f = focus(&c, |t| live_mnemonics(t).contains(&Mnemonic::Lzcnt));
+        assert_eq!(live_mnemonics(&f), vec![Mnemonic::Lzcnt]);
+        // Nothing reproduces: the case comes back unchanged.
+        let same = focus(&c, |_| false);
+        assert_eq!(same.memory, c.memory);
+    }
+
+    #[test]
+    fn explain_finds_a_second_deviation_behind_the_first() {
+        let c = two_class_program();
+        let kvm = fake_kvm(&c).unwrap();
+        let found = explain(&c, &kvm, fake_kvm);
+        let classes: Vec<&str> = found.iter().map(|m| m.class.as_str()).collect();
+        assert_eq!(found.len(), 2, "{classes:?}");
+        assert!(
+            classes.contains(&"Bswap") && classes.contains(&"Lzcnt"),
+            "{classes:?}"
+        );
+        for m in &found {
+            assert_eq!(m.diffs.len(), 1, "{:?}", m.diffs);
+        }
+        // One deviation only: one mismatch, and the residual agrees.
+        let one = |c: &Case| {
+            let mut r = interp::run(c);
+            if live_mnemonics(c).contains(&Mnemonic::Lzcnt) {
+                r.regs.rsi.0 ^= 1;
+            }
+            Ok(r)
+        };
+        let found = explain(&c, &one(&c).unwrap(), one);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].class, "Lzcnt");
+    }
+
+    #[test]
+    fn culprit_is_the_instruction_ending_the_shortest_disagreeing_prefix() {
+        let c = two_class_program();
+        let only_lzcnt = |c: &Case| {
+            let mut r = interp::run(c);
+            if live_mnemonics(c).contains(&Mnemonic::Lzcnt) {
+                r.regs.rsi.0 ^= 1;
+            }
+            Ok(r)
+        };
+        assert_eq!(culprit(&c, 1000, only_lzcnt), Some(Mnemonic::Lzcnt));
+        assert_eq!(culprit(&c, 1000, fake_kvm), Some(Mnemonic::Bswap));
+        assert_eq!(culprit(&c, 1000, |c| Ok(interp::run(c))), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use kvmconf_cases::deviations::{self, Deviation, Verdict};
 use kvmconf_cases::differential::{
-    Mismatch, compare, compare_runs, minimise_mismatch, refusals, refused_mnemonic,
+    Mismatch, compare, compare_runs, explain, minimise_mismatch, refusals, refused_mnemonic,
 };
 use kvmconf_guests::case::{Case, MemInit, Mode};
 use kvmconf_guests::r#gen::{Options, generate, source::SplitMix};
@@ -174,7 +174,9 @@ fn property(
     );
 }
 
-/// KVM's result for `case` against the interpreter's, minimised and classified when they differ.
+/// KVM's result for `case` against the interpreter's; when they differ, every mismatch in the
+/// program, each minimised and classified (`explain`: the rest of the program is checked again
+/// without the first mismatch's instructions).
 fn against_interp(pool: &RefCell<Pool<'_>>, case: &Case, what: &str) -> Vec<(String, Mismatch)> {
     let kvm = pool
         .borrow_mut()
@@ -183,8 +185,10 @@ fn against_interp(pool: &RefCell<Pool<'_>>, case: &Case, what: &str) -> Vec<(Str
     if compare(&kvm, case).is_empty() {
         return vec![];
     }
-    let m = minimise_mismatch(case, &kvm, |c| pool.borrow_mut().run(c));
-    vec![(what.to_string(), m)]
+    explain(case, &kvm, |c| pool.borrow_mut().run(c))
+        .into_iter()
+        .map(|m| (what.to_string(), m))
+        .collect()
 }
 
 fn differential_mode(check: &str, mode: Mode) {

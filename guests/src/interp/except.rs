@@ -32,6 +32,11 @@ impl Machine {
                 Err(Fault::Unsupported(w)) => return Err(self.unsupported(&w)),
                 Err(Fault::Exc(v2, e2)) => {
                     if v == 8 {
+                        // The SDM defines no register state in shutdown, and KVM sets RF in the
+                        // live RFLAGS when it injects a fault-class exception (so the pushed image
+                        // carries it): after a triple fault RF is whatever the last injection
+                        // left. Report it as undefined rather than guess.
+                        self.undef |= flags::RF;
                         return Err(Stop::Shutdown);
                     }
                     let double = (contributory(v) && contributory(v2))
