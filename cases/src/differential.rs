@@ -717,6 +717,42 @@ mod tests {
     }
 
     #[test]
+    fn tally_verdict_fails_on_unexplained_and_joins_known_ids_by_count() {
+        let opts = RunOptions {
+            programs: 60,
+            seed: 0x12,
+            persistence: None,
+            keep_going: true,
+            verbose: false,
+        };
+        let mut t = Tally {
+            programs: 60,
+            ..Tally::default()
+        };
+        assert_eq!(t.verdict(Variant::Long64Cpl3, &opts), Verdict::Pass);
+        t.known.insert("a".into(), (1, "m".into()));
+        t.known.insert("b".into(), (3, "m".into()));
+        let Verdict::KnownDeviation { id, message } = t.verdict(Variant::Long64Cpl3, &opts) else {
+            panic!("known mismatches only: a known deviation");
+        };
+        assert_eq!(id, "b, a");
+        assert!(
+            message.contains("4 mismatches, all known deviations: b x3, a x1"),
+            "{message}"
+        );
+        assert!(
+            message.contains("KVMCONF_DIFF_SEED=0x12 PROPTEST_CASES=300"),
+            "{message}"
+        );
+        t.unexplained.push("class: Add;".into());
+        let v = t.verdict(Variant::Long64Cpl3, &opts);
+        assert!(
+            matches!(&v, Verdict::Fail(m) if m.contains("1 unexplained mismatches (and known deviations b x3, a x1); the first: class: Add;")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
     fn interpreter_agrees_with_itself() {
         let c = case_from_seed(Mode::Prot32, 1, 1);
         let r = interp::run(&c);
