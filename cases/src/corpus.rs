@@ -1,6 +1,14 @@
-//! The hand-written corpus in `cases/corpus/`: listing its files, naming their snapshots, and the
-//! `# redact:` comments that mark host-dependent result fields.
+//! The hand-written corpus in `cases/corpus/`: listing and loading its files, naming their
+//! snapshots, the `# redact:` comments that mark host-dependent result fields, and judging a case's
+//! result against its snapshot (for `kvmconf run`; the corpus test binary asserts the same snapshots
+//! with insta).
 
+use crate::deviations::{self, Deviation, Verdict};
+use crate::registry::{Fail, Outcome};
+use kvmconf_guests::case::{Case, parse_cases};
+use kvmconf_guests::result::CaseResult;
+use kvmconf_harness::Host;
+use kvmconf_harness::fingerprint::Fingerprint;
 use std::path::{Path, PathBuf};
 
 /// The corpus directory of this source tree.
@@ -58,6 +66,127 @@ pub fn redactions(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// One corpus file: its path relative to the corpus directory, its text and its cases.
+#[derive(Clone, Debug)]
+pub struct CorpusFile {
+    /// Path relative to the corpus directory (`arith/sub_borrow_real16.toml`).
+    pub rel: PathBuf,
+    /// The file's text (its comments carry `# redact:`).
+    pub text: String,
+    /// The cases it holds (one, for a well-formed corpus file).
+    pub cases: Vec<Case>,
+}
+
+/// Reads and parses `root/rel`; an error names the file, the line or field, and what was expected.
+pub fn load(root: &Path, rel: &Path) -> Result<CorpusFile, String> {
+    let path = root.join(rel);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let cases = parse_cases(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    Ok(CorpusFile {
+        rel: rel.to_path_buf(),
+        text,
+        cases: cases.into_iter().map(|l| l.case).collect(),
+    })
+}
+
+/// Every corpus file under `root`, loaded, in path order; the first unreadable or invalid file is
+/// the error.
+pub fn load_all(root: &Path) -> Result<Vec<CorpusFile>, String> {
+    let files =
+        files(root).map_err(|e| format!("cannot read the corpus {}: {e}", root.display()))?;
+    files.iter().map(|rel| load(root, rel)).collect()
+}
+
+/// The id of a corpus file in `kvmconf run`: `corpus.` and its path without `.toml`
+/// (`corpus.arith/sub_borrow_real16`).
+pub fn check_id(rel: &Path) -> String {
+    format!("corpus.{}", rel.with_extension("").display())
+}
+
+/// Compares `result` with the snapshot of `rel` in `snapshots` (fields `text` marks `# redact:`
+/// stand as `[host-dependent]` on both sides): a failure names the snapshot and the fields that
+/// differ.
+pub fn compare_snapshot(snapshots: &Path, rel: &Path, text: &str, result: &CaseResult) -> Outcome {
+    let path = snapshots.join(snapshot_file(rel));
+    if !path.exists() {
+        return Err(Fail::Failed(format!(
+            "no snapshot {} (record it: INSTA_UPDATE=always cargo nextest run -p kvmconf-cases \
+             --test corpus)",
+            path.display()
+        )));
+    }
+    let want = crate::snapshot::read(&path).map_err(Fail::Failed)?;
+    let mut got = serde_json::to_value(result).expect("results serialize");
+    crate::snapshot::redact(&mut got, &redactions(text));
+    let diffs = crate::snapshot::field_diffs(&want, &got);
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 8;
+    let mut lines: Vec<String> = diffs
+        .iter()
+        .take(SHOWN)
+        .map(|(p, w, g)| format!("{p}: wanted {w}, got {g}"))
+        .collect();
+    if diffs.len() > SHOWN {
+        lines.push(format!("… {} more fields", diffs.len() - SHOWN));
+    }
+    Err(Fail::Failed(format!(
+        "result differs from the snapshot {} in {} fields: {}",
+        path.display(),
+        diffs.len(),
+        lines.join("; ")
+    )))
+}
+
+/// Runs `file`'s case on a fresh VM (as the corpus test does) and compares the result with its
+/// snapshot in `snapshots`.
+pub fn check(host: &Host, snapshots: &Path, file: &CorpusFile) -> Outcome {
+    let [case] = file.cases.as_slice() else {
+        return Err(Fail::Failed(format!(
+            "{}: {} cases, wanted 1",
+            file.rel.display(),
+            file.cases.len()
+        )));
+    };
+    let result = kvmconf_harness::run_fresh(host, case)?;
+    compare_snapshot(snapshots, &file.rel, &file.text, &result)
+}
+
+/// The known deviations of the host `fp` whose reproducer is the corpus file `rel`.
+pub fn reproduced<'a>(rel: &Path, devs: &'a [Deviation], fp: &Fingerprint) -> Vec<&'a Deviation> {
+    let path = format!("cases/corpus/{}", rel.display());
+    devs.iter()
+        .filter(|d| d.on_host(fp) && d.reproducer.contains(&path))
+        .collect()
+}
+
+/// The verdict on a corpus file's outcome. The snapshots record this project's host, its known
+/// deviations included; a file that is the reproducer of a known deviation of this host and
+/// matches its snapshot is that known deviation, and any other match is a pass. A mismatch is a
+/// failure (a `corpus.*` entry of `cases/deviations.toml` can explain it like any check's).
+pub fn judge(rel: &Path, outcome: &Outcome, devs: &[Deviation], fp: &Fingerprint) -> Verdict {
+    let id = check_id(rel);
+    let verdict = deviations::judge(&id, outcome, devs, fp);
+    let repro = reproduced(rel, devs, fp);
+    match (verdict, repro.first()) {
+        (Verdict::Pass, Some(d)) => Verdict::KnownDeviation {
+            id: d.id.clone(),
+            message: format!(
+                "matches its snapshot, which records known deviation {}: {}",
+                d.id, d.observed
+            ),
+        },
+        (Verdict::Fail(m), Some(d)) => Verdict::Fail(format!(
+            "{m}\n(this case reproduces known deviation {}, which its snapshot records: has the \
+             host changed?)",
+            d.id
+        )),
+        (v, _) => v,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +200,23 @@ mod tests {
         assert_eq!(
             snapshot_file(Path::new("seed_hello.toml")),
             "corpus__seed_hello.snap"
+        );
+    }
+
+    #[test]
+    fn compare_snapshot_accepts_the_recorded_result_and_names_a_changed_field() {
+        let rel = Path::new("seed_hello.toml");
+        let text = std::fs::read_to_string(dir().join(rel)).unwrap();
+        let snap = crate::snapshot::read(&snapshot_dir().join(snapshot_file(rel))).unwrap();
+        let mut r: CaseResult = serde_json::from_value(snap).unwrap();
+        assert_eq!(compare_snapshot(&snapshot_dir(), rel, &text, &r), Ok(()));
+        r.regs.rax.0 = 0x99;
+        let Err(Fail::Failed(m)) = compare_snapshot(&snapshot_dir(), rel, &text, &r) else {
+            panic!("a changed rax must fail");
+        };
+        assert!(
+            m.contains("in 1 fields: regs.rax: wanted 0xa, got 0x99"),
+            "{m}"
         );
     }
 

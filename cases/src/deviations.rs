@@ -53,9 +53,13 @@ pub fn known() -> Vec<Deviation> {
 impl Deviation {
     /// Whether this deviation is about `check` on the host `fp`.
     pub fn applies(&self, check: &str, fp: &Fingerprint) -> bool {
-        glob(&self.check, check)
-            && fp.modules.contains_key(&self.module)
-            && glob(&self.kernel, &fp.kernel)
+        glob(&self.check, check) && self.on_host(fp)
+    }
+
+    /// Whether this deviation is about the host `fp`: its vendor module is loaded and its kernel
+    /// matches.
+    pub fn on_host(&self, fp: &Fingerprint) -> bool {
+        fp.modules.contains_key(&self.module) && glob(&self.kernel, &fp.kernel)
     }
 }
 

@@ -12,12 +12,19 @@
 use crate::deviations::{Deviation, Verdict, judge};
 use crate::registry::Fail;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
-use kvmconf_guests::case::Case;
-use kvmconf_guests::r#gen::CODE;
+use kvmconf_guests::case::{Case, MemInit, Mode};
+use kvmconf_guests::r#gen::source::SplitMix;
+use kvmconf_guests::r#gen::{CODE, Options, generate};
 use kvmconf_guests::interp::{self, Machine};
 use kvmconf_guests::result::{CaseResult, DiffMask, Exit, FieldDiff, diff};
 use kvmconf_harness::fingerprint::Fingerprint;
-use kvmconf_harness::{KvmError, Pool};
+use kvmconf_harness::{Host, KvmError, Pool};
+use proptest::strategy::{BoxedStrategy, Strategy};
+use proptest::test_runner::{
+    Config, FileFailurePersistence, RngAlgorithm, TestCaseError, TestRng, TestRunner,
+};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 /// Compares a KVM result with the interpreter's for `case`: every field that differs, with only
 /// the RFLAGS bits the interpreter reports as undefined masked.
@@ -332,8 +339,8 @@ pub fn minimise_mismatch(
         Ok(r) => {
             let mut class = classify(&minimised, &r);
             // When the minimised program still needs context (set-up of an operand, a DIV that
-            // keeps the exit the same), name the culprit: in straight-line code, the instruction
-            // that ends the shortest prefix on which KVM and the interpreter disagree. The class
+            // keeps the exit the same), name the culprit: the instruction that ends the shortest
+            // prefix on which KVM and the interpreter disagree (see `culprit`). The class
             // is then that mnemonic and the rest is context, so a deviation naming one mnemonic
             // cannot absorb a mismatch another instruction causes.
             if live_mnemonics(&minimised).len() > 1
@@ -359,26 +366,21 @@ pub fn minimise_mismatch(
     }
 }
 
-/// The first divergent instruction of a straight-line `case` (no branches, calls or returns among
-/// its live instructions): the mnemonic of the instruction that ends the shortest prefix (the
-/// later live instructions NOPed) on which KVM and the interpreter disagree. `None` when the code
-/// branches, or no prefix the interpreter can predict disagrees.
+/// The first divergent instruction of `case`: the mnemonic of the instruction that ends the
+/// shortest prefix in address order (the later live instructions NOPed, so a branch into them
+/// slides to the final HLT) on which KVM and the interpreter disagree. A prefix runs only its own
+/// instructions, and the one before it agreed, so the disagreement starts with that instruction
+/// (or what it feeds when a loop runs it again). `None` when no prefix the interpreter can predict
+/// disagrees.
 fn culprit(
     case: &Case,
     cap: u64,
     mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
 ) -> Option<Mnemonic> {
-    use iced_x86::FlowControl as F;
     let live: Vec<Instruction> = instructions(case)
         .into_iter()
         .filter(|i| !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt))
         .collect();
-    if live
-        .iter()
-        .any(|i| !matches!(i.flow_control(), F::Next | F::Interrupt | F::Exception))
-    {
-        return None;
-    }
     for (k, last) in live.iter().enumerate() {
         let prefix = nop_where(case, |i| live[k + 1..].iter().any(|l| l.ip() == i.ip()));
         let o = run_capped(&prefix, cap);
@@ -459,6 +461,383 @@ pub fn explain(
         cur_kvm = r;
     }
     out
+}
+
+/// One differential test: which generated programs, how they run on KVM, and what they are compared
+/// with. The nextest tests (`cases/tests/differential.rs`) and `kvmconf run` run the same variants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Real-mode programs at CPL0 against the interpreter.
+    Real16,
+    /// Flat 32-bit protected-mode programs at CPL0 against the interpreter.
+    Prot32,
+    /// 64-bit programs at CPL0 against the interpreter.
+    Long64Cpl0,
+    /// 64-bit programs at CPL3 against the interpreter, and against their CPL0 run where the
+    /// interpreter predicts the same result for both rings.
+    Long64Cpl3,
+    /// 64-bit programs at CPL3 with their data region as MMIO, against the interpreter and against
+    /// the same program with its data in RAM.
+    Long64Mmio,
+}
+
+impl Variant {
+    /// Every variant, in report order.
+    pub const ALL: [Variant; 5] = [
+        Variant::Real16,
+        Variant::Prot32,
+        Variant::Long64Cpl0,
+        Variant::Long64Cpl3,
+        Variant::Long64Mmio,
+    ];
+
+    /// The check id: what `differential.*` entries of `cases/deviations.toml` match, and the row
+    /// `kvmconf run` reports.
+    pub fn check(self) -> &'static str {
+        match self {
+            Variant::Real16 => "differential.real16",
+            Variant::Prot32 => "differential.prot32",
+            Variant::Long64Cpl0 => "differential.long64_cpl0",
+            Variant::Long64Cpl3 => "differential.long64_cpl3",
+            Variant::Long64Mmio => "differential.long64_mmio",
+        }
+    }
+
+    /// What it checks.
+    pub fn doc(self) -> &'static str {
+        match self {
+            Variant::Real16 => {
+                "SDM 1 ch. 7, SDM 3A ch. 6 (IVT delivery): real-mode programs agree with the interpreter"
+            }
+            Variant::Prot32 => {
+                "SDM 1 ch. 7, SDM 3A ch. 6 (IDT delivery): 32-bit programs at CPL0 agree with the interpreter"
+            }
+            Variant::Long64Cpl0 => {
+                "SDM 1 ch. 7, SDM 3A ch. 4-6: 64-bit programs at CPL0 agree with the interpreter"
+            }
+            Variant::Long64Cpl3 => {
+                "SDM 1 ch. 7: 64-bit programs at CPL3 agree with the interpreter and with their CPL0 run"
+            }
+            Variant::Long64Mmio => {
+                "SDM 1 ch. 7, api.rst 5 KVM_EXIT_MMIO: 64-bit programs with MMIO data agree with the interpreter and the RAM run"
+            }
+        }
+    }
+
+    /// The seed whose programs passed a full `.ci/run` on this project's host (2026-11-22): the
+    /// default of the nextest tests and the sample `kvmconf run` draws.
+    pub fn known_seed(self) -> u64 {
+        match self {
+            Variant::Real16 => 0x1891_216b_d752_9a02,
+            Variant::Prot32 => 0x1891_2542_38f1_ff71,
+            Variant::Long64Cpl0 => 0x1891_7439_1d82_4ff6,
+            Variant::Long64Cpl3 => 0x1891_7339_1dbc_1d94,
+            Variant::Long64Mmio => 0x1891_1a41_35d8_6f3b,
+        }
+    }
+
+    /// Programs drawn when a run asks for `n` a mode: the CPL3 and MMIO variants run every
+    /// program three times and draw a fifth as many (at least one).
+    pub fn programs(self, n: u32) -> u32 {
+        match self {
+            Variant::Long64Cpl3 | Variant::Long64Mmio => (n / 5).max(1),
+            _ => n,
+        }
+    }
+
+    /// The nextest test that runs this variant in `cases/tests/differential.rs`.
+    pub fn test_name(self) -> &'static str {
+        match self {
+            Variant::Real16 => "generated_real16_programs_kvm_matches_interpreter",
+            Variant::Prot32 => "generated_prot32_programs_kvm_matches_interpreter",
+            Variant::Long64Cpl0 => "generated_long64_cpl0_programs_kvm_matches_interpreter",
+            Variant::Long64Cpl3 => "generated_long64_cpl3_native_matches_interpreter_and_cpl0",
+            Variant::Long64Mmio => {
+                "generated_long64_mmio_data_emulated_matches_native_and_interpreter"
+            }
+        }
+    }
+
+    /// The command that replays a run of `programs` programs (as drawn, after
+    /// [`Variant::programs`]) from `seed` under nextest.
+    pub fn replay(self, programs: u32, seed: u64) -> String {
+        let per_mode = match self {
+            Variant::Long64Cpl3 | Variant::Long64Mmio => programs * 5,
+            _ => programs,
+        };
+        format!(
+            "KVMCONF_DIFF_SEED={seed:#x} PROPTEST_CASES={per_mode} cargo nextest run -p \
+             kvmconf-cases --test differential -E 'test({})'",
+            self.test_name()
+        )
+    }
+
+    fn mode(self) -> Mode {
+        match self {
+            Variant::Real16 => Mode::Real16,
+            Variant::Prot32 => Mode::Prot32,
+            _ => Mode::Long64,
+        }
+    }
+
+    /// The programs it draws, the proptest way (a seed, a length of 1 to 40 instructions, stubs
+    /// or not; real16 always has stubs), shrinking toward short programs.
+    pub fn strategy(self) -> BoxedStrategy<Case> {
+        let mode = self.mode();
+        let data_mmio = self == Variant::Long64Mmio;
+        (proptest::num::u64::ANY, 1usize..=40, proptest::bool::ANY)
+            .prop_map(move |(s, len, nostubs)| {
+                let o = Options {
+                    mode,
+                    stubs: !nostubs || mode == Mode::Real16,
+                    data_mmio,
+                    len,
+                };
+                generate(
+                    &o,
+                    &mut SplitMix(s),
+                    &format!("prop-{}-{s:x}-{len}", mode.name()),
+                )
+            })
+            .boxed()
+    }
+
+    /// Runs one program on KVM through `pool` and returns what disagreed, each mismatch minimised
+    /// and labelled with what was compared (`KVM != interpreter`, …).
+    pub fn check_program(
+        self,
+        pool: &RefCell<Pool<'_>>,
+        case: &Case,
+    ) -> Result<Vec<(String, Mismatch)>, KvmError> {
+        match self {
+            Variant::Real16 | Variant::Prot32 | Variant::Long64Cpl0 => {
+                against_interp(pool, case, "KVM != interpreter")
+            }
+            Variant::Long64Cpl3 => {
+                let mut c3 = case.clone();
+                c3.cpl = 3;
+                c3.name.push_str("-cpl3");
+                let mut out = against_interp(pool, &c3, "native CPL3 run != interpreter")?;
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+                let (m0, u0) = interp::run_with_undefined(case);
+                let (m3, u3) = interp::run_with_undefined(&c3);
+                if !compare_runs(&m0, &m3, u0 | u3).is_empty() {
+                    return Ok(out); // the rings legitimately differ (I/O, CLI/STI at CPL3)
+                }
+                let k0 = pool.borrow_mut().run(case)?;
+                let k3 = pool.borrow_mut().run(&c3)?;
+                if !compare_runs(&k0, &k3, u0 | u3).is_empty() {
+                    out.push((
+                        "KVM CPL0 (emulated) != KVM CPL3 (native)".into(),
+                        minimise_mismatch(case, &k0, |x| pool.borrow_mut().run(x)),
+                    ));
+                }
+                Ok(out)
+            }
+            Variant::Long64Mmio => {
+                let mut c3 = case.clone();
+                c3.cpl = 3;
+                c3.name.push_str("-cpl3");
+                let mut out = against_interp(pool, &c3, "MMIO-data CPL3 run != interpreter")?;
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+                let ram = with_data_in_ram(&c3);
+                let (_, u) = interp::run_with_undefined(&c3);
+                let k = pool.borrow_mut().run(&c3)?;
+                let n = pool.borrow_mut().run(&ram)?;
+                if !compare_runs(&k, &n, u).is_empty() {
+                    out.push((
+                        "MMIO-data run != RAM-data native run".into(),
+                        minimise_mismatch(&ram, &n, |x| pool.borrow_mut().run(x)),
+                    ));
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// KVM's result for `case` against the interpreter's; when they differ, every mismatch in the
+/// program, each minimised and classified ([`explain`]: the rest of the program is checked again
+/// without the first mismatch's instructions).
+fn against_interp(
+    pool: &RefCell<Pool<'_>>,
+    case: &Case,
+    what: &str,
+) -> Result<Vec<(String, Mismatch)>, KvmError> {
+    let kvm = pool.borrow_mut().run(case)?;
+    if compare(&kvm, case).is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(explain(case, &kvm, |c| pool.borrow_mut().run(c))
+        .into_iter()
+        .map(|m| (what.to_string(), m))
+        .collect())
+}
+
+/// The case with its MMIO data region turned into RAM.
+pub fn with_data_in_ram(c: &Case) -> Case {
+    let mut r = c.clone();
+    for m in std::mem::take(&mut r.mmio) {
+        r.memory.push(MemInit {
+            addr: m.addr,
+            hex: m.hex,
+        });
+    }
+    r
+}
+
+/// How [`run_programs`] draws and reports.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Programs to draw.
+    pub programs: u32,
+    /// The seed of proptest's ChaCha generator.
+    pub seed: u64,
+    /// Where proptest keeps the seeds of failing programs (replayed first), if anywhere.
+    pub persistence: Option<&'static str>,
+    /// Go on after an unexplained mismatch (else stop at the first).
+    pub keep_going: bool,
+    /// Print each known deviation (in full the first time) and each unexplained mismatch.
+    pub verbose: bool,
+}
+
+/// What a run of programs found.
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    /// Programs run.
+    pub programs: u64,
+    /// Known deviations seen: id, how often, and the first message.
+    pub known: BTreeMap<String, (u64, String)>,
+    /// Failure messages of mismatches (and harness errors) no known deviation explains.
+    pub unexplained: Vec<String>,
+}
+
+impl Tally {
+    /// The verdict of the whole run for `kvmconf run`: fail on any unexplained mismatch, known
+    /// deviation when every mismatch is one (the ids joined by `, `, most frequent first), else
+    /// pass. A sample never reports `fixed`: not meeting a deviation's class does not show it gone.
+    pub fn verdict(&self, variant: Variant, opts: &RunOptions) -> Verdict {
+        let what = format!(
+            "{} programs from seed {:#x} (replay: {})",
+            self.programs,
+            opts.seed,
+            variant.replay(opts.programs, opts.seed)
+        );
+        let mut known: Vec<(&String, &(u64, String))> = self.known.iter().collect();
+        known.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(b.0)));
+        let counts = known
+            .iter()
+            .map(|(id, (n, _))| format!("{id} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(first) = self.unexplained.first() {
+            return Verdict::Fail(format!(
+                "{}: {what}: {} unexplained mismatches{}; the first: {first}",
+                variant.check(),
+                self.unexplained.len(),
+                if counts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (and known deviations {counts})")
+                }
+            ));
+        }
+        if known.is_empty() {
+            return Verdict::Pass;
+        }
+        Verdict::KnownDeviation {
+            id: known
+                .iter()
+                .map(|(id, _)| id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            message: format!(
+                "{what}: {} mismatches, all known deviations: {counts}",
+                known.iter().map(|(_, (n, _))| n).sum::<u64>()
+            ),
+        }
+    }
+}
+
+/// Runs `opts.programs` programs of `variant` drawn from proptest's ChaCha generator seeded with
+/// `opts.seed` — the programs the nextest test draws with that seed, in the same order — on a pool
+/// of `host`'s VMs, and judges every mismatch against `devs` for the check `variant.check()` on the
+/// host `fp`.
+pub fn run_programs(
+    host: &Host,
+    variant: Variant,
+    opts: &RunOptions,
+    devs: &[Deviation],
+    fp: &Fingerprint,
+) -> Tally {
+    let check = variant.check();
+    let pool = RefCell::new(Pool::new(host, 2));
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&opts.seed.to_le_bytes());
+    let config = Config {
+        cases: opts.programs,
+        failure_persistence: opts
+            .persistence
+            .map(|p| Box::new(FileFailurePersistence::Direct(p)) as _),
+        max_shrink_iters: 0,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
+    let tally = RefCell::new(Tally::default());
+    // The proptest error repeats what the tally holds; the tally is the result.
+    let _ = runner.run(&variant.strategy(), |case| {
+        tally.borrow_mut().programs += 1;
+        let found = match variant.check_program(&pool, &case) {
+            Ok(f) => f,
+            Err(e) => {
+                let msg = format!("{check}: case {:?}: harness error: {e}", case.name);
+                tally.borrow_mut().unexplained.push(msg.clone());
+                return if opts.keep_going {
+                    Ok(())
+                } else {
+                    Err(TestCaseError::fail(msg))
+                };
+            }
+        };
+        for (what, m) in found {
+            let verdict = m.judge(check, &what, devs, fp);
+            let mut t = tally.borrow_mut();
+            match verdict {
+                Verdict::KnownDeviation { id, message } => {
+                    let first = !t.known.contains_key(&id);
+                    if opts.verbose {
+                        let shown = if first {
+                            message.as_str()
+                        } else {
+                            message.lines().next().unwrap_or_default()
+                        };
+                        println!("KNOWN DEVIATION {id} [{check}]: {shown}");
+                    }
+                    t.known.entry(id).or_insert((0, message)).0 += 1;
+                }
+                other => {
+                    let msg = match other {
+                        Verdict::Fail(m) => m,
+                        v => format!("unexpected verdict {v:?}"),
+                    };
+                    if opts.verbose {
+                        println!("UNEXPLAINED [{check}]: {msg}");
+                    }
+                    t.unexplained.push(msg.clone());
+                    if !opts.keep_going {
+                        return Err(TestCaseError::fail(msg));
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+    tally.into_inner()
 }
 
 /// The list of instructions this host's KVM refuses to emulate, compiled in.
@@ -594,6 +973,42 @@ mod tests {
         assert_eq!(culprit(&c, 1000, only_lzcnt), Some(Mnemonic::Lzcnt));
         assert_eq!(culprit(&c, 1000, fake_kvm), Some(Mnemonic::Bswap));
         assert_eq!(culprit(&c, 1000, |c| Ok(interp::run(c))), None);
+    }
+
+    #[test]
+    fn tally_verdict_fails_on_unexplained_and_joins_known_ids_by_count() {
+        let opts = RunOptions {
+            programs: 60,
+            seed: 0x12,
+            persistence: None,
+            keep_going: true,
+            verbose: false,
+        };
+        let mut t = Tally {
+            programs: 60,
+            ..Tally::default()
+        };
+        assert_eq!(t.verdict(Variant::Long64Cpl3, &opts), Verdict::Pass);
+        t.known.insert("a".into(), (1, "m".into()));
+        t.known.insert("b".into(), (3, "m".into()));
+        let Verdict::KnownDeviation { id, message } = t.verdict(Variant::Long64Cpl3, &opts) else {
+            panic!("known mismatches only: a known deviation");
+        };
+        assert_eq!(id, "b, a");
+        assert!(
+            message.contains("4 mismatches, all known deviations: b x3, a x1"),
+            "{message}"
+        );
+        assert!(
+            message.contains("KVMCONF_DIFF_SEED=0x12 PROPTEST_CASES=300"),
+            "{message}"
+        );
+        t.unexplained.push("class: Add;".into());
+        let v = t.verdict(Variant::Long64Cpl3, &opts);
+        assert!(
+            matches!(&v, Verdict::Fail(m) if m.contains("1 unexplained mismatches (and known deviations b x3, a x1); the first: class: Add;")),
+            "{v:?}"
+        );
     }
 
     #[test]

@@ -10,5 +10,6 @@ pub mod differential;
 pub mod fuzz;
 pub mod registry;
 pub mod runner;
+pub mod snapshot;
 
 pub use registry::{Area, Check, Fail, Outcome};

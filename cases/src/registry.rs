@@ -17,16 +17,24 @@ pub enum Area {
     VcpuState,
     /// KVM_RUN and exits.
     Run,
+    /// The hand-written corpus (`cases/corpus/`) against its snapshots (`kvmconf run` only; nextest
+    /// runs it as the `corpus` test binary).
+    Corpus,
+    /// Fixed-seed samples of the differential oracle (`kvmconf run` only; nextest runs the full
+    /// `differential` test binary).
+    Differential,
 }
 
 impl Area {
     /// Every area, in report order.
-    pub const ALL: [Area; 5] = [
+    pub const ALL: [Area; 7] = [
         Area::Harness,
         Area::System,
         Area::Vm,
         Area::VcpuState,
         Area::Run,
+        Area::Corpus,
+        Area::Differential,
     ];
 
     /// The name used in ids, filters and reports.
@@ -37,6 +45,8 @@ impl Area {
             Area::Vm => "vm",
             Area::VcpuState => "vcpu_state",
             Area::Run => "run",
+            Area::Corpus => "corpus",
+            Area::Differential => "differential",
         }
     }
 

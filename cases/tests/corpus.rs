@@ -7,19 +7,15 @@
 //! them one by one with `cargo insta review` (see README).
 
 use kvmconf_cases::corpus;
-use kvmconf_guests::case::{Case, parse_cases};
+use kvmconf_guests::case::Case;
 use kvmconf_harness::run_fresh;
 use kvmconf_harness::skip::{Requirement, require_kvm};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::path::{Path, PathBuf};
 
 fn load(rel: &Path) -> Result<(String, Vec<Case>), String> {
-    let path = corpus::dir().join(rel);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let cases = parse_cases(&format!("cases/corpus/{}", rel.display()), &text)
-        .map_err(|e| e.to_string())?;
-    Ok((text, cases.into_iter().map(|l| l.case).collect()))
+    let f = corpus::load(&corpus::dir(), rel)?;
+    Ok((f.text, f.cases))
 }
 
 /// Every corpus file parses, holds one case with a description, and opens with a comment saying
@@ -108,6 +104,13 @@ fn snapshot(rel: &Path) -> Result<(), Failed> {
         settings.add_redaction(&format!(".{field}"), "[host-dependent]");
     }
     settings.bind(|| insta::assert_yaml_snapshot!(corpus::snapshot_name(rel), result));
+    // `kvmconf run` judges the same snapshot without insta: it must agree.
+    corpus::compare_snapshot(&corpus::snapshot_dir(), rel, &text, &result).map_err(|e| {
+        format!(
+            "{}: insta accepts the snapshot but kvmconf's reader does not: {e}",
+            rel.display()
+        )
+    })?;
     Ok(())
 }
 

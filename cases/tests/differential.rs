@@ -9,23 +9,16 @@
 //! DEVIATION and counted, anything else fails the test. Failing seeds are kept in
 //! `proptest-regressions/`.
 
-use kvmconf_cases::deviations::{self, Deviation, Verdict};
+use kvmconf_cases::deviations::{self, Deviation};
 use kvmconf_cases::differential::{
-    Mismatch, compare, compare_runs, explain, minimise_mismatch, refusals, refused_mnemonic,
+    RunOptions, Variant, compare_runs, refusals, refused_mnemonic, run_programs,
 };
-use kvmconf_guests::case::{Case, MemInit, Mode};
-use kvmconf_guests::r#gen::{Options, generate, source::SplitMix};
+use kvmconf_guests::case::{Case, Mode};
 use kvmconf_guests::interp;
 use kvmconf_guests::result::Exit;
-use kvmconf_harness::fingerprint::{self, Fingerprint};
+use kvmconf_harness::fingerprint;
 use kvmconf_harness::skip::{Requirement, print_skip, require_kvm};
 use kvmconf_harness::{Host, Pool};
-use proptest::prelude::*;
-use proptest::test_runner::{
-    Config, FileFailurePersistence, RngAlgorithm, TestCaseError, TestRng, TestRunner,
-};
-use std::cell::RefCell;
-use std::collections::BTreeMap;
 
 fn host() -> Option<Host> {
     match require_kvm() {
@@ -44,17 +37,6 @@ fn programs() -> u32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000)
 }
-
-/// Seeds whose programs passed a full `.ci/run` on this project's host (2026-11-22): by default
-/// every run draws these same programs, so CI is reproducible; `KVMCONF_DIFF_SEED=random` draws
-/// new ones (continuous fuzzing explores further), `KVMCONF_DIFF_SEED=0x…` replays one.
-const KNOWN_SEEDS: &[(&str, u64)] = &[
-    ("differential.real16", 0x1891_216b_d752_9a02),
-    ("differential.prot32", 0x1891_2542_38f1_ff71),
-    ("differential.long64_cpl0", 0x1891_7439_1d82_4ff6),
-    ("differential.long64_cpl3", 0x1891_7339_1dbc_1d94),
-    ("differential.long64_mmio", 0x1891_1a41_35d8_6f3b),
-];
 
 fn seed(check: &str) -> u64 {
     let parse = |v: &str| {
@@ -75,154 +57,67 @@ fn seed(check: &str) -> u64 {
         Ok(v) => parse(&v).unwrap_or_else(|| {
             panic!("KVMCONF_DIFF_SEED={v:?}: expected 0x…, a number or `random`")
         }),
-        Err(_) => KNOWN_SEEDS
-            .iter()
-            .find(|(c, _)| *c == check)
-            .map_or(0x6b76_6d63_6f6e_6600, |&(_, s)| s),
+        Err(_) => Variant::ALL
+            .into_iter()
+            .find(|v| v.check() == check)
+            .map_or(0x6b76_6d63_6f6e_6600, Variant::known_seed),
     }
 }
 
-/// Programs for `mode` from a seed and a length, the proptest way (shrinks toward short programs).
-fn programs_of(mode: Mode, data_mmio: bool) -> impl Strategy<Value = Case> {
-    (any::<u64>(), 1usize..=40, any::<bool>()).prop_map(move |(s, len, nostubs)| {
-        let o = Options {
-            mode,
-            stubs: !nostubs || mode == Mode::Real16,
-            data_mmio,
-            len,
-        };
-        generate(
-            &o,
-            &mut SplitMix(s),
-            &format!("prop-{}-{s:x}-{len}", mode.name()),
-        )
-    })
-}
-
-/// Tallies of one test run.
-#[derive(Default)]
-struct Tally {
-    programs: u64,
-    known: BTreeMap<String, u64>,
-    unexplained: u64,
-}
-
-/// Runs `body` on `programs()` cases from `strategy` with a printed seed. `body` returns the
-/// mismatches it found (already minimised); each is judged against the deviations for `check`.
-fn property(
-    check: &str,
-    n: u32,
-    strategy: impl Strategy<Value = Case>,
-    body: impl Fn(&Case) -> Vec<(String, Mismatch)>,
-    fp: &Fingerprint,
-) {
-    let devs: Vec<Deviation> = deviations::known();
-    // KVMCONF_DIFF_TRIAGE=1: print every unexplained mismatch and go on (fails at the end).
-    let triage = std::env::var_os("KVMCONF_DIFF_TRIAGE").is_some();
-    let seed = seed(check);
-    println!("{check}: seed {seed:#x} (replay: KVMCONF_DIFF_SEED={seed:#x}), {n} programs");
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    let config = Config {
-        cases: n,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/differential.txt",
-        ))),
-        source_file: Some(file!()),
-        max_shrink_iters: 0,
-        ..Config::default()
-    };
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &bytes));
-    let tally = RefCell::new(Tally::default());
-    let result = runner.run(&strategy, |case| {
-        tally.borrow_mut().programs += 1;
-        for (what, m) in body(&case) {
-            match m.judge(check, &what, &devs, fp) {
-                Verdict::KnownDeviation { id, message } => {
-                    let first = message.lines().next().unwrap_or_default().to_string();
-                    if !tally.borrow().known.contains_key(&id) {
-                        println!("KNOWN DEVIATION {id} [{check}]: {message}");
-                    } else {
-                        println!("KNOWN DEVIATION {id} [{check}]: {first}");
-                    }
-                    *tally.borrow_mut().known.entry(id).or_default() += 1;
-                }
-                Verdict::Fail(msg) if triage => {
-                    println!("UNEXPLAINED [{check}]: {msg}");
-                    tally.borrow_mut().unexplained += 1;
-                }
-                Verdict::Fail(msg) => return Err(TestCaseError::fail(msg)),
-                other => return Err(TestCaseError::fail(format!("unexpected verdict {other:?}"))),
-            }
-        }
-        Ok(())
-    });
-    let t = tally.into_inner();
-    println!(
-        "{check}: {} programs, known deviations {:?}, unexplained {}, seed {seed:#x}",
-        t.programs, t.known, t.unexplained
-    );
-    if let Err(e) = result {
-        let e = e.to_string();
-        let short = e.split("; minimal failing input").next().unwrap_or(&e);
-        panic!("{check}: seed {seed:#x}: {short}");
-    }
-    assert_eq!(
-        t.unexplained, 0,
-        "{check}: seed {seed:#x}: unexplained mismatches"
-    );
-}
-
-/// KVM's result for `case` against the interpreter's; when they differ, every mismatch in the
-/// program, each minimised and classified (`explain`: the rest of the program is checked again
-/// without the first mismatch's instructions).
-fn against_interp(pool: &RefCell<Pool<'_>>, case: &Case, what: &str) -> Vec<(String, Mismatch)> {
-    let kvm = pool
-        .borrow_mut()
-        .run(case)
-        .expect("the harness runs the case");
-    if compare(&kvm, case).is_empty() {
-        return vec![];
-    }
-    explain(case, &kvm, |c| pool.borrow_mut().run(c))
-        .into_iter()
-        .map(|m| (what.to_string(), m))
-        .collect()
-}
-
-fn differential_mode(check: &str, mode: Mode) {
+/// Runs `variant` on `PROPTEST_CASES` programs (a fifth for the CPL3 and MMIO variants) from a
+/// printed seed, the known-good one by default; every mismatch is judged against the deviations
+/// for `variant.check()`. Failing seeds are kept in `proptest-regressions/`.
+fn property(variant: Variant) {
     let Some(host) = host() else { return };
     let fp = fingerprint::read(Some(&host));
-    let pool = RefCell::new(Pool::new(&host, 2));
-    property(
-        check,
-        programs(),
-        programs_of(mode, false),
-        |c| against_interp(&pool, c, "KVM != interpreter"),
-        &fp,
+    let devs: Vec<Deviation> = deviations::known();
+    let check = variant.check();
+    let seed = seed(check);
+    let n = variant.programs(programs());
+    println!("{check}: seed {seed:#x} (replay: KVMCONF_DIFF_SEED={seed:#x}), {n} programs");
+    let opts = RunOptions {
+        programs: n,
+        seed,
+        persistence: Some("proptest-regressions/differential.txt"),
+        // KVMCONF_DIFF_TRIAGE=1: print every unexplained mismatch and go on (fails at the end).
+        keep_going: std::env::var_os("KVMCONF_DIFF_TRIAGE").is_some(),
+        verbose: true,
+    };
+    let t = run_programs(&host, variant, &opts, &devs, &fp);
+    let known: std::collections::BTreeMap<&String, u64> =
+        t.known.iter().map(|(id, (n, _))| (id, *n)).collect();
+    println!(
+        "{check}: {} programs, known deviations {known:?}, unexplained {}, seed {seed:#x}",
+        t.programs,
+        t.unexplained.len()
     );
+    if let Some(first) = t.unexplained.first() {
+        panic!(
+            "{check}: seed {seed:#x}: {} unexplained mismatches; the first: {first}",
+            t.unexplained.len()
+        );
+    }
 }
 
 /// SDM 1 ch. 7 (general-purpose instructions) and SDM 3A ch. 6 (exception delivery through the
 /// IVT): real-mode programs, run by KVM at CPL0, agree with the interpreter.
 #[test]
 fn generated_real16_programs_kvm_matches_interpreter() {
-    differential_mode("differential.real16", Mode::Real16);
+    property(Variant::Real16);
 }
 
 /// SDM 1 ch. 7, SDM 3A ch. 6 (IDT delivery): flat 32-bit protected-mode programs at CPL0 agree with
 /// the interpreter.
 #[test]
 fn generated_prot32_programs_kvm_matches_interpreter() {
-    differential_mode("differential.prot32", Mode::Prot32);
+    property(Variant::Prot32);
 }
 
 /// SDM 1 ch. 7 and SDM 3A ch. 4-6 (4-level paging, IDT with IST): 64-bit programs at CPL0 agree
 /// with the interpreter. On hosts where CPL0 is emulated this checks KVM's instruction emulator.
 #[test]
 fn generated_long64_cpl0_programs_kvm_matches_interpreter() {
-    differential_mode("differential.long64_cpl0", Mode::Long64);
+    property(Variant::Long64Cpl0);
 }
 
 /// CPL0 versus CPL3 (issue 3): the same 64-bit programs at CPL3 (run natively by the CPU on this
@@ -230,53 +125,7 @@ fn generated_long64_cpl0_programs_kvm_matches_interpreter() {
 /// memory for both rings, KVM's CPL0 run (its instruction emulator here) agrees with the native one.
 #[test]
 fn generated_long64_cpl3_native_matches_interpreter_and_cpl0() {
-    let Some(host) = host() else { return };
-    let fp = fingerprint::read(Some(&host));
-    let pool = RefCell::new(Pool::new(&host, 2));
-    property(
-        "differential.long64_cpl3",
-        (programs() / 5).max(1),
-        programs_of(Mode::Long64, false),
-        |c| {
-            let mut c3 = c.clone();
-            c3.cpl = 3;
-            c3.name.push_str("-cpl3");
-            let mut out = against_interp(&pool, &c3, "native CPL3 run != interpreter");
-            if !out.is_empty() {
-                return out;
-            }
-            let (m0, u0) = interp::run_with_undefined(c);
-            let (m3, u3) = interp::run_with_undefined(&c3);
-            if !compare_runs(&m0, &m3, u0 | u3).is_empty() {
-                return out; // the rings legitimately differ (I/O, CLI/STI at CPL3)
-            }
-            let k0 = pool.borrow_mut().run(c).expect("the harness runs the case");
-            let k3 = pool
-                .borrow_mut()
-                .run(&c3)
-                .expect("the harness runs the case");
-            if !compare_runs(&k0, &k3, u0 | u3).is_empty() {
-                out.push((
-                    "KVM CPL0 (emulated) != KVM CPL3 (native)".into(),
-                    minimise_mismatch(c, &k0, |x| pool.borrow_mut().run(x)),
-                ));
-            }
-            out
-        },
-        &fp,
-    );
-}
-
-/// The case with its MMIO data region turned into RAM.
-fn with_data_in_ram(c: &Case) -> Case {
-    let mut r = c.clone();
-    for m in std::mem::take(&mut r.mmio) {
-        r.memory.push(MemInit {
-            addr: m.addr,
-            hex: m.hex,
-        });
-    }
-    r
+    property(Variant::Long64Cpl3);
 }
 
 /// Emulator forcing (issue 3; SDM 1 ch. 7; api.rst KVM_EXIT_MMIO): the same 64-bit programs at
@@ -285,41 +134,7 @@ fn with_data_in_ram(c: &Case) -> Case {
 /// and with the native run on RAM (registers, exit and memory).
 #[test]
 fn generated_long64_mmio_data_emulated_matches_native_and_interpreter() {
-    let Some(host) = host() else { return };
-    let fp = fingerprint::read(Some(&host));
-    let pool = RefCell::new(Pool::new(&host, 2));
-    property(
-        "differential.long64_mmio",
-        (programs() / 5).max(1),
-        programs_of(Mode::Long64, true),
-        |c| {
-            let mut c3 = c.clone();
-            c3.cpl = 3;
-            c3.name.push_str("-cpl3");
-            let mut out = against_interp(&pool, &c3, "MMIO-data CPL3 run != interpreter");
-            if !out.is_empty() {
-                return out;
-            }
-            let ram = with_data_in_ram(&c3);
-            let (_, u) = interp::run_with_undefined(&c3);
-            let k = pool
-                .borrow_mut()
-                .run(&c3)
-                .expect("the harness runs the case");
-            let n = pool
-                .borrow_mut()
-                .run(&ram)
-                .expect("the harness runs the case");
-            if !compare_runs(&k, &n, u).is_empty() {
-                out.push((
-                    "MMIO-data run != RAM-data native run".into(),
-                    minimise_mismatch(&ram, &n, |x| pool.borrow_mut().run(x)),
-                ));
-            }
-            out
-        },
-        &fp,
-    );
+    property(Variant::Long64Mmio);
 }
 
 /// The list in `cases/emulator_refuses.toml` is what this host refuses: every probe ends in

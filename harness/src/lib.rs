@@ -22,6 +22,7 @@ pub mod memory;
 pub mod pool;
 pub mod raw;
 pub mod raw_vcpu;
+pub mod rlimit;
 pub mod run;
 pub mod skip;
 pub mod state;

@@ -416,6 +416,95 @@ fn mmio_fetch_internal_error(host: &Host) -> Outcome {
     }
 }
 
+/// The hardware_entry_failure_reason KVM reports for a VM entry the CPU refused, by vendor module:
+/// VMX's basic exit reason 33 ("VM-entry failure due to invalid guest state", SDM 3C 28.8 and
+/// appendix C) with bit 31 set, or SVM's VMEXIT_INVALID (-1, APM 2 15.5.1). None for a module
+/// without a hardware VM entry of its own.
+fn entry_failure_reason(module: Option<&str>) -> Option<u64> {
+    match module {
+        Some("kvm_intel") => Some(0x8000_0021),
+        Some("kvm_amd") => Some(u64::MAX),
+        _ => None,
+    }
+}
+
+/// A 64-bit code segment with D set as well as L: the SDM's VM-entry checks (3C 28.3.1.2, CS bit
+/// 14: "if the guest will be in IA-32e mode and the L bit is 1, then the D bit must be 0") and
+/// AMD's VMRUN consistency checks (APM 2 15.5.1) refuse it, while KVM_SET_SREGS only validates
+/// CR0/CR4/EFER/CR3. The documented outcomes: KVM_SET_SREGS rejects the state (EINVAL, the vCPU
+/// unchanged), or KVM_RUN ends in KVM_EXIT_FAIL_ENTRY with the vendor's
+/// hardware_entry_failure_reason, or in KVM_EXIT_INTERNAL_ERROR (KVM_INTERNAL_ERROR_EMULATION)
+/// when KVM emulates the invalid state and cannot; in every case no guest instruction runs.
+fn fail_entry_cs_l_and_d(host: &Host) -> Outcome {
+    const RAX: u64 = 0x1111;
+    let mut g = guest(host, Mode::Long64, |a| {
+        a.mov(rax, 0x2222u64)?;
+        a.hlt()
+    })?;
+    let mut r = g.regs()?;
+    r.rax = RAX;
+    g.set_regs(&r)?;
+    let before = g.sregs()?;
+    let mut bad = before;
+    bad.cs.l = 1;
+    bad.cs.db = 1;
+    if let Err(e) = g.vcpu().set_sregs(&bad) {
+        crate::catalogue::system::expect_errno(
+            Some(e.errno()),
+            libc::EINVAL,
+            "KVM_SET_SREGS with CS.L = CS.D = 1 in IA-32e mode",
+        )?;
+        let after = g.sregs()?;
+        ensure!(
+            after == before,
+            "KVM_SET_SREGS rejected CS.L = CS.D = 1 but the vCPU changed: before {before:x?}, after {after:x?}"
+        );
+        return Ok(());
+    }
+    let e = g.run()?;
+    let module = kvmconf_harness::fingerprint::vendor_module();
+    match &e {
+        KvmExit::FailEntry { reason, .. } => match entry_failure_reason(module.as_deref()) {
+            Some(want) => ensure_eq!(
+                *reason,
+                want,
+                "hardware_entry_failure_reason on {}",
+                module.as_deref().unwrap_or("?")
+            ),
+            None => ensure!(
+                *reason != 0,
+                "hardware_entry_failure_reason: wanted a reason, got 0"
+            ),
+        },
+        KvmExit::InternalError { suberror, .. } => ensure_eq!(
+            *suberror,
+            1u32,
+            "KVM_EXIT_INTERNAL_ERROR suberror (KVM_INTERNAL_ERROR_EMULATION = 1) for the invalid state"
+        ),
+        other => {
+            return Err(Fail::Failed(format!(
+                "exit with CS.L = CS.D = 1 in IA-32e mode (accepted by KVM_SET_SREGS): wanted \
+                 FailEntry (hardware_entry_failure_reason {}) or InternalError, got {}",
+                entry_failure_reason(module.as_deref())
+                    .map_or("non-zero".to_string(), |r| format!("{r:#x}")),
+                describe(other)
+            )));
+        }
+    }
+    let r = g.regs()?;
+    ensure_eq!(
+        r.rip,
+        CODE,
+        "rip after the failed entry (no instruction ran)"
+    );
+    ensure_eq!(
+        r.rax,
+        RAX,
+        "rax after the failed entry (mov rax, 0x2222 did not run)"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // HLT, SHUTDOWN, kvm_run fields
 
@@ -1312,6 +1401,8 @@ checks! {
         "api.rst 5 KVM_EXIT_MMIO (data filled by application code for reads); SDM 2 MOV/MOVSX", mmio_read_sizes;
     "run.mmio_instruction_fetch_exits_internal_error",
         "api.rst 5 kvm_run KVM_EXIT_INTERNAL_ERROR (KVM_INTERNAL_ERROR_EMULATION)", mmio_fetch_internal_error;
+    "run.fail_entry_cs_long_and_default_size_both_set_reported_or_rejected",
+        "api.rst 5 kvm_run KVM_EXIT_FAIL_ENTRY (hardware_entry_failure_reason), KVM_EXIT_INTERNAL_ERROR, 4.14 KVM_SET_SREGS; SDM 3C 28.3.1.2 (CS.L = 1 needs CS.D = 0)", fail_entry_cs_l_and_d;
     "run.hlt_exits_in_every_mode_with_rip_past_hlt",
         "api.rst 5 kvm_run KVM_EXIT_HLT; SDM 2 HLT", hlt_every_mode;
     "run.if_flag_reports_rflags_if",

@@ -142,7 +142,8 @@ fn nr_vcpus(host: &Host) -> i32 {
     }
 }
 
-fn max_vcpus(host: &Host) -> i32 {
+/// The most vCPUs a VM may have (api.rst 4.7 defaults).
+pub fn max_vcpus(host: &Host) -> i32 {
     match host.check_raw(KVM_CAP_MAX_VCPUS) {
         0 => nr_vcpus(host),
         n => n,

@@ -8,7 +8,7 @@
 //! follow-up call) to show that nothing changed.
 
 use crate::catalogue::harness::{CODE, case};
-use crate::catalogue::system::{UNKNOWN_CAP, expect_errno, max_vcpu_id};
+use crate::catalogue::system::{UNKNOWN_CAP, expect_errno, max_vcpu_id, max_vcpus};
 use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
@@ -248,6 +248,68 @@ fn create_vcpu_id_out_of_range_einval(host: &Host) -> Outcome {
             vm.create_vcpu(id)
                 .map_err(ioctl("KVM_CREATE_VCPU after the rejected ids"))?,
         );
+    }
+    Ok(())
+}
+
+/// The `i`-th of `n` vCPU ids spread evenly over [0, `max_id`): 0 first, `max_id` - 1 last.
+fn spread_id(i: u64, n: u64, max_id: u64) -> u64 {
+    if n <= 1 {
+        0
+    } else {
+        i * (max_id - 1) / (n - 1)
+    }
+}
+
+fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
+    let (max, max_id) = (max_vcpus(host) as u64, max_vcpu_id(host) as u64);
+    // One fd per vCPU, the VM's, /dev/kvm's and the process's own.
+    let need = max + 64;
+    let limit =
+        kvmconf_harness::rlimit::raise_open_files(need).map_err(|e| Fail::Failed(e.to_string()))?;
+    ensure!(
+        limit.soft >= need,
+        "RLIMIT_NOFILE: wanted a hard limit of at least {need} for {max} vCPU fds, got {}",
+        limit.hard
+    );
+    let vm = new_vm(host)?;
+    let ids: Vec<u64> = (0..max).map(|i| spread_id(i, max, max_id)).collect();
+    let mut vcpus = Vec::with_capacity(ids.len());
+    for (n, &id) in ids.iter().enumerate() {
+        vcpus.push(vm.create_vcpu(id).map_err(|e| {
+            Fail::Failed(format!(
+                "KVM_CREATE_VCPU id {id} (vCPU {} of KVM_CAP_MAX_VCPUS = {max}, ids spread over \
+                 [0, {max_id})): {e}",
+                n + 1
+            ))
+        })?);
+    }
+    // One more, with an id in range that is not taken (when the ids leave one free).
+    if let Some(extra) = (0..max_id).find(|id| ids.binary_search(id).is_err()) {
+        match vm.create_vcpu(extra) {
+            Ok(_) => {
+                return Err(Fail::Failed(format!(
+                    "KVM_CREATE_VCPU id {extra} with KVM_CAP_MAX_VCPUS = {max} vCPUs already \
+                     created: wanted EINVAL, got a vCPU"
+                )));
+            }
+            Err(e) => expect_errno(
+                Some(e.errno()),
+                libc::EINVAL,
+                &format!("KVM_CREATE_VCPU id {extra} beyond KVM_CAP_MAX_VCPUS = {max} vCPUs"),
+            )?,
+        }
+    }
+    // The rejected creation changed nothing: the first and last vCPUs still answer.
+    for (v, id) in [
+        (&vcpus[0], ids[0]),
+        (&vcpus[vcpus.len() - 1], ids[ids.len() - 1]),
+    ] {
+        v.get_regs().map_err(|e| {
+            Fail::Failed(format!(
+                "KVM_GET_REGS on vCPU id {id} after the rejected creation: {e}"
+            ))
+        })?;
     }
     Ok(())
 }
@@ -1641,6 +1703,7 @@ checks! {
     "vm.create_vcpu_last_valid_id_succeeds", VCPU, create_vcpu_last_valid_id_succeeds;
     "vm.create_vcpu_id_at_or_above_max_vcpu_id_einval", VCPU, create_vcpu_id_out_of_range_einval;
     "vm.create_vcpu_duplicate_id_eexist", VCPU, create_vcpu_duplicate_id_eexist;
+    "vm.create_vcpu_max_vcpus_succeed_and_one_more_einval", "api.rst 4.7 KVM_CREATE_VCPU (no more than max_vcpus; KVM_CAP_MAX_VCPUS, KVM_CAP_MAX_VCPU_ID)", create_vcpu_max_vcpus_succeed_one_more_einval;
     "vm.memslot_add_guest_reads_and_writes_backing", MEM, memslot_add_guest_reads_backing;
     "vm.memslot_overlap_eexist", MEM, memslot_overlap_eexist;
     "vm.memslot_overlap_with_ram_slot_eexist", MEM, memslot_overlap_with_ram_eexist;

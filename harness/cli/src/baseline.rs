@@ -195,18 +195,7 @@ pub fn case_value(case: &Case, r: &CaseResult, redact: &[String]) -> Value {
     if r.exit.kind() == "timeout" {
         obj.retain(|k, _| k == "exit");
     }
-    for field in redact {
-        let mut cur = &mut v;
-        let parts: Vec<&str> = field.split('.').collect();
-        for (i, p) in parts.iter().enumerate() {
-            let Some(next) = cur.get_mut(*p) else { break };
-            if i + 1 == parts.len() {
-                *next = json!("[host-dependent]");
-                break;
-            }
-            cur = next;
-        }
-    }
+    kvmconf_cases::snapshot::redact(&mut v, redact);
     v
 }
 
@@ -229,18 +218,11 @@ fn corpus_dir(arg: &Option<PathBuf>) -> PathBuf {
 
 /// Loads the corpus files (relative path, redactions, case).
 fn load_corpus(dir: &Path) -> Result<Vec<(String, Vec<String>, Case)>, String> {
-    let files = kvmconf_cases::corpus::files(dir)
-        .map_err(|e| format!("cannot read the corpus {}: {e}", dir.display()))?;
     let mut out = Vec::new();
-    for rel in files {
-        let path = dir.join(&rel);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let cases = kvmconf_guests::case::parse_cases(&path.display().to_string(), &text)
-            .map_err(|e| e.to_string())?;
-        let redact = kvmconf_cases::corpus::redactions(&text);
-        for l in cases {
-            out.push((rel.display().to_string(), redact.clone(), l.case));
+    for f in kvmconf_cases::corpus::load_all(dir)? {
+        let redact = kvmconf_cases::corpus::redactions(&f.text);
+        for case in f.cases {
+            out.push((f.rel.display().to_string(), redact.clone(), case));
         }
     }
     Ok(out)
@@ -413,33 +395,6 @@ pub fn load(path: &Path) -> Result<Baseline, String> {
     Ok(b)
 }
 
-/// Flattens a JSON value into dotted paths.
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, x, out);
-            }
-        }
-        Value::Array(a) if !a.is_empty() => {
-            for (i, x) in a.iter().enumerate() {
-                flatten(&format!("{prefix}[{i}]"), x, out);
-            }
-        }
-        Value::String(s) => {
-            out.insert(prefix.into(), s.clone());
-        }
-        other => {
-            out.insert(prefix.into(), other.to_string());
-        }
-    }
-}
-
 /// One field that differs.
 #[derive(Clone, Debug, Serialize)]
 pub struct Field {
@@ -453,18 +408,12 @@ pub struct Field {
 
 /// Lists the fields in which two stored results differ.
 pub fn field_diff(old: &Value, new: &Value) -> Vec<Field> {
-    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    flatten("", old, &mut a);
-    flatten("", new, &mut b);
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| Field {
-            path: k.clone(),
-            baseline: a.get(k).cloned().unwrap_or_else(|| "(absent)".into()),
-            now: b.get(k).cloned().unwrap_or_else(|| "(absent)".into()),
+    kvmconf_cases::snapshot::field_diffs(old, new)
+        .into_iter()
+        .map(|(path, baseline, now)| Field {
+            path,
+            baseline,
+            now,
         })
         .collect()
 }

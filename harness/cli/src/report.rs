@@ -3,6 +3,7 @@
 use kvmconf_cases::deviations::Verdict;
 use kvmconf_harness::fingerprint::Fingerprint;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// One check's row in every report.
@@ -24,6 +25,9 @@ pub struct Row {
     pub deviation: Option<String>,
     /// Wall time in milliseconds.
     pub time_ms: f64,
+    /// Generated programs run (differential samples only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub programs: Option<u64>,
 }
 
 impl Row {
@@ -47,12 +51,13 @@ impl Row {
             message,
             deviation,
             time_ms,
+            programs: None,
         }
     }
 }
 
 /// Counts by result.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     /// Passed.
     pub pass: usize,
@@ -81,6 +86,17 @@ impl Summary {
         }
         s
     }
+
+    /// Counts the rows of each area.
+    pub fn by_area(rows: &[Row]) -> BTreeMap<String, Summary> {
+        let mut by: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+        for r in rows {
+            by.entry(r.area.clone()).or_default().push(r.clone());
+        }
+        by.into_iter()
+            .map(|(a, rs)| (a, Summary::of(&rs)))
+            .collect()
+    }
 }
 
 /// The whole report (the `--json` schema).
@@ -96,8 +112,17 @@ pub struct Report {
     pub duration_s: f64,
     /// Counts.
     pub summary: Summary,
-    /// One row per check, in run order.
+    /// Counts by area.
+    pub areas: BTreeMap<String, Summary>,
+    /// One row per check, corpus case or differential sample, in run order.
     pub results: Vec<Row>,
+}
+
+impl Report {
+    /// Generated programs run by the differential samples.
+    pub fn programs(&self) -> u64 {
+        self.results.iter().filter_map(|r| r.programs).sum()
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -114,37 +139,59 @@ pub fn table(r: &Report) -> String {
         .max()
         .unwrap_or(10)
         .min(78);
+    let aw = r
+        .results
+        .iter()
+        .map(|x| x.area.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let _ = writeln!(
         out,
-        "{:<10} {:<w$} {:<16} {:>9}",
+        "{:<aw$} {:<w$} {:<16} {:>9}",
         "area", "case", "result", "time"
     );
     for x in &r.results {
         let _ = writeln!(
             out,
-            "{:<10} {:<w$} {:<16} {:>7.1}ms",
+            "{:<aw$} {:<w$} {:<16} {:>7.1}ms",
             x.area, x.id, x.result, x.time_ms
         );
         if x.result != "pass" {
             if let Some(d) = &x.deviation {
-                let _ = writeln!(out, "{:<10}   deviation: {d}", "");
+                let _ = writeln!(out, "{:<aw$}   deviation: {d}", "");
             }
             if let Some(m) = &x.message {
-                let _ = writeln!(out, "{:<10}   {}", "", first_line(m));
+                let _ = writeln!(out, "{:<aw$}   {}", "", first_line(m));
             }
         }
     }
     let s = &r.summary;
+    let _ = writeln!(out);
+    for (area, a) in &r.areas {
+        let n = a.pass + a.fail + a.known_deviation + a.fixed + a.skip;
+        let _ = writeln!(
+            out,
+            "{area:<12} {n:>4}: {} passed, {} failed, {} known deviations, {} fixed, {} skipped",
+            a.pass, a.fail, a.known_deviation, a.fixed, a.skip
+        );
+    }
+    let programs = r.programs();
     let _ = writeln!(
         out,
-        "\n{} checks in {:.1} s: {} passed, {} failed, {} known deviations, {} fixed, {} skipped",
+        "{} cases in {:.1} s: {} passed, {} failed, {} known deviations, {} fixed, {} skipped{}",
         r.results.len(),
         r.duration_s,
         s.pass,
         s.fail,
         s.known_deviation,
         s.fixed,
-        s.skip
+        s.skip,
+        if programs > 0 {
+            format!(" ({programs} generated programs in the differential samples)")
+        } else {
+            String::new()
+        }
     );
     out
 }
@@ -312,6 +359,7 @@ mod tests {
             host: Fingerprint::default(),
             duration_s: 0.5,
             summary: Summary::of(&rows),
+            areas: Summary::by_area(&rows),
             results: rows,
         }
     }
@@ -343,6 +391,38 @@ mod tests {
         assert!(j.contains("<failure message=\"wanted &lt;1&gt;, got 2\">"));
         assert!(j.contains("<skipped message=\"known deviation: exit kind\"/>"));
         assert!(!j.contains("<1>"));
+    }
+
+    #[test]
+    fn table_counts_each_area_and_the_generated_programs() {
+        let mut r = report();
+        let mut d = Row::new(
+            "differential.real16",
+            "differential",
+            "SDM 1",
+            &Verdict::Pass,
+            9.0,
+        );
+        d.programs = Some(300);
+        r.results.push(d);
+        r.summary = Summary::of(&r.results);
+        r.areas = Summary::by_area(&r.results);
+        let t = table(&r);
+        assert!(t.contains("differential    1: 1 passed, 0 failed"), "{t}");
+        assert!(
+            t.contains(
+                "run             2: 0 passed, 0 failed, 1 known deviations, 0 fixed, 1 skipped"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("5 cases in 0.5 s: 2 passed, 1 failed, 1 known deviations, 0 fixed, 1 skipped (300 generated programs in the differential samples)"),
+            "{t}"
+        );
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["areas"]["run"]["skip"], 1);
+        assert_eq!(v["results"][4]["programs"], 300);
+        assert!(v["results"][0].get("programs").is_none());
     }
 
     #[test]

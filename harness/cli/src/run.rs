@@ -1,10 +1,11 @@
-//! `kvmconf run`: the conformance catalogue against this host, with a progress line, a per-case
-//! timeout, a table and summary, and JSON / TAP / JUnit outputs.
+//! `kvmconf run`: the conformance catalogue, the hand-written corpus against its snapshots and a
+//! fixed-seed differential sample against this host, with a progress line, a per-case timeout, a
+//! table and summary, and JSON / TAP / JUnit outputs.
 
 use crate::report::{Report, Row, Summary, junit, table, tap};
 use kvmconf_cases::deviations::{self, Verdict};
-use kvmconf_cases::registry::{Area, Check, glob};
-use kvmconf_cases::runner::run_one;
+use kvmconf_cases::registry::{Area, glob};
+use kvmconf_cases::runner::{Item, Sources, items, run_item, source_tree_corpus};
 use kvmconf_harness::{Host, KvmError, fingerprint};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -18,15 +19,32 @@ pub const RUN_FAIL: u8 = 1;
 /// Exit code of `kvmconf run`: bad usage or no /dev/kvm.
 pub const RUN_USAGE: u8 = 2;
 
+/// Generated programs a mode in the differential sample by default.
+pub const DEFAULT_PROGRAMS: u32 = 300;
+
 /// Arguments of `kvmconf run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Only these areas (harness, system, vm, vcpu_state, run); repeatable.
+    /// Only these areas (harness, system, vm, vcpu_state, run, corpus, differential); repeatable.
     #[arg(long)]
     area: Vec<String>,
-    /// Only checks whose id matches this glob (`*` and `?`), e.g. 'vm.memslot_*'.
+    /// Only cases whose id matches this glob (`*` and `?`), e.g. 'vm.memslot_*' or 'corpus.arith/*';
+    /// repeatable (a case matching any of them).
+    #[arg(long, value_name = "GLOB")]
+    case: Vec<String>,
+    /// Generated programs a mode in the differential sample (the CPL3 and MMIO variants draw a
+    /// fifth as many); 0 leaves the sample out.
+    #[arg(long, default_value_t = DEFAULT_PROGRAMS, value_name = "N")]
+    programs: u32,
+    /// Leave the corpus out.
     #[arg(long)]
-    case: Option<String>,
+    no_corpus: bool,
+    /// The corpus directory (default: this source tree's cases/corpus).
+    #[arg(long, value_name = "DIR")]
+    corpus: Option<PathBuf>,
+    /// The snapshot directory the corpus is compared with (default: this source tree's snapshots).
+    #[arg(long, value_name = "DIR")]
+    snapshots: Option<PathBuf>,
     /// List the selected checks and exit.
     #[arg(long)]
     list: bool,
@@ -44,8 +62,8 @@ pub struct RunArgs {
     timeout_ms: u64,
 }
 
-/// The checks the filters select, or a usage error.
-pub fn select(areas: &[String], case: Option<&str>) -> Result<Vec<&'static Check>, String> {
+/// The items the filters select, or a usage error.
+pub fn select(areas: &[String], cases: &[String], sources: &Sources) -> Result<Vec<Item>, String> {
     let mut want = Vec::new();
     for a in areas {
         match Area::parse(a) {
@@ -59,15 +77,42 @@ pub fn select(areas: &[String], case: Option<&str>) -> Result<Vec<&'static Check
             }
         }
     }
-    let sel: Vec<&'static Check> = kvmconf_cases::catalogue::all()
+    let sel: Vec<Item> = items(sources)?
         .into_iter()
-        .filter(|c| want.is_empty() || want.contains(&c.area))
-        .filter(|c| case.is_none_or(|g| glob(g, c.id)))
+        .filter(|c| want.is_empty() || want.contains(&c.area()))
+        .filter(|c| cases.is_empty() || cases.iter().any(|g| glob(g, &c.id())))
         .collect();
     if sel.is_empty() {
-        return Err("no check matches the filters (try --list)".into());
+        return Err("no case matches the filters (try --list)".into());
     }
     Ok(sel)
+}
+
+/// What to run besides the catalogue, from the options: a corpus directory that does not exist is
+/// an error when given, and left out with a note when it is the default (an installed binary).
+fn sources(a: &RunArgs) -> Result<Sources, String> {
+    let (default_dir, default_snaps) = source_tree_corpus();
+    let corpus = if a.no_corpus {
+        None
+    } else {
+        let dir = a.corpus.clone().unwrap_or(default_dir);
+        let snaps = a.snapshots.clone().unwrap_or(default_snaps);
+        if dir.is_dir() {
+            Some((dir, snaps))
+        } else if a.corpus.is_some() {
+            return Err(format!("--corpus {}: not a directory", dir.display()));
+        } else {
+            eprintln!(
+                "kvmconf run: no corpus at {}: the corpus area is left out (--corpus DIR)",
+                dir.display()
+            );
+            None
+        }
+    };
+    Ok(Sources {
+        corpus,
+        programs: a.programs,
+    })
 }
 
 fn write_file(path: &PathBuf, text: &str) -> Result<(), String> {
@@ -80,7 +125,7 @@ fn write_file(path: &PathBuf, text: &str) -> Result<(), String> {
 
 /// Runs `kvmconf run`.
 pub fn main(a: RunArgs) -> u8 {
-    let checks = match select(&a.area, a.case.as_deref()) {
+    let checks = match sources(&a).and_then(|src| select(&a.area, &a.case, &src)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kvmconf run: {e}");
@@ -89,7 +134,7 @@ pub fn main(a: RunArgs) -> u8 {
     };
     if a.list {
         for c in &checks {
-            println!("{:<10} {:<70} {}", c.area.name(), c.id, c.doc);
+            println!("{:<12} {:<70} {}", c.area().name(), c.id(), c.doc());
         }
         return RUN_OK;
     }
@@ -120,19 +165,19 @@ pub fn main(a: RunArgs) -> u8 {
     let tty = std::io::stderr().is_terminal();
     let mut rows = Vec::with_capacity(checks.len());
     let limit = Duration::from_millis(a.timeout_ms.max(1));
-    for (i, &check) in checks.iter().enumerate() {
+    for (i, item) in checks.iter().enumerate() {
         let (tx, rx) = mpsc::channel();
         let (h, d, f) = (Arc::clone(&host), Arc::clone(&devs), Arc::clone(&fp_arc));
         let t0 = Instant::now();
-        let spawned = std::thread::Builder::new()
-            .name(check.id.into())
-            .spawn(move || {
-                let _ = tx.send(run_one(check, &h, &d, &f));
-            });
+        let id = item.id();
+        let job = item.clone();
+        let spawned = std::thread::Builder::new().name(id.clone()).spawn(move || {
+            let _ = tx.send(run_item(&job, &h, &d, &f));
+        });
         let (verdict, ms) = match spawned {
             Err(e) => (Verdict::Fail(format!("cannot start a thread: {e}")), 0.0),
             Ok(_) => match rx.recv_timeout(limit) {
-                Ok(j) => (j.verdict, j.time.as_secs_f64() * 1e3),
+                Ok((v, t)) => (v, t.as_secs_f64() * 1e3),
                 // The thread is left behind with its VM; the run goes on.
                 Err(_) => (
                     Verdict::Fail(format!("hung: no result within {} ms", a.timeout_ms)),
@@ -140,8 +185,9 @@ pub fn main(a: RunArgs) -> u8 {
                 ),
             },
         };
-        let row = Row::new(check.id, check.area.name(), check.doc, &verdict, ms);
-        let line = format!("[{}/{}] {} {}", i + 1, checks.len(), row.result, check.id);
+        let mut row = Row::new(&id, item.area().name(), &item.doc(), &verdict, ms);
+        row.programs = item.programs();
+        let line = format!("[{}/{}] {} {}", i + 1, checks.len(), row.result, id);
         if tty {
             eprint!("\r\x1b[K{line}");
         } else if row.result != "pass" || (i + 1) % 50 == 0 || i + 1 == checks.len() {
@@ -158,6 +204,7 @@ pub fn main(a: RunArgs) -> u8 {
         host: fp,
         duration_s: start.elapsed().as_secs_f64(),
         summary: Summary::of(&rows),
+        areas: Summary::by_area(&rows),
         results: rows,
     };
     let mut out = std::io::stdout().lock();

@@ -132,6 +132,167 @@ fn run_list_and_filters() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// The ids `kvmconf run --list ARGS` prints, by area.
+fn listed(args: &[&str]) -> Vec<(String, String)> {
+    let mut all = vec!["run", "--list"];
+    all.extend_from_slice(args);
+    let o = kvmconf(&all, None, &[]);
+    assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o.stderr));
+    text(&o.stdout)
+        .lines()
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let area = w.next().unwrap_or_default().to_string();
+            (area, w.next().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn run_list_includes_corpus_and_differential_areas_and_filters_them() {
+    let all = listed(&[]);
+    let areas: std::collections::BTreeSet<&str> = all.iter().map(|(a, _)| a.as_str()).collect();
+    for a in [
+        "harness",
+        "system",
+        "vm",
+        "vcpu_state",
+        "run",
+        "corpus",
+        "differential",
+    ] {
+        assert!(areas.contains(a), "area {a} missing from --list: {areas:?}");
+    }
+    let corpus_files = std::fs::read_dir(corpus("arith")).unwrap().count();
+    let c = listed(&["--area", "corpus"]);
+    assert!(c.len() >= 100, "{} corpus cases listed", c.len());
+    assert!(
+        c.iter()
+            .all(|(a, id)| a == "corpus" && id.starts_with("corpus."))
+    );
+    assert!(c.iter().any(|(_, id)| id == "corpus.seed_hello"), "{c:?}");
+    let arith = listed(&["--case", "corpus.arith/*"]);
+    assert_eq!(arith.len(), corpus_files, "{arith:?}");
+    let d = listed(&["--area", "differential"]);
+    let ids: Vec<&str> = d.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "differential.real16",
+            "differential.prot32",
+            "differential.long64_cpl0",
+            "differential.long64_cpl3",
+            "differential.long64_mmio"
+        ]
+    );
+    assert_eq!(listed(&["--case", "differential.long64_*"]).len(), 3);
+    // Leaving a source out leaves its area empty: a usage error when it is all that is asked for.
+    for args in [
+        &["run", "--list", "--area", "corpus", "--no-corpus"][..],
+        &["run", "--list", "--area", "differential", "--programs", "0"][..],
+        &["run", "--list", "--corpus", "/nonexistent/corpus"][..],
+    ] {
+        let o = kvmconf(args, None, &[]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+    }
+    let n = listed(&["--no-corpus", "--programs", "0"]).len();
+    assert_eq!(n + c.len() + d.len(), all.len());
+}
+
+#[test]
+fn run_reports_corpus_and_differential_rows_in_json_tap_and_junit() {
+    need_kvm!();
+    let dir = std::env::temp_dir().join(format!("kvmconf-run-areas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, junit) = (dir.join("r.json"), dir.join("r.xml"));
+    // The corpus snapshots record this project's host (kvm_pvm): elsewhere only seed_hello, whose
+    // result any conforming host shares, is asked for.
+    let pvm = kvmconf_harness::fingerprint::vendor_module().as_deref() == Some("kvm_pvm");
+    let mut args = vec![
+        "run",
+        "--case",
+        "corpus.seed_hello",
+        "--case",
+        "differential.*",
+        "--programs",
+        "10",
+        "--tap",
+        "--json",
+        json.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ];
+    if pvm {
+        args.extend(["--case", "corpus.deviations/pvm_cpl3_iopl3_out"]);
+    }
+    let o = kvmconf(&args, None, &[]);
+    let err = text(&o.stderr);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(o.status.code(), Some(0), "{err}\n{ids:?}");
+    let hello = rows
+        .iter()
+        .find(|r| r["id"] == "corpus.seed_hello")
+        .unwrap();
+    assert_eq!(hello["area"], "corpus");
+    assert_eq!(hello["result"], "pass", "{hello}");
+    let diff: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["area"] == "differential")
+        .collect();
+    assert_eq!(diff.len(), 5, "{ids:?}");
+    for r in &diff {
+        assert!(
+            matches!(r["result"].as_str(), Some("pass" | "known deviation")),
+            "{r}"
+        );
+        let want = if r["id"] == "differential.long64_cpl3" || r["id"] == "differential.long64_mmio"
+        {
+            2
+        } else {
+            10
+        };
+        assert_eq!(r["programs"], want, "{r}");
+    }
+    let count = |area: &str, k: &str| v["areas"][area][k].as_u64().unwrap();
+    let per_area = |area: &str| {
+        ["pass", "fail", "known_deviation", "fixed", "skip"]
+            .iter()
+            .map(|k| count(area, k))
+            .sum::<u64>()
+    };
+    assert_eq!(per_area("differential"), 5);
+    assert_eq!(per_area("corpus") as usize, rows.len() - 5);
+    let total: u64 = ["pass", "fail", "known_deviation", "fixed", "skip"]
+        .iter()
+        .map(|k| v["summary"][k].as_u64().unwrap())
+        .sum();
+    assert_eq!(total as usize, rows.len());
+    assert_eq!(rows.len(), 5 + 1 + usize::from(pvm), "{ids:?}");
+    // A corpus file that reproduces a known deviation of this host is reported as that deviation.
+    if pvm {
+        let r = rows
+            .iter()
+            .find(|r| r["id"] == "corpus.deviations/pvm_cpl3_iopl3_out")
+            .unwrap();
+        assert_eq!(r["result"], "known deviation", "{r}");
+        assert_eq!(r["deviation"], "pvm-cpl3-iopl-ignored", "{r}");
+    }
+    let tap = text(&o.stdout);
+    assert!(tap.contains(&format!("\n1..{}\n", rows.len())), "{tap}");
+    assert!(tap.contains(" corpus.seed_hello\n"), "{tap}");
+    assert!(tap.contains(" differential.real16"), "{tap}");
+    let x = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        x.contains("classname=\"kvmconf.corpus\" name=\"corpus.seed_hello\""),
+        "{x}"
+    );
+    assert!(x.contains("classname=\"kvmconf.differential\""), "{x}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn run_writes_tap_json_and_junit() {
     need_kvm!();
