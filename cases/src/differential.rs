@@ -317,7 +317,8 @@ pub fn minimise_mismatch(
         original.result.exit.kind(),
         trial_cap(original.instructions),
     );
-    let paths: Vec<String> = compare(kvm, case).into_iter().map(|d| d.path).collect();
+    let paths: std::collections::HashSet<String> =
+        compare(kvm, case).into_iter().map(|d| d.path).collect();
     let mut still_differs = |trial: &Case| {
         let o = run_capped(trial, cap);
         if o.tainted || o.result.exit.kind() != model_kind {
@@ -371,7 +372,7 @@ pub fn minimise_mismatch(
 /// slides to the final HLT) on which KVM and the interpreter disagree. A prefix runs only its own
 /// instructions, and the one before it agreed, so the disagreement starts with that instruction
 /// (or what it feeds when a loop runs it again). `None` when no prefix the interpreter can predict
-/// disagrees.
+/// (and that does not run away) disagrees.
 fn culprit(
     case: &Case,
     cap: u64,
@@ -384,7 +385,14 @@ fn culprit(
     for (k, last) in live.iter().enumerate() {
         let prefix = nop_where(case, |i| live[k + 1..].iter().any(|l| l.ip() == i.ip()));
         let o = run_capped(&prefix, cap);
-        if o.tainted || matches!(o.result.exit, Exit::UnsupportedInstruction { .. }) {
+        // A prefix that lost its loop bound runs away (KVM would spin to the deadline): skip it,
+        // like one the interpreter cannot predict.
+        if o.tainted
+            || matches!(
+                o.result.exit,
+                Exit::UnsupportedInstruction { .. } | Exit::Timeout { .. }
+            )
+        {
             continue;
         }
         let Ok(r) = run(&prefix) else { return None };
