@@ -6,13 +6,12 @@
 
 use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_NO_KVM, EXIT_OK};
 use kvmconf_cases::fuzz::{
-    Exec, Finding, Runner, Target, ioctl_seq::fd_count, kcov_status, minimise::minimise, source_for,
+    Exec, Finding, Input, Runner, Target, artifact, ioctl_seq::fd_count, kcov_status, source_for,
 };
 use kvmconf_guests::case::Case;
 use kvmconf_harness::{Host, KvmError, Pool};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +50,9 @@ pub struct FuzzArgs {
     /// Write new findings as found, without minimising them (for long soak runs).
     #[arg(long)]
     no_minimise: bool,
+    /// Also minimise and write findings a known deviation explains (to get a small reproducer).
+    #[arg(long)]
+    keep_known: bool,
 }
 
 /// One unique finding.
@@ -124,58 +126,26 @@ struct Config {
     stats_every: f64,
     quiet: bool,
     minimise: bool,
+    keep_known: bool,
 }
 
-fn signature_file(target: Target, signature: &str) -> String {
-    format!(
-        "{}-{:016x}.toml",
-        target.name(),
-        kvmconf_cases::fuzz::signal_of(signature)
-    )
-}
-
-/// Writes `text` to `dir/name` through a temporary file and a rename.
-pub fn write_atomic(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    let path = dir.join(name);
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
-}
-
-/// The artifact text: a header of `#` lines (target, signature, replay command, the differences)
-/// and the case as TOML.
-pub fn artifact_text(f: &Finding, case: &Case, seed: u64, index: u64, original: usize) -> String {
-    let mut s = String::new();
-    s.push_str("# kvmconf fuzz finding\n");
-    s.push_str(&format!("# target: {}\n", f.target.name()));
-    s.push_str(&format!("# signature: {}\n", f.signature));
-    s.push_str(&format!(
-        "# replay: kvmconf fuzz --target {} --seed {seed} --index {index}\n",
-        f.target.name()
-    ));
-    s.push_str(&format!(
-        "# repro: kvmconf repro <this file> [--emit-c repro.c]\n# minimised: code {original} -> {} bytes\n",
-        case.memory.first().map_or(0, |m| m.hex.0.len())
-    ));
-    for d in &f.details {
-        for l in d.lines() {
-            s.push_str(&format!("#   {l}\n"));
+/// The `# minimised:` note of an artifact: what shrinking did.
+fn shrink_note(before: &Finding, after: &Finding) -> String {
+    match (&before.input, &after.input) {
+        (Input::State(a), Input::State(b)) => format!(
+            "minimised: {} -> {} changed state fields",
+            a.changes().count(),
+            b.changes().count()
+        ),
+        (Input::Calls(a), Input::Calls(b)) => {
+            format!("minimised: {} -> {} calls", a.len(), b.len())
         }
+        _ => format!(
+            "minimised: code {} -> {} bytes",
+            before.case.memory.first().map_or(0, |m| m.hex.0.len()),
+            after.case.memory.first().map_or(0, |m| m.hex.0.len())
+        ),
     }
-    let mut c = case.clone();
-    c.name = format!("fuzz_{}", &signature_file(f.target, &f.signature)[..]);
-    c.name.truncate(c.name.len() - 5);
-    match kvmconf_cases::fuzz::case_to_toml(&c) {
-        Ok(t) => s.push_str(&t),
-        Err(e) => s.push_str(&format!("# (TOML failed: {e})\n")),
-    }
-    s
 }
 
 fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64, f: Finding) {
@@ -200,35 +170,32 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
             },
         );
     }
-    if f.known.is_some() {
+    if f.known.is_some() && !cfg.keep_known {
         return;
     }
-    let original = f.case.memory.first().map_or(0, |m| m.hex.0.len());
-    let mut f = f;
-    let small = match (f.target, runner) {
-        (Target::GuestVsInterp | Target::GuestEmulatedVsNative, Some(r)) if cfg.minimise => {
-            let mut still = |c: &Case| matches!(r.exec_case(f.target, c), Ok(Exec { finding: Some(g), .. }) if g.signature == f.signature);
-            let small = minimise(&f.case, &mut still);
-            // The header shows the differences of the minimised case.
-            if let Ok(Exec {
-                finding: Some(g), ..
-            }) = r.exec_case(f.target, &small)
-                && g.signature == f.signature
-            {
-                f.details = g.details;
-            }
-            small
+    let (small, note) = match runner {
+        Some(r) if cfg.minimise => {
+            let small = r.shrink(&f);
+            let note = shrink_note(&f, &small);
+            (small, note)
         }
-        _ => f.case.clone(),
+        _ => (f.clone(), "minimised: no (--no-minimise)".to_string()),
     };
-    let text = artifact_text(&f, &small, cfg.seed, index, original);
-    let path = write_atomic(
-        &cfg.artifacts,
-        &signature_file(f.target, &f.signature),
-        &text,
-    );
+    let notes = [
+        format!(
+            "replay: kvmconf fuzz --target {} --seed {} --index {index}",
+            f.target.name(),
+            cfg.seed
+        ),
+        note,
+    ];
+    let written = artifact::render(&small, &notes)
+        .map_err(std::io::Error::other)
+        .and_then(|text| {
+            artifact::write_atomic(&cfg.artifacts, &artifact::file_name(&small), &text)
+        });
     let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
-    match path {
+    match written {
         Ok(p) => {
             if !cfg.quiet {
                 eprintln!("new finding {} -> {}", f.signature, p.display());
@@ -435,6 +402,7 @@ pub fn main(a: FuzzArgs) -> u8 {
         stats_every: a.stats_every,
         quiet: false,
         minimise: !a.no_minimise,
+        keep_known: a.keep_known,
     };
     let (fd0, rss0) = (fd_count(), rss_kib());
     eprintln!(
@@ -476,7 +444,13 @@ pub fn main(a: FuzzArgs) -> u8 {
     let m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
     for (sig, u) in m.iter() {
         match &u.known {
-            Some(id) => println!("known    {sig} x{} (deviation {id})", u.count),
+            Some(id) => println!(
+                "known    {sig} x{} (deviation {id}){}",
+                u.count,
+                u.artifact
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" -> {}", p.display()))
+            ),
             None => {
                 println!(
                     "FINDING  {sig} x{} -> {} (replay: --seed {seed} --index {})",
@@ -548,8 +522,9 @@ fn replay(target: Target, seed: u64, index: u64) -> u8 {
             for d in &f.details {
                 println!("  {d}");
             }
-            if let Ok(t) = kvmconf_cases::fuzz::case_to_toml(&f.case) {
-                println!("{t}");
+            match artifact::render(&f, &[]) {
+                Ok(t) => println!("{t}"),
+                Err(e) => println!("(cannot render the input: {e})"),
             }
             EXIT_FAIL
         }
@@ -610,6 +585,7 @@ fn bench(a: &FuzzArgs, seed: u64) -> u8 {
             stats_every: 0.0,
             quiet: true,
             minimise: false,
+            keep_known: false,
         };
         let (s, _) = run(&cfg);
         let _ = std::fs::remove_dir_all(&dir);
