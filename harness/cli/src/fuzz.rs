@@ -44,9 +44,13 @@ pub struct FuzzArgs {
     /// Seconds between statistics lines on stderr (0: none).
     #[arg(long, default_value_t = 1.0)]
     stats_every: f64,
-    /// Measure execs/s with one and two workers against the raw pooled case rate.
+    /// Measure execs/s with one and two workers against the raw pooled case rate and the
+    /// interpreter alone, each with one and two threads (--duration: seconds per measurement).
     #[arg(long)]
     bench: bool,
+    /// Interleaved rounds of --bench (medians are printed).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Write new findings as found, without minimising them (for long soak runs).
     #[arg(long)]
     no_minimise: bool,
@@ -77,6 +81,8 @@ struct Shared {
     signals: Mutex<HashSet<u64>>,
     findings: Mutex<BTreeMap<String, Unique>>,
     first_errors: Mutex<Vec<String>>,
+    /// Each finished worker's executions and scheduler times (for --bench).
+    thread_use: Mutex<Vec<ThreadUse>>,
 }
 
 /// Resident set size of this process in KiB.
@@ -227,6 +233,8 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
     };
     let mut runner = host.as_ref().map(Runner::new);
     let mut local_signals: Vec<u64> = Vec::new();
+    let mark = ThreadUse::start();
+    let mut execs = 0u64;
     loop {
         if sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -243,6 +251,7 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
             )),
         }));
         sh.execs.fetch_add(1, Ordering::Relaxed);
+        execs += 1;
         match out {
             Err(_) => {
                 sh.panics.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +287,10 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .extend(local_signals);
+    sh.thread_use
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(ThreadUse::since(mark, execs));
 }
 
 fn note_error(sh: &Shared, index: u64, e: &KvmError) {
@@ -531,11 +544,157 @@ fn replay(target: Target, seed: u64, index: u64) -> u8 {
     }
 }
 
-/// Cases/s of the pooled harness alone (no generator, interpreter or diff), single thread, for
-/// `secs`: on the trivial benchmark case, and on the same generated cases the fuzzer runs.
-fn raw_pooled_rates(secs: f64, seed: u64) -> Result<(f64, f64), KvmError> {
-    let host = Host::open()?;
-    let mut pool = Pool::new(&host, 4);
+/// What one bench figure measures, per thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// `Pool::run` of the trivial benchmark case (mov, add, out, hlt; long64).
+    RawTrivial,
+    /// `Pool::run` of the fuzzer's generated cases.
+    RawGenerated,
+    /// The interpreter alone (`Machine::new(case).run()`) on the generated cases: no KVM.
+    Interp,
+    /// The whole `kvmconf fuzz --target guest_vs_interp` loop (generate, interpret, run, compare).
+    Fuzz,
+}
+
+impl Work {
+    const ALL: [Work; 4] = [
+        Work::RawTrivial,
+        Work::RawGenerated,
+        Work::Interp,
+        Work::Fuzz,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Work::RawTrivial => "raw pooled rate, trivial case (Pool::run only)",
+            Work::RawGenerated => "raw pooled rate, the fuzzer's generated cases",
+            Work::Interp => "interpreter only, the generated cases (no KVM)",
+            Work::Fuzz => "kvmconf fuzz --target guest_vs_interp",
+        }
+    }
+}
+
+/// CPU ticks (USER_HZ, 100/s on x86) used by this process (all threads, reaped ones included) and
+/// by the whole machine (busy = all but idle and iowait), and the machine's CPU count.
+fn cpu_ticks() -> (u64, u64) {
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which may hold spaces: utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum())
+        })
+        .unwrap_or(0);
+    let busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().next()?;
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy excludes idle and iowait.
+            Some(v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?)
+        })
+        .unwrap_or(0);
+    (own, busy)
+}
+
+/// This thread's scheduler statistics: nanoseconds on a CPU and waiting on a run queue
+/// (`/proc/thread-self/schedstat`; zeros when the kernel lacks it).
+fn thread_sched() -> (u64, u64) {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// What a measured thread did: executions, and nanoseconds on a CPU, waiting for one, and in all.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadUse {
+    execs: u64,
+    on_cpu_ns: u64,
+    runq_ns: u64,
+    wall_ns: u64,
+}
+
+/// Where a thread's measurement started.
+type UseMark = (Instant, (u64, u64));
+
+impl ThreadUse {
+    /// Starts measuring the calling thread.
+    fn start() -> UseMark {
+        (Instant::now(), thread_sched())
+    }
+
+    /// The calling thread's use since `mark`.
+    fn since(mark: UseMark, execs: u64) -> ThreadUse {
+        let (on, rq) = thread_sched();
+        ThreadUse {
+            execs,
+            on_cpu_ns: on.saturating_sub(mark.1.0),
+            runq_ns: rq.saturating_sub(mark.1.1),
+            wall_ns: mark.0.elapsed().as_nanos() as u64,
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figure {
+    /// Executions per second over all threads.
+    rate: f64,
+    /// Share of the measured threads' time on a CPU.
+    on_cpu: f64,
+    /// Share of their time runnable but waiting for a CPU (other load).
+    runq: f64,
+    /// Share of their time blocked (neither: asleep in the kernel or on a lock).
+    blocked: f64,
+    /// CPU microseconds per execution.
+    us_per_exec: f64,
+    /// CPU seconds the rest of the machine used per wall second.
+    other: f64,
+}
+
+impl Figure {
+    fn of(uses: &[ThreadUse], wall: f64, other: f64) -> Figure {
+        let sum = |f: fn(&ThreadUse) -> u64| uses.iter().map(f).sum::<u64>() as f64;
+        let (execs, on, rq, all) = (
+            sum(|u| u.execs),
+            sum(|u| u.on_cpu_ns),
+            sum(|u| u.runq_ns),
+            sum(|u| u.wall_ns).max(1.0),
+        );
+        Figure {
+            rate: execs / wall.max(1e-9),
+            on_cpu: on / all,
+            runq: rq / all,
+            blocked: ((all - on - rq) / all).max(0.0),
+            us_per_exec: on / 1e3 / execs.max(1.0),
+            other,
+        }
+    }
+}
+
+/// The generated cases the bench runs (the first inputs of the fuzzer's run with `seed`).
+fn bench_cases(seed: u64) -> Vec<Case> {
+    (0..2000)
+        .map(|i| kvmconf_cases::fuzz::gen_guest(&mut source_for(seed, i)))
+        .collect()
+}
+
+fn trivial_case() -> Case {
     let mut c = Case::new(
         "bench",
         kvmconf_guests::case::Mode::Long64,
@@ -544,64 +703,181 @@ fn raw_pooled_rates(secs: f64, seed: u64) -> Result<(f64, f64), KvmError> {
         vec![0xb8, 0x2a, 0, 0, 0, 0x83, 0xc0, 0x01, 0xe6, 0xf1, 0xf4],
     );
     c.regs.rsp = Some(0x8000.into());
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed().as_secs_f64() < secs {
-        pool.run(&c)?;
-        n += 1;
-    }
-    let trivial = n as f64 / t.elapsed().as_secs_f64();
-    let cases: Vec<Case> = (0..2000)
-        .map(|i| kvmconf_cases::fuzz::gen_guest(&mut source_for(seed, i)))
-        .collect();
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed().as_secs_f64() < secs {
-        pool.run(&cases[n as usize % cases.len()])?;
-        n += 1;
-    }
-    Ok((trivial, n as f64 / t.elapsed().as_secs_f64()))
+    c
 }
 
-fn bench(a: &FuzzArgs, seed: u64) -> u8 {
-    let secs = a.duration.unwrap_or(10.0);
-    let (trivial, generated) = match raw_pooled_rates(secs / 2.0, seed) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("kvmconf fuzz --bench: {e}");
-            return EXIT_FAIL;
-        }
+/// Runs `work` on one thread for `secs`, after `start` lets every thread go.
+fn bench_thread(
+    work: Work,
+    cases: &[Case],
+    start: &std::sync::Barrier,
+    secs: f64,
+) -> Result<ThreadUse, KvmError> {
+    let host = match work {
+        Work::Interp => None,
+        _ => Some(Host::open()?),
     };
-    let mut rates = Vec::new();
-    for jobs in [1usize, 2] {
+    let mut pool = host.as_ref().map(|h| Pool::new(h, 4));
+    let trivial = trivial_case();
+    start.wait();
+    let mark = ThreadUse::start();
+    let mut n = 0u64;
+    while mark.0.elapsed().as_secs_f64() < secs {
+        let c = &cases[n as usize % cases.len()];
+        match (work, pool.as_mut()) {
+            (Work::RawTrivial, Some(p)) => drop(p.run(&trivial)?),
+            (Work::RawGenerated, Some(p)) => drop(p.run(c)?),
+            _ => drop(kvmconf_guests::interp::Machine::new(c).run()),
+        }
+        n += 1;
+    }
+    Ok(ThreadUse::since(mark, n))
+}
+
+/// Measures `work` on `threads` threads for `secs`.
+fn measure(
+    work: Work,
+    threads: usize,
+    secs: f64,
+    seed: u64,
+    cases: &[Case],
+) -> Result<Figure, String> {
+    let (own0, busy0) = cpu_ticks();
+    let t = Instant::now();
+    let uses: Vec<ThreadUse> = if work == Work::Fuzz {
         let dir = std::env::temp_dir().join(format!("kvmconf-fuzz-bench-{}", std::process::id()));
         let cfg = Config {
             target: Target::GuestVsInterp,
             seed,
             cases: None,
             duration: Some(Duration::from_secs_f64(secs)),
-            jobs,
+            jobs: threads,
             artifacts: dir.clone(),
             stats_every: 0.0,
             quiet: true,
             minimise: false,
             keep_known: false,
         };
-        let (s, _) = run(&cfg);
+        let (_, sh) = run(&cfg);
         let _ = std::fs::remove_dir_all(&dir);
-        rates.push(s.execs as f64 / s.secs);
+        sh.thread_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    } else {
+        let start = std::sync::Barrier::new(threads);
+        let results: Vec<Result<ThreadUse, KvmError>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| sc.spawn(|| bench_thread(work, cases, &start, secs)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(Ok(ThreadUse::default())))
+                .collect()
+        });
+        let mut v = Vec::new();
+        for r in results {
+            v.push(r.map_err(|e| e.to_string())?);
+        }
+        v
+    };
+    // Rates over the measured loops (thread set-up excluded): the longest loop's wall time.
+    let wall = uses
+        .iter()
+        .map(|u| u.wall_ns)
+        .max()
+        .map_or(t.elapsed().as_secs_f64(), |ns| ns as f64 / 1e9);
+    let (own1, busy1) = cpu_ticks();
+    let own = own1.saturating_sub(own0) as f64 / 100.0;
+    let busy = busy1.saturating_sub(busy0) as f64 / 100.0;
+    let other = (busy - own).max(0.0) / t.elapsed().as_secs_f64();
+    Ok(Figure::of(&uses, wall, other))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `kvmconf fuzz --bench`: each figure with one and with two threads, in interleaved rounds
+/// (`--rounds`, `--duration` seconds per measurement), medians printed.
+fn bench(a: &FuzzArgs, seed: u64) -> u8 {
+    let secs = a.duration.unwrap_or(2.0);
+    let rounds = a.rounds.max(1);
+    let cases = bench_cases(seed);
+    let mut figs: BTreeMap<(usize, usize), Vec<Figure>> = BTreeMap::new();
+    for _ in 0..rounds {
+        for (wi, w) in Work::ALL.into_iter().enumerate() {
+            for threads in [1usize, 2] {
+                match measure(w, threads, secs, seed, &cases) {
+                    Ok(f) => figs.entry((wi, threads)).or_default().push(f),
+                    Err(e) => {
+                        eprintln!("kvmconf fuzz --bench: {}: {e}", w.label());
+                        return EXIT_FAIL;
+                    }
+                }
+            }
+        }
     }
+    let pick = |wi: usize, threads: usize, f: fn(&Figure) -> f64| {
+        let mut v: Vec<f64> = figs[&(wi, threads)].iter().map(f).collect();
+        median(&mut v)
+    };
     println!(
-        "fuzz bench (guest_vs_interp, seed {seed}, {secs} s per figure; minimisation off, it runs once per unique finding):"
+        "fuzz bench (seed {seed}; {rounds} interleaved rounds of {secs} s per measurement; medians; minimisation off):"
     );
-    println!("  raw pooled rate, trivial case (1 thread)       {trivial:10.0} cases/s");
-    println!("  raw pooled rate, the fuzzer's generated cases  {generated:10.0} cases/s");
-    for (jobs, r) in [(1.0, rates[0]), (2.0, rates[1])] {
+    println!(
+        "{:<48} {:>8} {:>8} {:>5} | {:>9} {:>9} {:>9} {:>11} | {:>9}",
+        "(1 thread, 2 threads)",
+        "1 thr/s",
+        "2 thr/s",
+        "2/1",
+        "on CPU",
+        "run queue",
+        "blocked",
+        "CPU us/exec",
+        "others"
+    );
+    for (wi, w) in Work::ALL.into_iter().enumerate() {
+        let pair = |f: fn(&Figure) -> f64, pct: bool| {
+            let (a, b) = (pick(wi, 1, f), pick(wi, 2, f));
+            if pct {
+                format!("{:>3.0}% {:>3.0}%", a * 100.0, b * 100.0)
+            } else {
+                format!("{a:>5.0} {b:>5.0}")
+            }
+        };
+        let (r1, r2) = (pick(wi, 1, |f| f.rate), pick(wi, 2, |f| f.rate));
         println!(
-            "  kvmconf fuzz, {jobs} worker(s)                     {r:10.0} execs/s  per worker {:.2}x raw generated, {:.2}x raw trivial",
-            r / jobs / generated,
-            r / jobs / trivial
+            "{:<48} {r1:>8.0} {r2:>8.0} {:>5.2} | {:>9} {:>9} {:>9} {:>11} | {:>9}",
+            w.label(),
+            r2 / r1.max(1e-9),
+            pair(|f| f.on_cpu, true),
+            pair(|f| f.runq, true),
+            pair(|f| f.blocked, true),
+            pair(|f| f.us_per_exec, false),
+            format!(
+                "{:.2} {:.2}",
+                pick(wi, 1, |f| f.other),
+                pick(wi, 2, |f| f.other)
+            ),
         );
     }
+    println!(
+        "on CPU / run queue / blocked: shares of the measured threads' time (schedstat); others: CPU s/s of other processes"
+    );
+    let read = |p: &str| std::fs::read_to_string(p).map_or("?".into(), |s| s.trim().to_string());
+    println!(
+        "host: {} CPUs; sched_autogroup_enabled={}; this process: {} (CFS shares CPU time equally between busy groups)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        read("/proc/sys/kernel/sched_autogroup_enabled"),
+        read("/proc/self/autogroup")
+    );
+    let (fz1, fz2) = (pick(3, 1, |f| f.rate), pick(3, 2, |f| f.rate));
+    let (g1, g2) = (pick(1, 1, |f| f.rate), pick(1, 2, |f| f.rate));
+    println!(
+        "kvmconf fuzz per worker: 1 worker {:.2}x, 2 workers {:.2}x the raw generated rate with as many threads",
+        fz1 / g1.max(1e-9),
+        fz2 / 2.0 / (g2 / 2.0).max(1e-9)
+    );
     EXIT_OK
 }
