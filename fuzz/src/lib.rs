@@ -23,11 +23,8 @@ pub const MAX_TEXT_CASES: usize = 4;
 pub fn host() -> &'static Host {
     static HOST: OnceLock<&'static Host> = OnceLock::new();
     HOST.get_or_init(|| {
-        match kcov_status() {
-            Ok(()) => eprintln!(
-                "kvmconf-fuzz: /sys/kernel/debug/kcov present; KVM-side signal is fed as coverage (KCOV collection is not wired yet)"
-            ),
-            Err(why) => eprintln!("kvmconf-fuzz: KCOV skipped: {why}; using KVM-side signal only"),
+        if let Err(why) = kcov_status() {
+            eprintln!("kvmconf-fuzz: KCOV skipped: {why}; using KVM-side signal only");
         }
         match Host::open() {
             Ok(h) => Box::leak(Box::new(h)),
@@ -45,6 +42,15 @@ pub fn with_runner<T>(f: impl FnOnce(&mut Runner<'static>) -> T) -> T {
     RUNNER.with(|r| {
         let mut r = r.borrow_mut();
         f(r.get_or_insert_with(|| {
+            // KCOV around this thread's KVM_RUNs when the host has it (its edges are fed in judge).
+            if kvmconf_harness::kcov::status().is_ok() {
+                match kvmconf_harness::kcov::start(kvmconf_harness::kcov::DEFAULT_WORDS) {
+                    Ok(()) => {
+                        eprintln!("kvmconf-fuzz: KCOV: collecting kernel edges around KVM_RUN")
+                    }
+                    Err(e) => eprintln!("kvmconf-fuzz: KCOV present but not usable: {e}"),
+                }
+            }
             let mut r = Runner::new(host());
             // libFuzzer runs inputs on one thread: the sequence oracle's fd check holds.
             r.check_fds = true;
@@ -81,6 +87,10 @@ pub fn cases_of(data: &[u8]) -> Option<Vec<Case>> {
 /// `$KVMCONF_FUZZ_CASES`, default `artifacts/cases`; the format `kvmconf repro` reads) and a crash
 /// with a readable diff; known deviations are kept, not crashed on.
 pub fn judge(x: Exec) -> Corpus {
+    // Kernel edges of this input's KVM_RUNs (empty without KCOV), then the KVM-side signal.
+    for e in kvmconf_harness::kcov::take() {
+        signal::feed(e);
+    }
     if x.rejected {
         return Corpus::Reject;
     }

@@ -17,6 +17,7 @@
 pub mod baseline;
 pub mod exit;
 pub mod fingerprint;
+pub mod kcov;
 pub mod kvm;
 pub mod memory;
 pub mod pool;

@@ -754,20 +754,9 @@ pub fn source_for(seed: u64, index: u64) -> SplitMix {
     s
 }
 
-/// KCOV: whether the host exposes kernel coverage, or why not.
+/// KCOV: whether the host exposes kernel coverage, or why not (see `kvmconf_harness::kcov`).
 pub fn kcov_status() -> Result<(), String> {
-    let p = std::path::Path::new("/sys/kernel/debug/kcov");
-    if p.exists() {
-        Ok(())
-    } else if !std::path::Path::new("/sys/kernel/debug")
-        .join("tracing")
-        .exists()
-        && std::fs::read_dir("/sys/kernel/debug").map_or(true, |mut d| d.next().is_none())
-    {
-        Err("/sys/kernel/debug/kcov absent: debugfs is not mounted (or the kernel lacks CONFIG_KCOV)".into())
-    } else {
-        Err("/sys/kernel/debug/kcov absent: the kernel was built without CONFIG_KCOV".into())
-    }
+    kvmconf_harness::kcov::status()
 }
 
 /// A case as TOML that parses back to the same case (the artifact format).
