@@ -14,6 +14,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod affinity;
 pub mod baseline;
 pub mod exit;
 pub mod fingerprint;

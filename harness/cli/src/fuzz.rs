@@ -51,6 +51,9 @@ pub struct FuzzArgs {
     /// Interleaved rounds of --bench (medians are printed).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Pin every worker (and --bench thread) to this CPU: two workers then time-share one CPU.
+    #[arg(long)]
+    pin_cpu: Option<usize>,
     /// Write new findings as found, without minimising them (for long soak runs).
     #[arg(long)]
     no_minimise: bool,
@@ -133,6 +136,7 @@ struct Config {
     quiet: bool,
     minimise: bool,
     keep_known: bool,
+    pin_cpu: Option<usize>,
 }
 
 /// The `# minimised:` note of an artifact: what shrinking did.
@@ -215,6 +219,17 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
 }
 
 fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
+    if let Some(cpu) = cfg.pin_cpu
+        && let Err(e) = kvmconf_harness::affinity::pin_current_thread(cpu)
+    {
+        sh.errors.fetch_add(1, Ordering::Relaxed);
+        sh.first_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("--pin-cpu {cpu}: {e}"));
+        sh.stop.store(true, Ordering::Relaxed);
+        return;
+    }
     let host = if cfg.target.needs_kvm() {
         match Host::open() {
             Ok(h) => Some(h),
@@ -416,6 +431,7 @@ pub fn main(a: FuzzArgs) -> u8 {
         quiet: false,
         minimise: !a.no_minimise,
         keep_known: a.keep_known,
+        pin_cpu: a.pin_cpu,
     };
     let (fd0, rss0) = (fd_count(), rss_kib());
     eprintln!(
@@ -446,6 +462,20 @@ pub fn main(a: FuzzArgs) -> u8 {
         "resources: fds {fd0} -> {fd1}; RSS {rss0} KiB -> {rss1} KiB ({:+} KiB)",
         rss1 as i64 - rss0 as i64
     );
+    {
+        let uses = sh.thread_use.lock().unwrap_or_else(|p| p.into_inner());
+        let f = Figure::of(&uses, s.secs, 0.0);
+        // Workers waiting for a CPU mean more jobs than free CPUs: on this kind of host two VMs
+        // time-sharing one CPU cost more per execution than one (README, fuzz Figures).
+        println!(
+            "scheduling: {} workers on CPU {:.0}%, waiting for a CPU {:.0}%, blocked {:.0}% of their time; {:.0} CPU us/exec",
+            uses.len(),
+            f.on_cpu * 100.0,
+            f.runq * 100.0,
+            f.blocked * 100.0,
+            f.us_per_exec
+        );
+    }
     for e in sh
         .first_errors
         .lock()
@@ -712,10 +742,15 @@ fn bench_thread(
     cases: &[Case],
     start: &std::sync::Barrier,
     secs: f64,
-) -> Result<ThreadUse, KvmError> {
+    pin_cpu: Option<usize>,
+) -> Result<ThreadUse, String> {
+    if let Some(cpu) = pin_cpu {
+        kvmconf_harness::affinity::pin_current_thread(cpu)
+            .map_err(|e| format!("--pin-cpu {cpu}: {e}"))?;
+    }
     let host = match work {
         Work::Interp => None,
-        _ => Some(Host::open()?),
+        _ => Some(Host::open().map_err(|e| e.to_string())?),
     };
     let mut pool = host.as_ref().map(|h| Pool::new(h, 4));
     let trivial = trivial_case();
@@ -725,8 +760,8 @@ fn bench_thread(
     while mark.0.elapsed().as_secs_f64() < secs {
         let c = &cases[n as usize % cases.len()];
         match (work, pool.as_mut()) {
-            (Work::RawTrivial, Some(p)) => drop(p.run(&trivial)?),
-            (Work::RawGenerated, Some(p)) => drop(p.run(c)?),
+            (Work::RawTrivial, Some(p)) => drop(p.run(&trivial).map_err(|e| e.to_string())?),
+            (Work::RawGenerated, Some(p)) => drop(p.run(c).map_err(|e| e.to_string())?),
             _ => drop(kvmconf_guests::interp::Machine::new(c).run()),
         }
         n += 1;
@@ -741,6 +776,7 @@ fn measure(
     secs: f64,
     seed: u64,
     cases: &[Case],
+    pin_cpu: Option<usize>,
 ) -> Result<Figure, String> {
     let (own0, busy0) = cpu_ticks();
     let t = Instant::now();
@@ -757,6 +793,7 @@ fn measure(
             quiet: true,
             minimise: false,
             keep_known: false,
+            pin_cpu,
         };
         let (_, sh) = run(&cfg);
         let _ = std::fs::remove_dir_all(&dir);
@@ -766,9 +803,9 @@ fn measure(
             .clone()
     } else {
         let start = std::sync::Barrier::new(threads);
-        let results: Vec<Result<ThreadUse, KvmError>> = std::thread::scope(|sc| {
+        let results: Vec<Result<ThreadUse, String>> = std::thread::scope(|sc| {
             let hs: Vec<_> = (0..threads)
-                .map(|_| sc.spawn(|| bench_thread(work, cases, &start, secs)))
+                .map(|_| sc.spawn(|| bench_thread(work, cases, &start, secs, pin_cpu)))
                 .collect();
             hs.into_iter()
                 .map(|h| h.join().unwrap_or(Ok(ThreadUse::default())))
@@ -776,7 +813,7 @@ fn measure(
         });
         let mut v = Vec::new();
         for r in results {
-            v.push(r.map_err(|e| e.to_string())?);
+            v.push(r?);
         }
         v
     };
@@ -808,7 +845,7 @@ fn bench(a: &FuzzArgs, seed: u64) -> u8 {
     for _ in 0..rounds {
         for (wi, w) in Work::ALL.into_iter().enumerate() {
             for threads in [1usize, 2] {
-                match measure(w, threads, secs, seed, &cases) {
+                match measure(w, threads, secs, seed, &cases, a.pin_cpu) {
                     Ok(f) => figs.entry((wi, threads)).or_default().push(f),
                     Err(e) => {
                         eprintln!("kvmconf fuzz --bench: {}: {e}", w.label());
@@ -823,7 +860,10 @@ fn bench(a: &FuzzArgs, seed: u64) -> u8 {
         median(&mut v)
     };
     println!(
-        "fuzz bench (seed {seed}; {rounds} interleaved rounds of {secs} s per measurement; medians; minimisation off):"
+        "fuzz bench (seed {seed}; {rounds} interleaved rounds of {secs} s per measurement; medians; minimisation off{}):",
+        a.pin_cpu.map_or(String::new(), |c| format!(
+            "; every thread pinned to CPU {c}"
+        ))
     );
     println!(
         "{:<48} {:>8} {:>8} {:>5} | {:>9} {:>9} {:>9} {:>11} | {:>9}",
