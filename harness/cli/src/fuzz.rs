@@ -189,7 +189,11 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
             let note = shrink_note(&f, &small);
             (small, note)
         }
-        _ => (f.clone(), "minimised: no (--no-minimise)".to_string()),
+        Some(_) => (f.clone(), "minimised: no (--no-minimise)".to_string()),
+        None => (
+            f.clone(),
+            "minimised: no (case_parser inputs are not shrunk)".to_string(),
+        ),
     };
     let notes = [
         format!(
