@@ -5,7 +5,8 @@
 # A libFuzzer run continues past findings (-fork=1 -ignore_crashes=1); findings are listed (crash
 # inputs in fuzz/artifacts/<target>/, case files in artifacts/cases/) but only a build failure,
 # a harness panic or harness error makes this script fail: differences between KVM and the
-# reference are findings to triage, not CI breakage. Without a nightly toolchain the cargo-fuzz part
+# reference are findings to triage, not CI breakage. It also fails when the KVM-side signal does
+# not show up as libFuzzer coverage (the `signal check`, below the build). Without a nightly toolchain the cargo-fuzz part
 # is skipped with the reason; without /dev/kvm only case_parser runs.
 #
 # Usage: ci/fuzz-smoke.sh [SECONDS]
@@ -31,6 +32,30 @@ else
   (cd fuzz && CARGO_TARGET_DIR="$root/fuzz/target" cargo +nightly fuzz build ${fflags[@]+"${fflags[@]}"})
   ci/fuzz-seed-corpus.sh 16 >/dev/null
   export KVMCONF_FUZZ_CASES="$root/artifacts/cases"
+  if [ "$have_kvm" = 1 ]; then
+    # The KVM-side signal must become libFuzzer coverage: the same inputs (hand-written cases with
+    # many different exits, all agreeing with the interpreter so nothing crashes) must give more
+    # edges (cov:) and features (ft:) with the signal fed than with it off (KVMCONF_FUZZ_SIGNAL=off).
+    # If the 1024 arms of fuzz/src/signal.rs were merged by the optimiser, cov would not move.
+    sigdir="$(mktemp -d)"
+    cp cases/corpus/seed_hello.toml cases/corpus/exceptions/*.toml cases/corpus/io/*.toml \
+      cases/corpus/div/*.toml "$sigdir/"
+    bin="$root/fuzz/target/x86_64-unknown-linux-gnu/release/guest_vs_interp"
+    inited() { KVMCONF_FUZZ_SIGNAL="$1" "$bin" -runs=0 "$sigdir" 2>&1 | grep -a 'INITED' | tail -1; }
+    on="$(inited on)"; off="$(inited off)"
+    rm -rf "$sigdir"
+    num() { echo "$1" | grep -oE " $2: [0-9]+" | grep -oE '[0-9]+'; }
+    cov_on="$(num "$on" cov)"; cov_off="$(num "$off" cov)"; ft_on="$(num "$on" ft)"; ft_off="$(num "$off" ft)"
+    if [ -z "$cov_on" ] || [ -z "$cov_off" ]; then
+      echo "signal check: inconclusive: no INITED line (an input crashed: a finding on this host?)"
+      echo "  on:  ${on:-none}"; echo "  off: ${off:-none}"
+    elif [ "$(( cov_on - cov_off ))" -ge 5 ] && [ "$ft_on" -gt "$ft_off" ]; then
+      echo "signal check: KVM-side signal is coverage: cov $cov_off -> $cov_on, ft $ft_off -> $ft_on (off -> on)"
+    else
+      echo "signal check FAILED: the KVM-side signal adds no coverage: cov $cov_off -> $cov_on, ft $ft_off -> $ft_on"
+      status=1
+    fi
+  fi
   for t in "${targets[@]}"; do
     if [ "$t" != case_parser ] && [ "$have_kvm" = 0 ]; then
       echo "SKIP: $t: requirement not met: /dev/kvm unavailable"

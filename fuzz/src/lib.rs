@@ -6,12 +6,13 @@
 
 pub mod signal;
 
-use kvmconf_cases::fuzz::{Exec, Runner, Target, case_to_toml, kcov_status};
+use kvmconf_cases::fuzz::{Exec, Runner, Target, artifact, kcov_status};
 use kvmconf_guests::case::{Case, parse_cases};
 use kvmconf_guests::r#gen::ArbitraryCase;
 use kvmconf_harness::Host;
 use libfuzzer_sys::Corpus;
 use std::cell::RefCell;
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// Most cases taken from one text input.
@@ -22,11 +23,8 @@ pub const MAX_TEXT_CASES: usize = 4;
 pub fn host() -> &'static Host {
     static HOST: OnceLock<&'static Host> = OnceLock::new();
     HOST.get_or_init(|| {
-        match kcov_status() {
-            Ok(()) => eprintln!(
-                "kvmconf-fuzz: /sys/kernel/debug/kcov present; KVM-side signal is fed as coverage (KCOV collection is not wired yet)"
-            ),
-            Err(why) => eprintln!("kvmconf-fuzz: KCOV skipped: {why}; using KVM-side signal only"),
+        if let Err(why) = kcov_status() {
+            eprintln!("kvmconf-fuzz: KCOV skipped: {why}; using KVM-side signal only");
         }
         match Host::open() {
             Ok(h) => Box::leak(Box::new(h)),
@@ -43,7 +41,21 @@ thread_local! {
 pub fn with_runner<T>(f: impl FnOnce(&mut Runner<'static>) -> T) -> T {
     RUNNER.with(|r| {
         let mut r = r.borrow_mut();
-        f(r.get_or_insert_with(|| Runner::new(host())))
+        f(r.get_or_insert_with(|| {
+            // KCOV around this thread's KVM_RUNs when the host has it (its edges are fed in judge).
+            if kvmconf_harness::kcov::status().is_ok() {
+                match kvmconf_harness::kcov::start(kvmconf_harness::kcov::DEFAULT_WORDS) {
+                    Ok(()) => {
+                        eprintln!("kvmconf-fuzz: KCOV: collecting kernel edges around KVM_RUN")
+                    }
+                    Err(e) => eprintln!("kvmconf-fuzz: KCOV present but not usable: {e}"),
+                }
+            }
+            let mut r = Runner::new(host());
+            // libFuzzer runs inputs on one thread: the sequence oracle's fd check holds.
+            r.check_fds = true;
+            r
+        }))
     })
 }
 
@@ -71,9 +83,14 @@ pub fn cases_of(data: &[u8]) -> Option<Vec<Case>> {
         .map(|c| vec![c.0])
 }
 
-/// Feeds the signal, and turns a new finding into a case file (in `$KVMCONF_FUZZ_CASES`, default
-/// `artifacts/cases`) and a crash with a readable diff; known deviations are kept, not crashed on.
+/// Feeds the signal, and turns a new finding into a minimised finding file (in
+/// `$KVMCONF_FUZZ_CASES`, default `artifacts/cases`; the format `kvmconf repro` reads) and a crash
+/// with a readable diff; known deviations are kept, not crashed on.
 pub fn judge(x: Exec) -> Corpus {
+    // Kernel edges of this input's KVM_RUNs (empty without KCOV), then the KVM-side signal.
+    for e in kvmconf_harness::kcov::take() {
+        signal::feed(e);
+    }
     if x.rejected {
         return Corpus::Reject;
     }
@@ -86,35 +103,21 @@ pub fn judge(x: Exec) -> Corpus {
         return Corpus::Keep;
     }
     let dir = std::env::var("KVMCONF_FUZZ_CASES").unwrap_or_else(|_| "artifacts/cases".into());
-    let name = format!(
-        "{}-{:016x}.toml",
-        f.target.name(),
-        kvmconf_cases::fuzz::signal_of(&f.signature)
-    );
-    let mut text = format!(
-        "# kvmconf fuzz finding\n# target: {}\n# signature: {}\n",
-        f.target.name(),
-        f.signature
-    );
-    for d in &f.details {
-        text.push_str(&format!("#   {d}\n"));
-    }
-    if let Ok(t) = case_to_toml(&f.case) {
-        text.push_str(&t);
-    }
-    let saved = std::fs::create_dir_all(&dir).and_then(|()| {
-        let tmp = format!("{dir}/.{name}.tmp");
-        std::fs::write(&tmp, &text)?;
-        std::fs::rename(&tmp, format!("{dir}/{name}"))
-    });
+    let small = with_runner(|r| r.shrink(&f));
+    let saved = artifact::render(
+        &small,
+        &["found by cargo-fuzz (libFuzzer keeps the crash input)".into()],
+    )
+    .map_err(std::io::Error::other)
+    .and_then(|text| artifact::write_atomic(Path::new(&dir), &artifact::file_name(&small), &text));
     let at = match saved {
-        Ok(()) => format!("{dir}/{name}"),
+        Ok(p) => p.display().to_string(),
         Err(e) => format!("(not saved: {e})"),
     };
     panic!(
-        "kvmconf finding {}: case file {at}\n{}",
+        "kvmconf finding {}: finding file {at}\n{}",
         f.signature,
-        f.details.join("\n")
+        small.details.join("\n")
     );
 }
 

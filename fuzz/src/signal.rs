@@ -6,10 +6,21 @@
 //! (Generated: one arm per bucket.)
 
 use std::hint::black_box;
+use std::sync::OnceLock;
+
+/// Whether the signal is fed: `KVMCONF_FUZZ_SIGNAL=off` turns it off, so that `ci/fuzz-smoke.sh`
+/// can check how many coverage features it adds (libFuzzer's `ft:` with it on and off).
+fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KVMCONF_FUZZ_SIGNAL").map_or(true, |v| v != "off"))
+}
 
 /// Reports `signal` to libFuzzer as coverage.
 #[inline(never)]
 pub fn feed(signal: u64) {
+    if !enabled() {
+        return;
+    }
     let folded = (signal ^ (signal >> 20) ^ (signal >> 40)) % 1024;
     let hit = match folded {
         0 => black_box(0u32),

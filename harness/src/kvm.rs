@@ -349,7 +349,8 @@ impl TestVcpu {
 
     /// KVM_RUN once; `Err(errno)` when the ioctl fails (EINTR when interrupted).
     pub fn run_once(&mut self) -> Result<KvmExit, i32> {
-        let r = self.fd.run().map(drop).map_err(|e| e.errno());
+        let fd = &mut self.fd;
+        let r = crate::kcov::around(|| fd.run().map(drop).map_err(|e| e.errno()));
         if r.is_ok() || r == Err(libc::EINTR) {
             // KVM applied (and cleared) the staged sets before running or being interrupted.
             self.staged = false;

@@ -14,9 +14,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod affinity;
 pub mod baseline;
 pub mod exit;
 pub mod fingerprint;
+pub mod kcov;
 pub mod kvm;
 pub mod memory;
 pub mod pool;

@@ -13,6 +13,7 @@
 //! [`Target::CaseParser`] (mutated case text into the parser) and [`Target::IoctlSequence`] (a
 //! sequence of API calls on one VM).
 
+pub mod artifact;
 pub mod ioctl_seq;
 pub mod minimise;
 pub mod state_entry;
@@ -83,8 +84,38 @@ pub struct Finding {
     pub known: Option<String>,
     /// The case that shows it (for targets that run a case; a stand-in otherwise).
     pub case: Case,
+    /// What replays it, beyond the case.
+    pub input: Input,
     /// What differed, one line each (`field: kvm != reference`).
     pub details: Vec<String>,
+}
+
+/// The input that shows a finding, in the form its artifact file holds.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// The finding's case alone (the guest targets; a stand-in for `case_parser`).
+    Case,
+    /// A case entered with a CPU state (`state_entry`).
+    State(Box<state_entry::StateInput>),
+    /// The calls issued on a VM made for the finding's case (`ioctl_sequence`).
+    Calls(Vec<ioctl_seq::Call>),
+}
+
+/// An extra invariant on an accepted `state_entry` state's run: `Some(what broke)` is a finding.
+/// The built-in invariants always apply; tests inject fake oracles through this.
+pub type StateCheck = dyn Fn(&state_entry::StateInput, &CaseResult) -> Option<String> + Send + Sync;
+
+/// An extra invariant on one `ioctl_sequence` call and its outcome (the signal string, e.g.
+/// `msr 0x277 1`): `Some(what broke)` is a finding.
+pub type CallCheck = dyn Fn(&ioctl_seq::Call, &str) -> Option<String> + Send + Sync;
+
+/// Extra invariants a [`Runner`] checks besides the built-in ones (none by default).
+#[derive(Clone, Default)]
+pub struct Extra {
+    /// For `state_entry`.
+    pub state: Option<std::sync::Arc<StateCheck>>,
+    /// For `ioctl_sequence`.
+    pub call: Option<std::sync::Arc<CallCheck>>,
 }
 
 /// The outcome of one execution.
@@ -152,6 +183,11 @@ pub struct Runner<'h> {
     pub host: &'h Host,
     /// The pool.
     pub pool: Pool<'h>,
+    /// Extra invariants (none by default).
+    pub extra: Extra,
+    /// Whether `ioctl_sequence` checks that the VM's fds are closed (only meaningful when no
+    /// other thread of the process opens or closes fds meanwhile).
+    pub check_fds: bool,
 }
 
 impl<'h> Runner<'h> {
@@ -160,7 +196,97 @@ impl<'h> Runner<'h> {
         Runner {
             host,
             pool: Pool::new(host, 4),
+            extra: Extra::default(),
+            check_fds: false,
         }
+    }
+
+    /// Enters a `state_entry` input.
+    pub fn exec_state(&mut self, input: &state_entry::StateInput) -> Result<Exec, KvmError> {
+        state_entry::exec_with(self.host, input, self.extra.state.as_deref())
+    }
+
+    /// Issues an `ioctl_sequence` on a new VM made for `case`.
+    pub fn exec_calls(&mut self, case: &Case, calls: &[ioctl_seq::Call]) -> Result<Exec, KvmError> {
+        ioctl_seq::exec_calls(
+            self.host,
+            case,
+            calls,
+            self.check_fds,
+            self.extra.call.as_deref(),
+        )
+    }
+
+    /// Runs an input (a case, a state or calls on a VM made for `case`) under `target`'s oracle.
+    pub fn exec_input(
+        &mut self,
+        target: Target,
+        case: &Case,
+        input: &Input,
+    ) -> Result<Exec, KvmError> {
+        match input {
+            Input::Case if target == Target::CaseParser => Ok(case_parser(
+                case_to_toml(case).unwrap_or_default().as_bytes(),
+            )),
+            Input::Case => self.exec_case(target, case),
+            Input::State(s) => self.exec_state(s),
+            Input::Calls(c) => self.exec_calls(case, c),
+        }
+    }
+
+    /// Reruns what a finding holds (its case, state or calls) under its target's oracle.
+    pub fn exec_finding(&mut self, f: &Finding) -> Result<Exec, KvmError> {
+        self.exec_input(f.target, &f.case, &f.input)
+    }
+
+    /// Replays every input of a finding file, in order.
+    pub fn replay(&mut self, a: &artifact::Artifact) -> Vec<(String, Result<Exec, KvmError>)> {
+        a.inputs()
+            .into_iter()
+            .map(|(case, input)| {
+                let r = self.exec_input(a.target, &case, &input);
+                (case.name, r)
+            })
+            .collect()
+    }
+
+    /// Shrinks a finding while it keeps its signature: the guest targets' programs with
+    /// [`minimise::minimise`], a state's changes with [`state_entry::shrink`], a sequence's calls
+    /// with [`ioctl_seq::shrink`]. The result's details are those of the shrunk input; targets
+    /// with nothing to shrink (`case_parser`) come back unchanged.
+    pub fn shrink(&mut self, f: &Finding) -> Finding {
+        let sig = f.signature.clone();
+        let target = f.target;
+        let same = |x: Result<Exec, KvmError>| matches!(x, Ok(Exec { finding: Some(g), .. }) if g.signature == sig);
+        let mut small = f.clone();
+        match (&f.input, target) {
+            (Input::Case, Target::GuestVsInterp | Target::GuestEmulatedVsNative) => {
+                small.case = minimise::minimise(&f.case, &mut |c| same(self.exec_case(target, c)));
+            }
+            (Input::State(s), _) => {
+                small.input = Input::State(Box::new(state_entry::shrink(s, &mut |c| {
+                    same(self.exec_state(c))
+                })));
+            }
+            (Input::Calls(calls), _) => {
+                let case = f.case.clone();
+                small.input = Input::Calls(ioctl_seq::shrink(calls, &mut |c| {
+                    same(self.exec_calls(&case, c))
+                }));
+            }
+            _ => return small,
+        }
+        if let Ok(Exec {
+            finding: Some(g), ..
+        }) = self.exec_finding(&small)
+            && g.signature == f.signature
+        {
+            small.details = g.details;
+            if let (Input::Calls(_), Input::Calls(issued)) = (&small.input, g.input) {
+                small.input = Input::Calls(issued);
+            }
+        }
+        small
     }
 
     /// Runs one input of `target` built from `src`.
@@ -168,7 +294,7 @@ impl<'h> Runner<'h> {
         match target {
             Target::GuestVsInterp => self.guest_vs_interp(&gen_guest(src)),
             Target::GuestEmulatedVsNative => self.emulated_vs_native(&gen_native(src)),
-            Target::StateEntry => state_entry::exec(self.host, &state_entry::generate(src)),
+            Target::StateEntry => self.exec_state(&state_entry::generate(src)),
             Target::CaseParser => Ok(case_parser(&gen_parser_input(src))),
             Target::IoctlSequence => {
                 let mut bytes = vec![0u8; 512];
@@ -178,7 +304,7 @@ impl<'h> Runner<'h> {
                 }
                 let mut u = arbitrary::Unstructured::new(&bytes);
                 match <ioctl_seq::Ops as arbitrary::Arbitrary>::arbitrary(&mut u) {
-                    Ok(ops) => ioctl_seq::exec(self.host, &ops),
+                    Ok(ops) => ioctl_seq::exec_checked(self.host, &ops, self.check_fds),
                     Err(_) => Ok(Exec {
                         rejected: true,
                         ..Exec::default()
@@ -235,6 +361,7 @@ impl<'h> Runner<'h> {
                     signature,
                     known,
                     case: case.clone(),
+                    input: Input::Case,
                     details: vec![format!(
                         "exit.kind: internal_error (emulation failure at rip {:#x}) != {} (kvm != interp)",
                         k.regs.rip.0,
@@ -255,6 +382,7 @@ impl<'h> Runner<'h> {
                 signature,
                 known,
                 case: case.clone(),
+                input: Input::Case,
                 details: d.iter().map(|f| format!("{f} (kvm != interp)")).collect(),
             }
         });
@@ -314,6 +442,7 @@ impl<'h> Runner<'h> {
                 signature,
                 known,
                 case: case.clone(),
+                input: Input::Case,
                 details: d
                     .iter()
                     .map(|f| format!("{f} (native != emulated)"))
@@ -455,6 +584,7 @@ pub fn case_parser(bytes: &[u8]) -> Exec {
                     signature: format!("case_parser:panic:{}", msg.lines().next().unwrap_or("")),
                     known: None,
                     case: stand_in(),
+                    input: Input::Case,
                     details: vec![
                         format!("parse_cases panicked: {msg}"),
                         format!("input: {text:?}"),
@@ -479,6 +609,7 @@ pub fn case_parser(bytes: &[u8]) -> Exec {
                         signature: "case_parser:roundtrip".into(),
                         known: None,
                         case: l.case.clone(),
+                        input: Input::Case,
                         details: vec![format!(
                             "case {:?} does not survive a JSON round trip; input: {text:?}",
                             l.case.name
@@ -522,10 +653,11 @@ pub fn code_at(case: &Case, rip: u64) -> Option<String> {
 /// Known deviation ids the fuzzer can recognise; each must exist in `cases/deviations.toml`
 /// (a unit test checks this). Instruction classes KVM's emulator refuses are reported as
 /// `class:kvm-emulator-refuses:<Code>` on every host.
-pub const KNOWN_IDS: [&str; 3] = [
+pub const KNOWN_IDS: [&str; 4] = [
     "emulator-int3-cpl0-internal-error",
     "emulator-real-mode-idt-limit",
     "pvm-cpl3-iopl-ignored",
+    "pvm-pat-reserved-type-accepted",
 ];
 
 /// Whether the deviation `id` of `cases/deviations.toml` applies to this host (its vendor module
@@ -622,20 +754,9 @@ pub fn source_for(seed: u64, index: u64) -> SplitMix {
     s
 }
 
-/// KCOV: whether the host exposes kernel coverage, or why not.
+/// KCOV: whether the host exposes kernel coverage, or why not (see `kvmconf_harness::kcov`).
 pub fn kcov_status() -> Result<(), String> {
-    let p = std::path::Path::new("/sys/kernel/debug/kcov");
-    if p.exists() {
-        Ok(())
-    } else if !std::path::Path::new("/sys/kernel/debug")
-        .join("tracing")
-        .exists()
-        && std::fs::read_dir("/sys/kernel/debug").map_or(true, |mut d| d.next().is_none())
-    {
-        Err("/sys/kernel/debug/kcov absent: debugfs is not mounted (or the kernel lacks CONFIG_KCOV)".into())
-    } else {
-        Err("/sys/kernel/debug/kcov absent: the kernel was built without CONFIG_KCOV".into())
-    }
+    kvmconf_harness::kcov::status()
 }
 
 /// A case as TOML that parses back to the same case (the artifact format).

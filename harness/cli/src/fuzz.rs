@@ -6,13 +6,12 @@
 
 use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_NO_KVM, EXIT_OK};
 use kvmconf_cases::fuzz::{
-    Exec, Finding, Runner, Target, ioctl_seq::fd_count, kcov_status, minimise::minimise, source_for,
+    Exec, Finding, Input, Runner, Target, artifact, ioctl_seq::fd_count, kcov_status, source_for,
 };
 use kvmconf_guests::case::Case;
 use kvmconf_harness::{Host, KvmError, Pool};
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,12 +44,22 @@ pub struct FuzzArgs {
     /// Seconds between statistics lines on stderr (0: none).
     #[arg(long, default_value_t = 1.0)]
     stats_every: f64,
-    /// Measure execs/s with one and two workers against the raw pooled case rate.
+    /// Measure execs/s with one and two workers against the raw pooled case rate and the
+    /// interpreter alone, each with one and two threads (--duration: seconds per measurement).
     #[arg(long)]
     bench: bool,
+    /// Interleaved rounds of --bench (medians are printed).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Pin every worker (and --bench thread) to this CPU: two workers then time-share one CPU.
+    #[arg(long)]
+    pin_cpu: Option<usize>,
     /// Write new findings as found, without minimising them (for long soak runs).
     #[arg(long)]
     no_minimise: bool,
+    /// Also minimise and write findings a known deviation explains (to get a small reproducer).
+    #[arg(long)]
+    keep_known: bool,
 }
 
 /// One unique finding.
@@ -75,6 +84,8 @@ struct Shared {
     signals: Mutex<HashSet<u64>>,
     findings: Mutex<BTreeMap<String, Unique>>,
     first_errors: Mutex<Vec<String>>,
+    /// Each finished worker's executions and scheduler times (for --bench).
+    thread_use: Mutex<Vec<ThreadUse>>,
 }
 
 /// Resident set size of this process in KiB.
@@ -124,58 +135,27 @@ struct Config {
     stats_every: f64,
     quiet: bool,
     minimise: bool,
+    keep_known: bool,
+    pin_cpu: Option<usize>,
 }
 
-fn signature_file(target: Target, signature: &str) -> String {
-    format!(
-        "{}-{:016x}.toml",
-        target.name(),
-        kvmconf_cases::fuzz::signal_of(signature)
-    )
-}
-
-/// Writes `text` to `dir/name` through a temporary file and a rename.
-pub fn write_atomic(dir: &Path, name: &str, text: &str) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    let path = dir.join(name);
-    std::fs::rename(&tmp, &path)?;
-    Ok(path)
-}
-
-/// The artifact text: a header of `#` lines (target, signature, replay command, the differences)
-/// and the case as TOML.
-pub fn artifact_text(f: &Finding, case: &Case, seed: u64, index: u64, original: usize) -> String {
-    let mut s = String::new();
-    s.push_str("# kvmconf fuzz finding\n");
-    s.push_str(&format!("# target: {}\n", f.target.name()));
-    s.push_str(&format!("# signature: {}\n", f.signature));
-    s.push_str(&format!(
-        "# replay: kvmconf fuzz --target {} --seed {seed} --index {index}\n",
-        f.target.name()
-    ));
-    s.push_str(&format!(
-        "# repro: kvmconf repro <this file> [--emit-c repro.c]\n# minimised: code {original} -> {} bytes\n",
-        case.memory.first().map_or(0, |m| m.hex.0.len())
-    ));
-    for d in &f.details {
-        for l in d.lines() {
-            s.push_str(&format!("#   {l}\n"));
+/// The `# minimised:` note of an artifact: what shrinking did.
+fn shrink_note(before: &Finding, after: &Finding) -> String {
+    match (&before.input, &after.input) {
+        (Input::State(a), Input::State(b)) => format!(
+            "minimised: {} -> {} changed state fields",
+            a.changes().count(),
+            b.changes().count()
+        ),
+        (Input::Calls(a), Input::Calls(b)) => {
+            format!("minimised: {} -> {} calls", a.len(), b.len())
         }
+        _ => format!(
+            "minimised: code {} -> {} bytes",
+            before.case.memory.first().map_or(0, |m| m.hex.0.len()),
+            after.case.memory.first().map_or(0, |m| m.hex.0.len())
+        ),
     }
-    let mut c = case.clone();
-    c.name = format!("fuzz_{}", &signature_file(f.target, &f.signature)[..]);
-    c.name.truncate(c.name.len() - 5);
-    match kvmconf_cases::fuzz::case_to_toml(&c) {
-        Ok(t) => s.push_str(&t),
-        Err(e) => s.push_str(&format!("# (TOML failed: {e})\n")),
-    }
-    s
 }
 
 fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64, f: Finding) {
@@ -200,35 +180,36 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
             },
         );
     }
-    if f.known.is_some() {
+    if f.known.is_some() && !cfg.keep_known {
         return;
     }
-    let original = f.case.memory.first().map_or(0, |m| m.hex.0.len());
-    let mut f = f;
-    let small = match (f.target, runner) {
-        (Target::GuestVsInterp | Target::GuestEmulatedVsNative, Some(r)) if cfg.minimise => {
-            let mut still = |c: &Case| matches!(r.exec_case(f.target, c), Ok(Exec { finding: Some(g), .. }) if g.signature == f.signature);
-            let small = minimise(&f.case, &mut still);
-            // The header shows the differences of the minimised case.
-            if let Ok(Exec {
-                finding: Some(g), ..
-            }) = r.exec_case(f.target, &small)
-                && g.signature == f.signature
-            {
-                f.details = g.details;
-            }
-            small
+    let (small, note) = match runner {
+        Some(r) if cfg.minimise => {
+            let small = r.shrink(&f);
+            let note = shrink_note(&f, &small);
+            (small, note)
         }
-        _ => f.case.clone(),
+        Some(_) => (f.clone(), "minimised: no (--no-minimise)".to_string()),
+        None => (
+            f.clone(),
+            "minimised: no (case_parser inputs are not shrunk)".to_string(),
+        ),
     };
-    let text = artifact_text(&f, &small, cfg.seed, index, original);
-    let path = write_atomic(
-        &cfg.artifacts,
-        &signature_file(f.target, &f.signature),
-        &text,
-    );
+    let notes = [
+        format!(
+            "replay: kvmconf fuzz --target {} --seed {} --index {index}",
+            f.target.name(),
+            cfg.seed
+        ),
+        note,
+    ];
+    let written = artifact::render(&small, &notes)
+        .map_err(std::io::Error::other)
+        .and_then(|text| {
+            artifact::write_atomic(&cfg.artifacts, &artifact::file_name(&small), &text)
+        });
     let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
-    match path {
+    match written {
         Ok(p) => {
             if !cfg.quiet {
                 eprintln!("new finding {} -> {}", f.signature, p.display());
@@ -242,6 +223,17 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
 }
 
 fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
+    if let Some(cpu) = cfg.pin_cpu
+        && let Err(e) = kvmconf_harness::affinity::pin_current_thread(cpu)
+    {
+        sh.errors.fetch_add(1, Ordering::Relaxed);
+        sh.first_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("--pin-cpu {cpu}: {e}"));
+        sh.stop.store(true, Ordering::Relaxed);
+        return;
+    }
     let host = if cfg.target.needs_kvm() {
         match Host::open() {
             Ok(h) => Some(h),
@@ -260,6 +252,8 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
     };
     let mut runner = host.as_ref().map(Runner::new);
     let mut local_signals: Vec<u64> = Vec::new();
+    let mark = ThreadUse::start();
+    let mut execs = 0u64;
     loop {
         if sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -276,6 +270,7 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
             )),
         }));
         sh.execs.fetch_add(1, Ordering::Relaxed);
+        execs += 1;
         match out {
             Err(_) => {
                 sh.panics.fetch_add(1, Ordering::Relaxed);
@@ -311,6 +306,10 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .extend(local_signals);
+    sh.thread_use
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(ThreadUse::since(mark, execs));
 }
 
 fn note_error(sh: &Shared, index: u64, e: &KvmError) {
@@ -435,6 +434,8 @@ pub fn main(a: FuzzArgs) -> u8 {
         stats_every: a.stats_every,
         quiet: false,
         minimise: !a.no_minimise,
+        keep_known: a.keep_known,
+        pin_cpu: a.pin_cpu,
     };
     let (fd0, rss0) = (fd_count(), rss_kib());
     eprintln!(
@@ -465,6 +466,20 @@ pub fn main(a: FuzzArgs) -> u8 {
         "resources: fds {fd0} -> {fd1}; RSS {rss0} KiB -> {rss1} KiB ({:+} KiB)",
         rss1 as i64 - rss0 as i64
     );
+    {
+        let uses = sh.thread_use.lock().unwrap_or_else(|p| p.into_inner());
+        let f = Figure::of(&uses, s.secs, 0.0);
+        // Workers waiting for a CPU mean more jobs than free CPUs: on this kind of host two VMs
+        // time-sharing one CPU cost more per execution than one (README, fuzz Figures).
+        println!(
+            "scheduling: {} workers on CPU {:.0}%, waiting for a CPU {:.0}%, blocked {:.0}% of their time; {:.0} CPU us/exec",
+            uses.len(),
+            f.on_cpu * 100.0,
+            f.runq * 100.0,
+            f.blocked * 100.0,
+            f.us_per_exec
+        );
+    }
     for e in sh
         .first_errors
         .lock()
@@ -476,7 +491,13 @@ pub fn main(a: FuzzArgs) -> u8 {
     let m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
     for (sig, u) in m.iter() {
         match &u.known {
-            Some(id) => println!("known    {sig} x{} (deviation {id})", u.count),
+            Some(id) => println!(
+                "known    {sig} x{} (deviation {id}){}",
+                u.count,
+                u.artifact
+                    .as_ref()
+                    .map_or(String::new(), |p| format!(" -> {}", p.display()))
+            ),
             None => {
                 println!(
                     "FINDING  {sig} x{} -> {} (replay: --seed {seed} --index {})",
@@ -548,19 +569,166 @@ fn replay(target: Target, seed: u64, index: u64) -> u8 {
             for d in &f.details {
                 println!("  {d}");
             }
-            if let Ok(t) = kvmconf_cases::fuzz::case_to_toml(&f.case) {
-                println!("{t}");
+            match artifact::render(&f, &[]) {
+                Ok(t) => println!("{t}"),
+                Err(e) => println!("(cannot render the input: {e})"),
             }
             EXIT_FAIL
         }
     }
 }
 
-/// Cases/s of the pooled harness alone (no generator, interpreter or diff), single thread, for
-/// `secs`: on the trivial benchmark case, and on the same generated cases the fuzzer runs.
-fn raw_pooled_rates(secs: f64, seed: u64) -> Result<(f64, f64), KvmError> {
-    let host = Host::open()?;
-    let mut pool = Pool::new(&host, 4);
+/// What one bench figure measures, per thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// `Pool::run` of the trivial benchmark case (mov, add, out, hlt; long64).
+    RawTrivial,
+    /// `Pool::run` of the fuzzer's generated cases.
+    RawGenerated,
+    /// The interpreter alone (`Machine::new(case).run()`) on the generated cases: no KVM.
+    Interp,
+    /// The whole `kvmconf fuzz --target guest_vs_interp` loop (generate, interpret, run, compare).
+    Fuzz,
+}
+
+impl Work {
+    const ALL: [Work; 4] = [
+        Work::RawTrivial,
+        Work::RawGenerated,
+        Work::Interp,
+        Work::Fuzz,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Work::RawTrivial => "raw pooled rate, trivial case (Pool::run only)",
+            Work::RawGenerated => "raw pooled rate, the fuzzer's generated cases",
+            Work::Interp => "interpreter only, the generated cases (no KVM)",
+            Work::Fuzz => "kvmconf fuzz --target guest_vs_interp",
+        }
+    }
+}
+
+/// CPU ticks (USER_HZ, 100/s on x86) used by this process (all threads, reaped ones included) and
+/// by the whole machine (busy = all but idle and iowait), and the machine's CPU count.
+fn cpu_ticks() -> (u64, u64) {
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which may hold spaces: utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(f.iter().sum())
+        })
+        .unwrap_or(0);
+    let busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().next()?;
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal: busy excludes idle and iowait.
+            Some(v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?)
+        })
+        .unwrap_or(0);
+    (own, busy)
+}
+
+/// This thread's scheduler statistics: nanoseconds on a CPU and waiting on a run queue
+/// (`/proc/thread-self/schedstat`; zeros when the kernel lacks it).
+fn thread_sched() -> (u64, u64) {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| {
+            let mut f = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((f.next()??, f.next()??))
+        })
+        .unwrap_or((0, 0))
+}
+
+/// What a measured thread did: executions, and nanoseconds on a CPU, waiting for one, and in all.
+#[derive(Clone, Copy, Debug, Default)]
+struct ThreadUse {
+    execs: u64,
+    on_cpu_ns: u64,
+    runq_ns: u64,
+    wall_ns: u64,
+}
+
+/// Where a thread's measurement started.
+type UseMark = (Instant, (u64, u64));
+
+impl ThreadUse {
+    /// Starts measuring the calling thread.
+    fn start() -> UseMark {
+        (Instant::now(), thread_sched())
+    }
+
+    /// The calling thread's use since `mark`.
+    fn since(mark: UseMark, execs: u64) -> ThreadUse {
+        let (on, rq) = thread_sched();
+        ThreadUse {
+            execs,
+            on_cpu_ns: on.saturating_sub(mark.1.0),
+            runq_ns: rq.saturating_sub(mark.1.1),
+            wall_ns: mark.0.elapsed().as_nanos() as u64,
+        }
+    }
+}
+
+/// One measured figure.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figure {
+    /// Executions per second over all threads.
+    rate: f64,
+    /// Share of the measured threads' time on a CPU.
+    on_cpu: f64,
+    /// Share of their time runnable but waiting for a CPU (other load).
+    runq: f64,
+    /// Share of their time blocked (neither: asleep in the kernel or on a lock).
+    blocked: f64,
+    /// CPU microseconds per execution.
+    us_per_exec: f64,
+    /// CPU seconds the rest of the machine used per wall second.
+    other: f64,
+}
+
+impl Figure {
+    fn of(uses: &[ThreadUse], wall: f64, other: f64) -> Figure {
+        let sum = |f: fn(&ThreadUse) -> u64| uses.iter().map(f).sum::<u64>() as f64;
+        let (execs, on, rq, all) = (
+            sum(|u| u.execs),
+            sum(|u| u.on_cpu_ns),
+            sum(|u| u.runq_ns),
+            sum(|u| u.wall_ns).max(1.0),
+        );
+        Figure {
+            rate: execs / wall.max(1e-9),
+            on_cpu: on / all,
+            runq: rq / all,
+            blocked: ((all - on - rq) / all).max(0.0),
+            us_per_exec: on / 1e3 / execs.max(1.0),
+            other,
+        }
+    }
+}
+
+/// The generated cases the bench runs (the first inputs of the fuzzer's run with `seed`).
+fn bench_cases(seed: u64) -> Vec<Case> {
+    (0..2000)
+        .map(|i| kvmconf_cases::fuzz::gen_guest(&mut source_for(seed, i)))
+        .collect()
+}
+
+fn trivial_case() -> Case {
     let mut c = Case::new(
         "bench",
         kvmconf_guests::case::Mode::Long64,
@@ -569,63 +737,191 @@ fn raw_pooled_rates(secs: f64, seed: u64) -> Result<(f64, f64), KvmError> {
         vec![0xb8, 0x2a, 0, 0, 0, 0x83, 0xc0, 0x01, 0xe6, 0xf1, 0xf4],
     );
     c.regs.rsp = Some(0x8000.into());
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed().as_secs_f64() < secs {
-        pool.run(&c)?;
-        n += 1;
-    }
-    let trivial = n as f64 / t.elapsed().as_secs_f64();
-    let cases: Vec<Case> = (0..2000)
-        .map(|i| kvmconf_cases::fuzz::gen_guest(&mut source_for(seed, i)))
-        .collect();
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed().as_secs_f64() < secs {
-        pool.run(&cases[n as usize % cases.len()])?;
-        n += 1;
-    }
-    Ok((trivial, n as f64 / t.elapsed().as_secs_f64()))
+    c
 }
 
-fn bench(a: &FuzzArgs, seed: u64) -> u8 {
-    let secs = a.duration.unwrap_or(10.0);
-    let (trivial, generated) = match raw_pooled_rates(secs / 2.0, seed) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("kvmconf fuzz --bench: {e}");
-            return EXIT_FAIL;
-        }
+/// Runs `work` on one thread for `secs`, after `start` lets every thread go.
+fn bench_thread(
+    work: Work,
+    cases: &[Case],
+    start: &std::sync::Barrier,
+    secs: f64,
+    pin_cpu: Option<usize>,
+) -> Result<ThreadUse, String> {
+    if let Some(cpu) = pin_cpu {
+        kvmconf_harness::affinity::pin_current_thread(cpu)
+            .map_err(|e| format!("--pin-cpu {cpu}: {e}"))?;
+    }
+    let host = match work {
+        Work::Interp => None,
+        _ => Some(Host::open().map_err(|e| e.to_string())?),
     };
-    let mut rates = Vec::new();
-    for jobs in [1usize, 2] {
+    let mut pool = host.as_ref().map(|h| Pool::new(h, 4));
+    let trivial = trivial_case();
+    start.wait();
+    let mark = ThreadUse::start();
+    let mut n = 0u64;
+    while mark.0.elapsed().as_secs_f64() < secs {
+        let c = &cases[n as usize % cases.len()];
+        match (work, pool.as_mut()) {
+            (Work::RawTrivial, Some(p)) => drop(p.run(&trivial).map_err(|e| e.to_string())?),
+            (Work::RawGenerated, Some(p)) => drop(p.run(c).map_err(|e| e.to_string())?),
+            _ => drop(kvmconf_guests::interp::Machine::new(c).run()),
+        }
+        n += 1;
+    }
+    Ok(ThreadUse::since(mark, n))
+}
+
+/// Measures `work` on `threads` threads for `secs`.
+fn measure(
+    work: Work,
+    threads: usize,
+    secs: f64,
+    seed: u64,
+    cases: &[Case],
+    pin_cpu: Option<usize>,
+) -> Result<Figure, String> {
+    let (own0, busy0) = cpu_ticks();
+    let t = Instant::now();
+    let uses: Vec<ThreadUse> = if work == Work::Fuzz {
         let dir = std::env::temp_dir().join(format!("kvmconf-fuzz-bench-{}", std::process::id()));
         let cfg = Config {
             target: Target::GuestVsInterp,
             seed,
             cases: None,
             duration: Some(Duration::from_secs_f64(secs)),
-            jobs,
+            jobs: threads,
             artifacts: dir.clone(),
             stats_every: 0.0,
             quiet: true,
             minimise: false,
+            keep_known: false,
+            pin_cpu,
         };
-        let (s, _) = run(&cfg);
+        let (_, sh) = run(&cfg);
         let _ = std::fs::remove_dir_all(&dir);
-        rates.push(s.execs as f64 / s.secs);
+        sh.thread_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    } else {
+        let start = std::sync::Barrier::new(threads);
+        let results: Vec<Result<ThreadUse, String>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..threads)
+                .map(|_| sc.spawn(|| bench_thread(work, cases, &start, secs, pin_cpu)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(Ok(ThreadUse::default())))
+                .collect()
+        });
+        let mut v = Vec::new();
+        for r in results {
+            v.push(r?);
+        }
+        v
+    };
+    // Rates over the measured loops (thread set-up excluded): the longest loop's wall time.
+    let wall = uses
+        .iter()
+        .map(|u| u.wall_ns)
+        .max()
+        .map_or(t.elapsed().as_secs_f64(), |ns| ns as f64 / 1e9);
+    let (own1, busy1) = cpu_ticks();
+    let own = own1.saturating_sub(own0) as f64 / 100.0;
+    let busy = busy1.saturating_sub(busy0) as f64 / 100.0;
+    let other = (busy - own).max(0.0) / t.elapsed().as_secs_f64();
+    Ok(Figure::of(&uses, wall, other))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `kvmconf fuzz --bench`: each figure with one and with two threads, in interleaved rounds
+/// (`--rounds`, `--duration` seconds per measurement), medians printed.
+fn bench(a: &FuzzArgs, seed: u64) -> u8 {
+    let secs = a.duration.unwrap_or(2.0);
+    let rounds = a.rounds.max(1);
+    let cases = bench_cases(seed);
+    let mut figs: BTreeMap<(usize, usize), Vec<Figure>> = BTreeMap::new();
+    for _ in 0..rounds {
+        for (wi, w) in Work::ALL.into_iter().enumerate() {
+            for threads in [1usize, 2] {
+                match measure(w, threads, secs, seed, &cases, a.pin_cpu) {
+                    Ok(f) => figs.entry((wi, threads)).or_default().push(f),
+                    Err(e) => {
+                        eprintln!("kvmconf fuzz --bench: {}: {e}", w.label());
+                        return EXIT_FAIL;
+                    }
+                }
+            }
+        }
     }
+    let pick = |wi: usize, threads: usize, f: fn(&Figure) -> f64| {
+        let mut v: Vec<f64> = figs[&(wi, threads)].iter().map(f).collect();
+        median(&mut v)
+    };
     println!(
-        "fuzz bench (guest_vs_interp, seed {seed}, {secs} s per figure; minimisation off, it runs once per unique finding):"
+        "fuzz bench (seed {seed}; {rounds} interleaved rounds of {secs} s per measurement; medians; minimisation off{}):",
+        a.pin_cpu.map_or(String::new(), |c| format!(
+            "; every thread pinned to CPU {c}"
+        ))
     );
-    println!("  raw pooled rate, trivial case (1 thread)       {trivial:10.0} cases/s");
-    println!("  raw pooled rate, the fuzzer's generated cases  {generated:10.0} cases/s");
-    for (jobs, r) in [(1.0, rates[0]), (2.0, rates[1])] {
+    println!(
+        "{:<48} {:>8} {:>8} {:>5} | {:>9} {:>9} {:>9} {:>11} | {:>9}",
+        "(1 thread, 2 threads)",
+        "1 thr/s",
+        "2 thr/s",
+        "2/1",
+        "on CPU",
+        "run queue",
+        "blocked",
+        "CPU us/exec",
+        "others"
+    );
+    for (wi, w) in Work::ALL.into_iter().enumerate() {
+        let pair = |f: fn(&Figure) -> f64, pct: bool| {
+            let (a, b) = (pick(wi, 1, f), pick(wi, 2, f));
+            if pct {
+                format!("{:>3.0}% {:>3.0}%", a * 100.0, b * 100.0)
+            } else {
+                format!("{a:>5.0} {b:>5.0}")
+            }
+        };
+        let (r1, r2) = (pick(wi, 1, |f| f.rate), pick(wi, 2, |f| f.rate));
         println!(
-            "  kvmconf fuzz, {jobs} worker(s)                     {r:10.0} execs/s  per worker {:.2}x raw generated, {:.2}x raw trivial",
-            r / jobs / generated,
-            r / jobs / trivial
+            "{:<48} {r1:>8.0} {r2:>8.0} {:>5.2} | {:>9} {:>9} {:>9} {:>11} | {:>9}",
+            w.label(),
+            r2 / r1.max(1e-9),
+            pair(|f| f.on_cpu, true),
+            pair(|f| f.runq, true),
+            pair(|f| f.blocked, true),
+            pair(|f| f.us_per_exec, false),
+            format!(
+                "{:.2} {:.2}",
+                pick(wi, 1, |f| f.other),
+                pick(wi, 2, |f| f.other)
+            ),
         );
     }
+    println!(
+        "on CPU / run queue / blocked: shares of the measured threads' time (schedstat); others: CPU s/s of other processes"
+    );
+    let read = |p: &str| std::fs::read_to_string(p).map_or("?".into(), |s| s.trim().to_string());
+    println!(
+        "host: {} CPUs; sched_autogroup_enabled={}; this process: {} (CFS shares CPU time equally between busy groups)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        read("/proc/sys/kernel/sched_autogroup_enabled"),
+        read("/proc/self/autogroup")
+    );
+    let (fz1, fz2) = (pick(3, 1, |f| f.rate), pick(3, 2, |f| f.rate));
+    let (g1, g2) = (pick(1, 1, |f| f.rate), pick(1, 2, |f| f.rate));
+    println!(
+        "kvmconf fuzz per worker: 1 worker {:.2}x, 2 workers {:.2}x the raw generated rate with as many threads",
+        fz1 / g1.max(1e-9),
+        fz2 / 2.0 / (g2 / 2.0).max(1e-9)
+    );
     EXIT_OK
 }

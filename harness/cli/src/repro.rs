@@ -1,13 +1,16 @@
-//! `kvmconf repro FILE`: replays a case file (a fuzz artifact or any case) under the oracle its
-//! header names (`# target: …`; default KVM against the interpreter) and prints the diff.
+//! `kvmconf repro FILE`: replays a finding file (a case file, a `state_entry` state file or an
+//! `ioctl_sequence` sequence file; see `kvmconf_cases::fuzz::artifact`) under the oracle its header
+//! names (`# target: …`; default KVM against the interpreter), prints the diff or the broken
+//! invariant, and says by its exit code whether it reproduced.
 //! `--emit-c OUT.c` writes a standalone C reproducer (only `<linux/kvm.h>` and libc) that sets up
 //! the same VM from [`GuestModel::build`], runs it, serves I/O and MMIO like the harness, and
 //! prints EXPECTED (the reference interpreter's result) and GOT lines.
 
 use crate::exec::open_host;
 use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK};
-use kvmconf_cases::fuzz::{Runner, Target, data_as_mmio};
-use kvmconf_guests::case::{Case, Mode, parse_cases};
+use kvmconf_cases::fuzz::artifact::{self, Body};
+use kvmconf_cases::fuzz::{Exec, Runner, Target, data_as_mmio};
+use kvmconf_guests::case::{Case, Mode};
 use kvmconf_guests::interp::Machine;
 use kvmconf_guests::layout::{
     GuestModel, REAL_STUB_BASE, REAL_STUB_CS, STUB_OFF, STUB_STRIDE, Segment, has_error_code,
@@ -19,52 +22,55 @@ use std::path::PathBuf;
 /// Arguments of `kvmconf repro`.
 #[derive(clap::Args)]
 pub struct ReproArgs {
-    /// The case file (TOML, JSON or JSON Lines; the first case is used for --emit-c).
+    /// The finding file: a case file (TOML, JSON or JSON Lines; the first case is used for
+    /// --emit-c), a state_entry state file or an ioctl_sequence sequence file.
     file: PathBuf,
-    /// The oracle (default: the file's `# target:` header, else guest_vs_interp).
+    /// The oracle (default: the file's `# target:` header, else its `format` key, else
+    /// guest_vs_interp).
     #[arg(long)]
     target: Option<String>,
-    /// Write a standalone C reproducer of the case to this file.
+    /// Write a standalone C reproducer of the case to this file (case files only).
     #[arg(long)]
     emit_c: Option<PathBuf>,
 }
 
-/// The oracle an artifact's header names.
-fn header_target(text: &str) -> Option<Target> {
-    text.lines()
-        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
-        .find_map(|l| l.strip_prefix("# target:"))
-        .and_then(|t| Target::from_name(t.trim()))
-}
+/// Exit code of `kvmconf repro`: the file reproduced a finding (new or a known deviation).
+const EXIT_REPRODUCED: u8 = EXIT_FAIL;
+/// Exit code of `kvmconf repro`: the harness failed, so the file neither reproduced nor not.
+const EXIT_HARNESS: u8 = 4;
 
 /// Runs `kvmconf repro`.
 pub fn main(a: ReproArgs) -> u8 {
     let name = a.file.display().to_string();
-    let text = match std::fs::read_to_string(&a.file) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("kvmconf repro: {name}: {e}");
-            return EXIT_BAD_INPUT;
-        }
-    };
     let target = match &a.target {
         Some(t) => match Target::from_name(t) {
-            Some(t) => t,
+            Some(t) => Some(t),
             None => {
-                eprintln!("kvmconf repro: --target: unknown target {t:?}");
+                eprintln!(
+                    "kvmconf repro: --target: expected one of {}, got {t:?}",
+                    Target::ALL.map(Target::name).join(", ")
+                );
                 return EXIT_BAD_INPUT;
             }
         },
-        None => header_target(&text).unwrap_or(Target::GuestVsInterp),
+        None => None,
     };
-    let cases = match parse_cases(&name, &text) {
-        Ok(c) => c,
+    let art = match artifact::load(&a.file, target) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("kvmconf repro: {e}");
             return EXIT_BAD_INPUT;
         }
     };
+    let target = art.target;
     if let Some(out) = &a.emit_c {
+        let Body::Cases(cases) = &art.body else {
+            eprintln!(
+                "kvmconf repro: {name}: --emit-c: expected a case file, got a {} file (its calls are not a single guest run)",
+                target.name()
+            );
+            return EXIT_BAD_INPUT;
+        };
         let case = &cases[0].case;
         let run_case = match target {
             Target::GuestEmulatedVsNative => data_as_mmio(case).unwrap_or_else(|| case.clone()),
@@ -73,20 +79,16 @@ pub fn main(a: ReproArgs) -> u8 {
         let c = emit_c(&run_case);
         if let Err(e) = std::fs::write(out, c) {
             eprintln!("kvmconf repro: {}: {e}", out.display());
-            return EXIT_FAIL;
+            return EXIT_BAD_INPUT;
         }
         eprintln!(
             "wrote {} (build: gcc -O1 -Wall -Werror -o repro {0}; run: ./repro)",
             out.display()
         );
     }
-    if !matches!(
-        target,
-        Target::GuestVsInterp | Target::GuestEmulatedVsNative
-    ) {
+    if target == Target::CaseParser {
         println!(
-            "{name}: target {} replays from its seed: use the `# replay:` command in the file's header",
-            target.name()
+            "{name}: case_parser findings replay from their seed: use the `# replay:` command in the file's header"
         );
         return EXIT_OK;
     }
@@ -95,48 +97,65 @@ pub fn main(a: ReproArgs) -> u8 {
         Err(code) => return code,
     };
     let mut runner = Runner::new(&host);
-    let mut code = EXIT_OK;
-    for l in &cases {
-        match runner.exec_case(target, &l.case) {
+    // repro runs one thread: the sequence oracle can check that the VM's fds are closed.
+    runner.check_fds = true;
+    let results = runner.replay(&art);
+    let (mut new, mut known, mut errors) = (0, Vec::new(), 0);
+    for (case, r) in results {
+        match r {
             Err(e) => {
-                println!("{}: harness error: {e}", l.case.name);
-                code = EXIT_FAIL;
+                println!("{case}: harness error: {e}");
+                errors += 1;
             }
-            Ok(x) if x.rejected => {
+            Ok(x) if x.rejected => println!(
+                "{case}: out of the {} oracle's scope (the interpreter does not model it, or the case is invalid)",
+                target.name()
+            ),
+            Ok(Exec { finding: None, .. }) => {
+                println!("{case}: {}: no difference", target.name())
+            }
+            Ok(Exec {
+                finding: Some(f), ..
+            }) => {
                 println!(
-                    "{}: out of the {} oracle's scope (the interpreter does not model it, or the case is invalid)",
-                    l.case.name,
-                    target.name()
+                    "{case}: {}: {}{}",
+                    target.name(),
+                    f.signature,
+                    f.known
+                        .as_ref()
+                        .map_or(String::new(), |k| format!(" (known deviation {k})"))
                 );
-            }
-            Ok(x) => match x.finding {
-                None => println!("{}: {}: no difference", l.case.name, target.name()),
-                Some(f) => {
-                    println!(
-                        "{}: {}: {}{}",
-                        l.case.name,
-                        target.name(),
-                        f.signature,
-                        f.known
-                            .as_ref()
-                            .map_or(String::new(), |k| format!(" (known deviation {k})"))
-                    );
-                    for d in &f.details {
-                        println!("  {d}");
-                    }
-                    if f.known.is_none() {
-                        code = EXIT_FAIL;
-                    }
+                for d in &f.details {
+                    println!("  {d}");
                 }
-            },
+                match f.known {
+                    Some(k) => known.push(k),
+                    None => new += 1,
+                }
+            }
         }
     }
-    code
+    known.sort();
+    known.dedup();
+    if errors > 0 {
+        println!("RESULT harness error");
+        EXIT_HARNESS
+    } else if new > 0 {
+        println!("RESULT reproduced");
+        EXIT_REPRODUCED
+    } else if !known.is_empty() {
+        println!("RESULT reproduced (known deviation {})", known.join(", "));
+        EXIT_REPRODUCED
+    } else {
+        println!("RESULT not reproduced");
+        EXIT_OK
+    }
 }
 
 /// The lines a reproducer prints for a result (the C program formats GOT lines the same way):
-/// exit, event count, registers, memory digests, then the first events.
-pub fn result_lines(r: &CaseResult, rflags_mask: u64) -> Vec<String> {
+/// exit, event count, registers, memory digests, the first events, then for a single-step case
+/// the step count and the first step pcs.
+pub fn result_lines(r: &CaseResult, rflags_mask: u64, single_step: bool) -> Vec<String> {
     let mut out = Vec::new();
     out.push(match &r.exit {
         Exit::Hlt => "exit hlt".to_string(),
@@ -203,7 +222,68 @@ pub fn result_lines(r: &CaseResult, rflags_mask: u64) -> Vec<String> {
             a.size, a.value.0
         ));
     }
+    if single_step {
+        out.push(format!("steps {}", r.steps.len()));
+        for pc in r.steps.iter().take(MAX_EVENTS) {
+            out.push(format!("step pc=0x{:x}", pc.0));
+        }
+    }
     out
+}
+
+/// The reference result of a single-step case: the interpreter run instruction by instruction,
+/// one KVM_EXIT_DEBUG per completed instruction (pc = the next instruction's linear address,
+/// exception delivery included) after that instruction's I/O exits, a final HLT reported as
+/// KVM_EXIT_HLT (api.rst 4.38, and as upstream x86 does), and the exit budget counting events and
+/// steps as the harness does. Returns the result and its undefined RFLAGS bits.
+pub fn stepped_reference(case: &Case) -> (CaseResult, u64) {
+    let budget = case.exit_budget() as usize;
+    let mut m = Machine::new(case);
+    let mut steps = Vec::new();
+    let mut executed = 0u64;
+    let mut exits = 0usize;
+    let mut out_of_budget = false;
+    'run: while m.step().is_ok() {
+        executed += 1;
+        // The I/O exits of this instruction come first, then its debug exit.
+        let events = m.trace().len();
+        while exits < events + steps.len() {
+            exits += 1;
+            if exits + 1 > budget {
+                out_of_budget = true;
+                break 'run;
+            }
+        }
+        let cs_base = m.cpu.cs.base;
+        let pc = match case.mode {
+            Mode::Long64 => m.cpu.rip,
+            Mode::Prot32 => cs_base.wrapping_add(m.cpu.rip) & 0xffff_ffff,
+            Mode::Real16 => cs_base + (m.cpu.rip & 0xffff),
+        };
+        steps.push(kvmconf_guests::Hex(pc));
+        exits += 1;
+        if exits + 1 > budget {
+            out_of_budget = true;
+            break;
+        }
+    }
+    if !out_of_budget {
+        let o = Machine::new(case).run();
+        let mut r = o.result;
+        r.steps = steps;
+        return (r, o.undefined);
+    }
+    // The same instructions again, stopped by the instruction cap right there: the state at the
+    // budget (the exit kind is the harness's).
+    let mut again = Machine::new(case);
+    again.set_cap(executed);
+    let o = again.run();
+    let mut r = o.result;
+    r.exit = Exit::ExitBudget {
+        exits: case.exit_budget(),
+    };
+    r.steps = steps;
+    (r, o.undefined)
 }
 
 /// Events compared by a reproducer (the count is always compared).
@@ -265,9 +345,14 @@ fn c_seg(s: &Segment) -> String {
 pub fn emit_c(case: &Case) -> String {
     let model = GuestModel::build(case);
     let lay = &model.layout;
-    let o = Machine::new(case).run();
-    let mask = !o.undefined;
-    let expected = result_lines(&o.result, mask);
+    let (reference, undefined) = if case.single_step {
+        stepped_reference(case)
+    } else {
+        let o = Machine::new(case).run();
+        (o.result, o.undefined)
+    };
+    let mask = !undefined;
+    let expected = result_lines(&reference, mask, case.single_step);
     let cpu = &model.cpu;
     let mut s = String::new();
     let _ = writeln!(
@@ -275,6 +360,8 @@ pub fn emit_c(case: &Case) -> String {
         "/* kvmconf reproducer for case {:?} ({} cpl {}), written by `kvmconf repro --emit-c`.\n \
          * The VM is the one kvmconf's harness builds (memory slots, MMIO holes, GDT/IDT/page tables,\n \
          * registers); EXPECTED lines are the reference interpreter's result, GOT lines this host's.\n \
+         * A single-step case runs with KVM_SET_GUEST_DEBUG(ENABLE|SINGLESTEP) and prints the pc of\n \
+         * every KVM_EXIT_DEBUG; its reference is the interpreter stepped instruction by instruction.\n \
          * Build: gcc -O1 -Wall -Werror -o repro repro.c   Run: ./repro [/dev/kvm]\n \
          * Exit status: 0 match, 1 mismatch, 2 setup error. */",
         case.name,
@@ -305,6 +392,7 @@ pub fn emit_c(case: &Case) -> String {
     let _ = writeln!(s, "#define TIMEOUT_MS {}", case.deadline_ms());
     let _ = writeln!(s, "#define RFLAGS_MASK 0x{mask:x}ULL");
     let _ = writeln!(s, "#define MAX_EVENTS {MAX_EVENTS}");
+    let _ = writeln!(s, "#define SINGLE_STEP {}", u8::from(case.single_step));
     let mut errc = String::from("static const int has_error_code[32] = {");
     for v in 0..32u8 {
         let _ = write!(errc, "{},", u8::from(has_error_code(v)));
@@ -538,6 +626,14 @@ int main(int argc, char **argv)
 	}
 	if (ioctl(vcpu, KVM_SET_CPUID2, cpuid) < 0)
 		die("KVM_SET_CPUID2");
+	/* Guest debug before the registers, as the harness does: it adjusts RFLAGS.TF. */
+	if (SINGLE_STEP) {
+		struct kvm_guest_debug dbg;
+		memset(&dbg, 0, sizeof dbg);
+		dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP;
+		if (ioctl(vcpu, KVM_SET_GUEST_DEBUG, &dbg) < 0)
+			die("KVM_SET_GUEST_DEBUG");
+	}
 	int run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (run_size < 0)
 		die("KVM_GET_VCPU_MMAP_SIZE");
@@ -593,10 +689,12 @@ int main(int argc, char **argv)
 	setitimer(ITIMER_REAL, &it, 0);
 
 	char exit_line[128] = "";
-	int events = 0, io_pos = 0, ended = 0, vector = -1;
+	int events = 0, io_pos = 0, ended = 0, vector = -1, n_steps = 0;
 	char ev[MAX_EVENTS][128];
+	uint64_t step_pc[MAX_EVENTS];
 	while (!ended) {
-		if (events >= MAX_EVENTS_BUDGET) {
+		/* Every I/O, MMIO and debug exit counts against the budget, as in the harness. */
+		if (events + n_steps >= MAX_EVENTS_BUDGET) {
 			snprintf(exit_line, sizeof exit_line, "exit exit_budget");
 			break;
 		}
@@ -657,6 +755,16 @@ int main(int argc, char **argv)
 			events++;
 			break;
 		}
+		case KVM_EXIT_DEBUG:
+			if (SINGLE_STEP && run->debug.arch.exception == 1) {
+				if (n_steps < MAX_EVENTS)
+					step_pc[n_steps] = run->debug.arch.pc;
+				n_steps++;
+				break;
+			}
+			ended = 1;
+			snprintf(exit_line, sizeof exit_line, "exit debug");
+			break;
 		case KVM_EXIT_HLT:
 			ended = 1;
 			snprintf(exit_line, sizeof exit_line, "exit hlt");
@@ -745,6 +853,11 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < events && i < MAX_EVENTS; i++)
 		memcpy(next_line(), ev[i], sizeof got[0]);
+	if (SINGLE_STEP) {
+		snprintf(next_line(), sizeof got[0], "steps %d", n_steps);
+		for (int i = 0; i < n_steps && i < MAX_EVENTS; i++)
+			snprintf(next_line(), sizeof got[0], "step pc=0x%llx", (unsigned long long)step_pc[i]);
+	}
 
 	int n_exp = 0, bad = 0;
 	while (expected[n_exp])
@@ -773,8 +886,14 @@ mod tests {
     #[test]
     fn header_names_the_target() {
         let t = "# kvmconf fuzz finding\n# target: guest_emulated_vs_native\nname = \"x\"\n";
-        assert_eq!(header_target(t), Some(Target::GuestEmulatedVsNative));
-        assert_eq!(header_target("name = \"x\"\n"), None);
+        assert_eq!(
+            artifact::header_target("f", t).unwrap(),
+            Some(Target::GuestEmulatedVsNative)
+        );
+        assert_eq!(
+            artifact::header_target("f", "name = \"x\"\n").unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -793,5 +912,53 @@ mod tests {
             "{src}"
         );
         assert!(src.contains("\"exit hlt\""));
+        assert!(src.contains("#define SINGLE_STEP 0"));
+        assert!(!src.contains("\"steps 0\""), "{src}");
+    }
+
+    /// prot32: xor eax,eax; inc eax; jmp +2; nop; nop; jz +2 (not taken); mov ebx,eax; hlt.
+    fn jumps(max_exits: u32) -> Case {
+        let code = vec![
+            0x31, 0xc0, 0x40, 0xeb, 0x02, 0x90, 0x90, 0x74, 0x02, 0x89, 0xc3, 0xf4,
+        ];
+        let mut c = Case::new("jumps", Mode::Prot32, 0x1000, code);
+        c.regs.rsp = Some(0x8000.into());
+        c.single_step = true;
+        c.max_exits = Some(max_exits);
+        c
+    }
+
+    #[test]
+    fn stepped_reference_records_one_pc_per_instruction_until_the_budget() {
+        let (r, _) = stepped_reference(&jumps(5));
+        let pcs: Vec<u64> = r.steps.iter().map(|h| h.0).collect();
+        assert_eq!(pcs, [0x1002, 0x1003, 0x1007, 0x1009, 0x100b]);
+        assert!(
+            matches!(r.exit, Exit::ExitBudget { exits: 5 }),
+            "{:?}",
+            r.exit
+        );
+        assert_eq!(r.regs.rip.0, 0x100b);
+        assert_eq!(r.regs.rbx.0, 1);
+        // With budget to spare the run ends at the HLT, which is not a step.
+        let (r, _) = stepped_reference(&jumps(40));
+        assert_eq!(r.steps.len(), 5);
+        assert_eq!(r.exit, Exit::Hlt);
+        assert_eq!(r.regs.rip.0, 0x100c);
+        // Budget 3: the state after three instructions.
+        let (r, _) = stepped_reference(&jumps(3));
+        assert_eq!(r.steps.len(), 3);
+        assert_eq!(r.regs.rip.0, 0x1007);
+        assert_eq!(r.regs.rbx.0, 0);
+    }
+
+    #[test]
+    fn emitted_c_of_a_single_step_case_enables_guest_debug_and_expects_the_steps() {
+        let src = emit_c(&jumps(5));
+        assert!(src.contains("#define SINGLE_STEP 1"), "{src}");
+        assert!(src.contains("KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP"));
+        assert!(src.contains("\"exit exit_budget\""), "{src}");
+        assert!(src.contains("\"steps 5\",\n  \"step pc=0x1002\""), "{src}");
+        assert!(src.contains("\"step pc=0x100b\""), "{src}");
     }
 }

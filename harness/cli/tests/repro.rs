@@ -1,8 +1,12 @@
-//! `kvmconf repro --emit-c`: the emitted C reproducer compiles with `gcc -O1 -Wall -Werror` and,
-//! run on this host, reproduces the expected result of a passing case and reports the mismatch of a
-//! known-deviation case (or matches, on a host without that deviation). Also `kvmconf fuzz`
-//! end to end: a short deterministic run, and replay of one input from its seed and index.
+//! `kvmconf repro`: finding files of every kind (case, state and sequence files) replay with the
+//! broken invariant printed and an exit code saying whether they reproduced; bad files are refused
+//! with file, line and expectation. `--emit-c`: the emitted C reproducer compiles with
+//! `gcc -O1 -Wall -Werror` and, run on this host, reproduces the expected result of a passing case
+//! and reports the mismatch of a known-deviation case (or matches, on a host without that
+//! deviation). Also `kvmconf fuzz` end to end: short deterministic runs, written findings, and
+//! replay of one input from its seed and index.
 
+#[macro_use]
 mod common;
 
 use common::{corpus, text};
@@ -26,10 +30,15 @@ fn have_gcc() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Emits the C reproducer of `case`, compiles it, and returns the binary's path.
+/// Emits the C reproducer of the corpus case `case`, compiles it, and returns the binary's path.
 fn emit_and_build(case: &str, dir: &Path) -> PathBuf {
+    emit_and_build_file(&corpus(case), dir)
+}
+
+/// Emits the C reproducer of the case file `file`, compiles it, and returns the binary's path.
+fn emit_and_build_file(file: &str, dir: &Path) -> PathBuf {
     let c = dir.join("repro.c");
-    let o = kvmconf(&["repro", &corpus(case), "--emit-c", c.to_str().unwrap()]);
+    let o = kvmconf(&["repro", file, "--emit-c", c.to_str().unwrap()]);
     assert!(c.exists(), "no C written: {}", text(&o.stderr));
     let bin = dir.join("repro");
     let g = Command::new("gcc")
@@ -70,6 +79,53 @@ fn emit_c_passing_case_compiles_and_matches() {
         "{out}"
     );
     assert!(out.contains("RESULT match"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// api.rst 4.38 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP): the C reproducer of a
+/// single-step case enables stepping, records the pc of every KVM_EXIT_DEBUG as the harness does,
+/// and on this host gets what the stepped interpreter expects. The case stops on its exit budget
+/// before the HLT, because stepping over HLT is a recorded deviation here (pvm-single-step-hlt).
+#[test]
+fn emit_c_single_step_case_compiles_and_matches_the_harness() {
+    need_gcc_and_kvm!();
+    let dir = scratch("step");
+    let case = dir.join("jumps_step.toml");
+    let body = std::fs::read_to_string(corpus("singlestep/jumps_prot32.toml"))
+        .unwrap()
+        .replace("max_exits = 40", "max_exits = 5");
+    assert!(body.contains("max_exits = 5"), "{body}");
+    std::fs::write(&case, body).unwrap();
+    let bin = emit_and_build_file(case.to_str().unwrap(), &dir);
+    let o = Command::new(&bin).output().expect("reproducer runs");
+    let out = text(&o.stdout);
+    for l in [
+        "EXPECTED exit exit_budget",
+        "EXPECTED steps 5",
+        "EXPECTED step pc=0x1002",
+        "EXPECTED step pc=0x100b",
+        "GOT      exit exit_budget",
+        "GOT      steps 5",
+        "GOT      rip=0x100b",
+        "RESULT match",
+    ] {
+        assert!(out.contains(l), "{l:?} missing:\n{out}");
+    }
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    // The C program steps like the harness: the same pcs as `kvmconf exec`.
+    let e = kvmconf(&["exec", case.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(text(&e.stdout).trim()).expect("a result");
+    let harness: Vec<String> = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| format!("GOT      step pc={}", s.as_str().unwrap()))
+        .collect();
+    let got: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("GOT      step pc="))
+        .collect();
+    assert_eq!(got, harness);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -115,8 +171,227 @@ fn repro_prints_the_diff_and_names_the_known_deviation() {
             out.contains("known deviation pvm-cpl3-iopl-ignored"),
             "{out}"
         );
+        assert!(
+            out.contains("RESULT reproduced (known deviation pvm-cpl3-iopl-ignored)"),
+            "{out}"
+        );
+        assert_eq!(o.status.code(), Some(1), "{out}");
+    }
+}
+
+const SEQUENCE_HEAD: &str = r#"# kvmconf fuzz finding
+# target: ioctl_sequence
+format = "kvmconf-ioctl-sequence/1"
+
+[case]
+name = "pat"
+mode = "long64"
+stubs = true
+timeout_ms = 50
+regs = { rip = "0x1000", rsp = "0x8000" }
+memory = [{ addr = "0x1000", hex = "b02ae6f1f4" }]
+"#;
+
+const STATE_HEAD: &str = r#"# kvmconf fuzz finding
+# target: state_entry
+format = "kvmconf-state-entry/1"
+
+[case]
+name = "st"
+mode = "prot32"
+timeout_ms = 100
+regs = { rip = "0x1000", rsp = "0x8000" }
+memory = [{ addr = "0x1000", hex = "9090f4" }]
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p.display().to_string()
+}
+
+/// api.rst 4.19 (KVM_SET_MSRS returns the number set, stopping at an MSR that fails) and SDM 3A
+/// 13.12.2 (PAT types 2, 3, 8-255 are reserved): a hand-written sequence file that sets PAT to a
+/// reserved type reproduces exactly on a host with that recorded deviation.
+#[test]
+fn repro_sequence_file_reports_the_broken_invariant_and_exit_code() {
+    need_kvm!();
+    let dir = scratch("seq");
+    let bad = write(
+        &dir,
+        "pat.toml",
+        &format!(
+            "{SEQUENCE_HEAD}\n[[call]]\nioctl = \"KVM_RUN\"\n\n[[call]]\nioctl = \"KVM_SET_MSRS\"\nmsr = \"0x277\"\nvalue = \"0x0007040600070402\"\n"
+        ),
+    );
+    let o = kvmconf(&["repro", &bad]);
+    let out = text(&o.stdout);
+    if kvmconf_cases::fuzz::host_has("pvm-pat-reserved-type-accepted") {
+        assert!(
+            out.contains("pat: ioctl_sequence: ioctl_sequence:msr-pat-reserved (known deviation pvm-pat-reserved-type-accepted)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("KVM_SET_MSRS of IA32_PAT = 0x7040600070402 (a reserved memory type): number of MSRs set: wanted 0, got 1"),
+            "{out}"
+        );
+        assert_eq!(o.status.code(), Some(1), "{out}");
+    } else {
+        assert!(out.contains("RESULT not reproduced"), "{out}");
         assert_eq!(o.status.code(), Some(0), "{out}");
     }
+    // The same calls with a valid PAT (its reset value) reproduce nothing anywhere.
+    let good = write(
+        &dir,
+        "pat_ok.toml",
+        &format!(
+            "{SEQUENCE_HEAD}\n[[call]]\nioctl = \"KVM_RUN\"\n\n[[call]]\nioctl = \"KVM_SET_MSRS\"\nmsr = \"0x277\"\nvalue = \"0x0007040600070406\"\n"
+        ),
+    );
+    let o = kvmconf(&["repro", &good]);
+    let out = text(&o.stdout);
+    assert!(out.contains("pat: ioctl_sequence: no difference"), "{out}");
+    assert!(out.contains("RESULT not reproduced"), "{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `kvmconf fuzz --keep-known` shrinks a sequence finding to the calls that matter and writes it;
+/// `kvmconf repro` replays the file it wrote.
+#[test]
+fn fuzz_ioctl_sequence_writes_a_shrunk_sequence_file_that_repro_replays() {
+    need_kvm!();
+    let dir = scratch("seqfuzz");
+    let arts = dir.join("artifacts");
+    let o = kvmconf(&[
+        "fuzz",
+        "--target",
+        "ioctl_sequence",
+        "--seed",
+        "1",
+        "--cases",
+        "300",
+        "--keep-known",
+        "--stats-every",
+        "0",
+        "--artifacts",
+        arts.to_str().unwrap(),
+    ]);
+    let out = text(&o.stdout);
+    assert!(out.contains("panics 0; harness errors 0"), "{out}");
+    let files: Vec<PathBuf> = std::fs::read_dir(&arts)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    if !kvmconf_cases::fuzz::host_has("pvm-pat-reserved-type-accepted") {
+        // Nothing to write on a conforming host (any finding would fail the run).
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        return;
+    }
+    assert!(
+        out.contains("known    ioctl_sequence:msr-pat-reserved"),
+        "{out}"
+    );
+    assert_eq!(files.len(), 1, "{files:?}");
+    let t = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(t.contains("# target: ioctl_sequence\n"), "{t}");
+    assert!(t.contains("-> 1 calls\n"), "the PAT call alone: {t}");
+    assert_eq!(t.matches("[[call]]").count(), 1, "{t}");
+    let r = kvmconf(&["repro", files[0].to_str().unwrap()]);
+    let rout = text(&r.stdout);
+    assert!(
+        rout.contains("RESULT reproduced (known deviation pvm-pat-reserved-type-accepted)"),
+        "{rout}"
+    );
+    assert_eq!(r.status.code(), Some(1), "{rout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A state file runs through the state_entry oracle (api.rst 4.13 KVM_SET_SREGS, 4.10 KVM_RUN): a
+/// plain state, and one the SDM calls invalid (CR0.PG without CR0.PE, SDM 3A 2.5), which KVM may
+/// reject with EINVAL or fail on entry; both keep the invariants.
+#[test]
+fn repro_state_file_runs_the_state_entry_oracle() {
+    need_kvm!();
+    let dir = scratch("state");
+    for (name, state) in [
+        ("ok.toml", "rax = \"0x5\"\ncs.limit = \"0xffff\"\n"),
+        ("pg_no_pe.toml", "cr0 = \"0x80000010\"\n"),
+    ] {
+        let f = write(&dir, name, &format!("{STATE_HEAD}\n[state]\n{state}"));
+        let o = kvmconf(&["repro", &f]);
+        let out = text(&o.stdout);
+        assert!(
+            out.contains("st: state_entry: no difference"),
+            "{name}: {out}"
+        );
+        assert!(out.contains("RESULT not reproduced"), "{name}: {out}");
+        assert_eq!(o.status.code(), Some(0), "{name}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Bad finding files are refused before anything runs, naming the file, the line and what was
+/// expected there.
+#[test]
+fn repro_bad_files_exit_2_naming_file_line_and_expectation() {
+    let dir = scratch("bad");
+    let cases = [
+        (
+            "wide.toml",
+            format!("{STATE_HEAD}\n[state]\nrax = 1\ncs.selector = \"0x10000\"\n"),
+            ":14: expected a 16-bit value (at most 0xffff), got 0x10000",
+        ),
+        (
+            "field.toml",
+            format!("{STATE_HEAD}\n[state]\ncr5 = 1\n"),
+            ":13: unknown field `cr5`",
+        ),
+        (
+            "version.toml",
+            STATE_HEAD.replace("state-entry/1", "state-entry/2"),
+            ":3: format: expected \"kvmconf-state-entry/1\"",
+        ),
+        (
+            "ioctl.toml",
+            format!("{SEQUENCE_HEAD}\n[[call]]\nioctl = \"KVM_FROB\"\n"),
+            "KVM_FROB",
+        ),
+        (
+            "empty.toml",
+            SEQUENCE_HEAD.to_string(),
+            "expected 1 to 1024 [[call]] tables, got 0",
+        ),
+        (
+            "target.toml",
+            "# target: nope\nname = \"x\"\n".to_string(),
+            "target.toml:1: # target: expected one of guest_vs_interp",
+        ),
+    ];
+    for (name, body, want) in cases {
+        let f = write(&dir, name, &body);
+        let o = kvmconf(&["repro", &f]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(name), "{name}: {err}");
+        assert!(err.contains(want), "{name}: wanted {want:?} in {err}");
+        assert!(text(&o.stdout).is_empty(), "{name}: ran something");
+    }
+    let seq = write(
+        &dir,
+        "seq.toml",
+        &format!("{SEQUENCE_HEAD}\n[[call]]\nioctl = \"KVM_RUN\"\n"),
+    );
+    let o = kvmconf(&["repro", &seq, "--emit-c", dir.join("x.c").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--emit-c: expected a case file, got a ioctl_sequence file"),
+        "{}",
+        text(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
