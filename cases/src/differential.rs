@@ -407,9 +407,7 @@ fn culprit(
 /// a trial that runs far longer has lost a loop bound and is a runaway (it ends as a timeout, so
 /// it cannot show the original mismatch); stopping it early saves running it to the full cap.
 fn trial_cap(n: u64) -> u64 {
-    n.saturating_mul(8)
-        .max(100_000)
-        .min(interp::INSTRUCTION_CAP)
+    n.saturating_mul(8).clamp(100_000, interp::INSTRUCTION_CAP)
 }
 
 /// The interpreter's run of `case`, stopped as a timeout after `cap` instructions.
