@@ -263,17 +263,6 @@ pub fn refused_mnemonic(case: &Case, kvm: &CaseResult) -> Option<Mnemonic> {
         .map(|i| i.mnemonic())
 }
 
-/// Runs `case` on KVM through `pool` and, when it disagrees with the interpreter, minimises it
-/// (each trial on KVM again) and returns the mismatch. A refusal to emulate (KVM_EXIT_INTERNAL_ERROR)
-/// is minimised while KVM keeps refusing. Harness errors are returned as errors.
-pub fn check_one(pool: &mut Pool<'_>, case: &Case) -> Result<Option<Mismatch>, KvmError> {
-    let kvm = pool.run(case)?;
-    if compare(&kvm, case).is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(minimise_mismatch(case, &kvm, |c| pool.run(c))))
-}
-
 /// Minimises a case whose KVM result `kvm` disagrees with the interpreter, running trials with
 /// `run` (a failing trial run counts as "no longer differs").
 pub fn minimise_mismatch(

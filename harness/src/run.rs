@@ -60,18 +60,21 @@ fn le(bytes: &[u8]) -> u64 {
 
 /// Reads guest-physical memory the way a dump does: RAM from the mapping, the rest from MMIO.
 pub fn read_phys(vm: &TestVm, mmio: &MmioSpace, addr: u64, buf: &mut [u8]) {
+    // A page at a time: RAM and MMIO holes are page-granular, so a page is all one or the other.
     let lay = vm.layout();
-    for (i, b) in buf.iter_mut().enumerate() {
-        let a = addr.wrapping_add(i as u64);
+    let mut done = 0usize;
+    while done < buf.len() {
+        let a = addr.wrapping_add(done as u64);
+        let n = (0x1000 - (a & 0xfff) as usize).min(buf.len() - done);
+        let chunk = &mut buf[done..done + n];
         if lay.is_ram(a) {
-            let mut one = [0u8];
-            let _ = vm.mem.read(a, &mut one);
-            *b = one[0];
+            if vm.mem.read(a, chunk).is_err() {
+                chunk.fill(0);
+            }
         } else {
-            let mut one = [0u8];
-            mmio.read(a, &mut one);
-            *b = one[0];
+            mmio.read(a, chunk);
         }
+        done += n;
     }
 }
 
