@@ -91,7 +91,7 @@ fn nop_out(case: &Case, ip: u64, len: usize) -> Case {
 }
 
 /// `case` with every live instruction (not NOP or HLT) for which `drop` holds overwritten by NOPs.
-fn nop_where(case: &Case, mut drop: impl FnMut(&Instruction) -> bool) -> Case {
+pub fn nop_where(case: &Case, mut drop: impl FnMut(&Instruction) -> bool) -> Case {
     let mut c = case.clone();
     if let Some(i) = code_index(&c) {
         for ins in instructions(case) {

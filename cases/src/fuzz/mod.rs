@@ -376,7 +376,13 @@ impl<'h> Runner<'h> {
         };
         let d = diff(&k, &o.result, &mask);
         let finding = (!d.is_empty()).then(|| {
-            let (signature, known) = classify(Target::GuestVsInterp, case, &k, &o.result, &d);
+            let (signature, mut known) = classify(Target::GuestVsInterp, case, &k, &o.result, &d);
+            if known.is_none() {
+                // A mismatch the host's known instruction-class deviations (LZCNT as BSR, …)
+                // explain completely is known; anything left without them stays a finding.
+                known =
+                    explained_by_known_classes(case, host_class_deviations(), |c| self.pool.run(c));
+            }
             Finding {
                 target: Target::GuestVsInterp,
                 signature,
@@ -685,6 +691,77 @@ fn known_if(id: &str) -> Option<String> {
     host_has(id).then(|| id.to_string())
 }
 
+/// The differential deviations of this host that name one instruction class exactly
+/// (`expect = "class: Lzcnt;"`, or the prefix form `"class: Ins"`): (id, class prefix).
+pub fn host_class_deviations() -> &'static [(String, String)] {
+    static CLASSES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    CLASSES.get_or_init(|| {
+        crate::deviations::known()
+            .into_iter()
+            .filter(|d| d.check.starts_with("differential.") && host_has(&d.id))
+            .filter_map(|d| {
+                let class = d.expect.strip_prefix("class: ")?;
+                let class = class.strip_suffix(';').unwrap_or(class);
+                (!class.is_empty() && class.chars().all(char::is_alphanumeric))
+                    .then(|| (d.id.clone(), class.to_string()))
+            })
+            .collect()
+    })
+}
+
+/// Whether a known instruction-class deviation of this host explains a mismatch of `case`
+/// completely: the ids of the classes present in the program whose instructions, NOPed, make KVM
+/// (`run`) and the interpreter agree. `None` when no class is present, the residual is out of the
+/// interpreter's scope, or KVM and the interpreter still differ without them (a finding of its
+/// own).
+pub fn explained_by_known_classes(
+    case: &Case,
+    classes: &[(String, String)],
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<String> {
+    let present: Vec<&(String, String)> = {
+        let names: Vec<String> = crate::differential::instructions(case)
+            .iter()
+            .map(|i| format!("{:?}", i.mnemonic()))
+            .collect();
+        let exact_or_prefix = |n: &String, c: &String| n == c || n.starts_with(c.as_str());
+        classes
+            .iter()
+            .filter(|(_, c)| names.iter().any(|n| exact_or_prefix(n, c)))
+            .collect()
+    };
+    if present.is_empty() {
+        return None;
+    }
+    let residual = crate::differential::nop_where(case, |i| {
+        let n = format!("{:?}", i.mnemonic());
+        present
+            .iter()
+            .any(|(_, c)| n == *c || n.starts_with(c.as_str()))
+    });
+    let o = kvmconf_guests::interp::Machine::new(&residual).run();
+    if o.tainted
+        || matches!(
+            o.result.exit,
+            Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
+        )
+    {
+        return None;
+    }
+    let k = run(&residual).ok()?;
+    let mask = DiffMask {
+        rflags_ignore: o.undefined,
+        ..DiffMask::default()
+    };
+    diff(&k, &o.result, &mask).is_empty().then(|| {
+        present
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
 /// The signature and known-deviation id of a mismatch. `kvm` is the side that ran under KVM's
 /// emulator (or the only KVM side), `reference` the other.
 pub fn classify(
@@ -772,6 +849,49 @@ pub fn case_to_toml(case: &Case) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// long64: mov eax,5; bswap eax; mov ebx,7; lzcnt ecx,ebx; add eax,ebx; hlt.
+    fn lzcnt_and_bswap() -> Case {
+        let code = vec![
+            0xb8, 5, 0, 0, 0, 0x0f, 0xc8, 0xbb, 7, 0, 0, 0, 0xf3, 0x0f, 0xbd, 0xcb, 0x01, 0xd8,
+            0xf4,
+        ];
+        Case::new("classes", Mode::Long64, kvmconf_guests::r#gen::CODE, code)
+    }
+
+    /// A fake KVM: the interpreter, with RSI flipped while an LZCNT is live and RDX flipped while
+    /// a BSWAP is (when `bswap_too`).
+    fn fake(bswap_too: bool) -> impl FnMut(&Case) -> Result<CaseResult, KvmError> {
+        move |c: &Case| {
+            let mut r = kvmconf_guests::interp::run(c);
+            let live: Vec<_> = crate::differential::instructions(c)
+                .iter()
+                .map(|i| i.mnemonic())
+                .collect();
+            if live.contains(&iced_x86::Mnemonic::Lzcnt) {
+                r.regs.rsi.0 ^= 1;
+            }
+            if bswap_too && live.contains(&iced_x86::Mnemonic::Bswap) {
+                r.regs.rdx.0 ^= 1;
+            }
+            Ok(r)
+        }
+    }
+
+    #[test]
+    fn known_class_explains_a_mismatch_only_when_nothing_else_differs() {
+        let c = lzcnt_and_bswap();
+        let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, fake(false)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        // A second, unknown deviation (BSWAP) survives without the LZCNT: not explained.
+        assert_eq!(explained_by_known_classes(&c, &classes, fake(true)), None);
+        // No instruction of a known class in the program: not explained.
+        let other = vec![("dev-tzcnt".to_string(), "Tzcnt".to_string())];
+        assert_eq!(explained_by_known_classes(&c, &other, fake(false)), None);
+    }
 
     #[test]
     fn known_ids_exist_in_the_deviations_file() {
