@@ -711,33 +711,53 @@ pub fn host_class_deviations() -> &'static [(String, String)] {
 
 /// Whether a known instruction-class deviation of this host explains a mismatch of `case`
 /// completely: the ids of the classes present in the program whose instructions, NOPed, make KVM
-/// (`run`) and the interpreter agree. `None` when no class is present, the residual is out of the
-/// interpreter's scope, or KVM and the interpreter still differ without them (a finding of its
-/// own).
+/// (`run`) and the interpreter agree. At CPL0 the instructions this host's emulator refuses
+/// (`cases/emulator_refuses.toml`, deviation `kvm-pvm-emulator-refuses`) count as a class too.
+/// `None` when no class is present, the residual is out of the interpreter's scope, or KVM and
+/// the interpreter still differ without them (a finding of its own).
 pub fn explained_by_known_classes(
     case: &Case,
     classes: &[(String, String)],
     mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
 ) -> Option<String> {
-    let present: Vec<&(String, String)> = {
-        let names: Vec<String> = crate::differential::instructions(case)
+    const REFUSES: &str = "kvm-pvm-emulator-refuses";
+    let refused: Vec<String> = if case.cpl == 0 && host_has(REFUSES) {
+        crate::differential::refusals()
             .iter()
-            .map(|i| format!("{:?}", i.mnemonic()))
-            .collect();
-        let exact_or_prefix = |n: &String, c: &String| n == c || n.starts_with(c.as_str());
+            .filter(|r| r.mode == case.mode.name())
+            .map(|r| r.mnemonic.clone())
+            .collect()
+    } else {
+        vec![]
+    };
+    // (id, mnemonic name) of every known class an instruction of the program belongs to: a class
+    // deviation matches its mnemonic or, written without the closing `;`, any that starts with it
+    // (`Ins`: Insb, Insw, Insd); a refusal matches its mnemonic exactly.
+    let class_of = |name: &str| -> Option<String> {
         classes
             .iter()
-            .filter(|(_, c)| names.iter().any(|n| exact_or_prefix(n, c)))
-            .collect()
+            .find(|(_, c)| name.starts_with(c.as_str()))
+            .map(|(id, _)| id.clone())
+            .or_else(|| {
+                refused
+                    .iter()
+                    .any(|m| m == name)
+                    .then(|| REFUSES.to_string())
+            })
     };
+    let mut present: Vec<String> = Vec::new();
+    for i in crate::differential::instructions(case) {
+        if let Some(id) = class_of(&format!("{:?}", i.mnemonic()))
+            && !present.contains(&id)
+        {
+            present.push(id);
+        }
+    }
     if present.is_empty() {
         return None;
     }
     let residual = crate::differential::nop_where(case, |i| {
-        let n = format!("{:?}", i.mnemonic());
-        present
-            .iter()
-            .any(|(_, c)| n == *c || n.starts_with(c.as_str()))
+        class_of(&format!("{:?}", i.mnemonic())).is_some()
     });
     let o = kvmconf_guests::interp::Machine::new(&residual).run();
     if o.tainted
@@ -753,13 +773,9 @@ pub fn explained_by_known_classes(
         rflags_ignore: o.undefined,
         ..DiffMask::default()
     };
-    diff(&k, &o.result, &mask).is_empty().then(|| {
-        present
-            .iter()
-            .map(|(id, _)| id.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    })
+    diff(&k, &o.result, &mask)
+        .is_empty()
+        .then(|| present.join(","))
 }
 
 /// The signature and known-deviation id of a mismatch. `kvm` is the side that ran under KVM's
@@ -891,6 +907,36 @@ mod tests {
         // No instruction of a known class in the program: not explained.
         let other = vec![("dev-tzcnt".to_string(), "Tzcnt".to_string())];
         assert_eq!(explained_by_known_classes(&c, &other, fake(false)), None);
+    }
+
+    #[test]
+    fn refused_instructions_count_as_a_known_class_at_cpl0_on_the_refusing_host() {
+        // mov eax, 5; int 4; hlt — a fake KVM flips RSI while the INT is live.
+        let mut c = Case::new(
+            "int4",
+            Mode::Long64,
+            kvmconf_guests::r#gen::CODE,
+            vec![0xb8, 5, 0, 0, 0, 0xcd, 0x04, 0xf4],
+        );
+        let fake = |c: &Case| {
+            let mut r = kvmconf_guests::interp::run(c);
+            if crate::differential::instructions(c)
+                .iter()
+                .any(|i| i.mnemonic() == iced_x86::Mnemonic::Int)
+            {
+                r.regs.rsi.0 ^= 1;
+            }
+            Ok(r)
+        };
+        let got = explained_by_known_classes(&c, &[], fake);
+        if host_has("kvm-pvm-emulator-refuses") {
+            assert_eq!(got.as_deref(), Some("kvm-pvm-emulator-refuses"));
+        } else {
+            assert_eq!(got, None);
+        }
+        // At CPL3 the emulator's refusals do not apply.
+        c.cpl = 3;
+        assert_eq!(explained_by_known_classes(&c, &[], fake), None);
     }
 
     #[test]
