@@ -80,14 +80,9 @@ pub fn instructions(case: &Case) -> Vec<Instruction> {
     out
 }
 
-/// `case` with the instruction at `ip` (`len` bytes) overwritten by NOPs.
-fn nop_out(case: &Case, ip: u64, len: usize) -> Case {
-    let mut c = case.clone();
-    if let Some(i) = code_index(&c) {
-        let off = (ip - CODE) as usize;
-        c.memory[i].hex.0[off..off + len].fill(0x90);
-    }
-    c
+/// Whether `i` is live code: neither a NOP (what minimising writes) nor HLT (how programs end).
+fn is_live(i: &Instruction) -> bool {
+    !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt)
 }
 
 /// `case` with every live instruction (not NOP or HLT) for which `drop` holds overwritten by NOPs.
@@ -95,7 +90,7 @@ pub fn nop_where(case: &Case, mut drop: impl FnMut(&Instruction) -> bool) -> Cas
     let mut c = case.clone();
     if let Some(i) = code_index(&c) {
         for ins in instructions(case) {
-            if !matches!(ins.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt) && drop(&ins) {
+            if is_live(&ins) && drop(&ins) {
                 let off = (ins.ip() - CODE) as usize;
                 c.memory[i].hex.0[off..off + ins.len()].fill(0x90);
             }
@@ -107,10 +102,9 @@ pub fn nop_where(case: &Case, mut drop: impl FnMut(&Instruction) -> bool) -> Cas
 /// The distinct mnemonics of the live instructions (not NOP or HLT) of `case`, in program order.
 fn live_mnemonics(case: &Case) -> Vec<Mnemonic> {
     let mut out = Vec::new();
-    for i in instructions(case) {
-        let m = i.mnemonic();
-        if !matches!(m, Mnemonic::Nop | Mnemonic::Hlt) && !out.contains(&m) {
-            out.push(m);
+    for i in instructions(case).iter().filter(|i| is_live(i)) {
+        if !out.contains(&i.mnemonic()) {
+            out.push(i.mnemonic());
         }
     }
     out
@@ -151,11 +145,11 @@ pub fn focus(case: &Case, mut still_differs: impl FnMut(&Case) -> bool) -> Case 
 /// NOPs (last run first) and each replacement kept while `still_differs` holds; single instructions
 /// get a second pass. Returns the smallest case found.
 pub fn minimise(case: &Case, mut still_differs: impl FnMut(&Case) -> bool) -> Case {
-    let live = |c: &Case| -> Vec<(u64, usize)> {
+    let live = |c: &Case| -> Vec<u64> {
         instructions(c)
             .iter()
-            .filter(|i| !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt))
-            .map(|i| (i.ip(), i.len()))
+            .filter(|i| is_live(i))
+            .map(Instruction::ip)
             .collect()
     };
     let mut best = case.clone();
@@ -166,10 +160,8 @@ pub fn minimise(case: &Case, mut still_differs: impl FnMut(&Case) -> bool) -> Ca
         let mut end = ins.len();
         while end > 0 {
             let start = end.saturating_sub(chunk);
-            let mut trial = best.clone();
-            for &(ip, len) in &ins[start..end] {
-                trial = nop_out(&trial, ip, len);
-            }
+            let run_ips = &ins[start..end];
+            let trial = nop_where(&best, |i| run_ips.contains(&i.ip()));
             if still_differs(&trial) {
                 best = trial;
             }
@@ -196,16 +188,10 @@ pub fn classify(minimised: &Case, kvm: &CaseResult) -> String {
     {
         return format!("{:?} refused", at.mnemonic());
     }
-    let mut names: Vec<String> = Vec::new();
-    for i in &ins {
-        if matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt) {
-            continue;
-        }
-        let n = format!("{:?}", i.mnemonic());
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
+    let names: Vec<String> = live_mnemonics(minimised)
+        .iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
     if names.is_empty() {
         "empty".into()
     } else {
@@ -274,12 +260,7 @@ pub fn minimise_mismatch(
     if refused {
         // The refused instruction is the one at KVM's RIP: no need to minimise on KVM. Keep it and
         // the final HLT (the rest NOPed) as the minimised case.
-        let mut minimised = case.clone();
-        for i in instructions(case) {
-            if i.ip() != kvm.regs.rip.0 && !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt) {
-                minimised = nop_out(&minimised, i.ip(), i.len());
-            }
-        }
+        let minimised = nop_where(case, |i| i.ip() != kvm.regs.rip.0);
         let mut class = classify(case, kvm);
         if let Some(m) = class.strip_suffix(" refused")
             && refusals()
@@ -307,7 +288,10 @@ pub fn minimise_mismatch(
         trial_cap(original.instructions),
     );
     let paths: std::collections::HashSet<String> =
-        compare(kvm, case).into_iter().map(|d| d.path).collect();
+        diff(kvm, &original.result, &undefined_masked(original.undefined))
+            .into_iter()
+            .map(|d| d.path)
+            .collect();
     let mut still_differs = |trial: &Case| {
         let o = run_capped(trial, cap);
         if o.tainted || o.result.exit.kind() != model_kind {
@@ -333,10 +317,11 @@ pub fn minimise_mismatch(
             // prefix on which KVM and the interpreter disagree (see `culprit`). The class
             // is then that mnemonic and the rest is context, so a deviation naming one mnemonic
             // cannot absorb a mismatch another instruction causes.
-            if live_mnemonics(&minimised).len() > 1
+            let names = live_mnemonics(&minimised);
+            if names.len() > 1
                 && let Some(m) = culprit(&minimised, cap, &mut run)
             {
-                let context: Vec<String> = live_mnemonics(&minimised)
+                let context: Vec<String> = names
                     .into_iter()
                     .filter(|&x| x != m)
                     .map(|x| format!("{x:?}"))
@@ -367,25 +352,14 @@ fn culprit(
     cap: u64,
     mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
 ) -> Option<Mnemonic> {
-    let live: Vec<Instruction> = instructions(case)
-        .into_iter()
-        .filter(|i| !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt))
-        .collect();
+    let live: Vec<Instruction> = instructions(case).into_iter().filter(is_live).collect();
     for (k, last) in live.iter().enumerate() {
         let prefix = nop_where(case, |i| live[k + 1..].iter().any(|l| l.ip() == i.ip()));
-        let o = run_capped(&prefix, cap);
-        // A prefix that lost its loop bound runs away (KVM would spin to the deadline): skip it,
-        // like one the interpreter cannot predict.
-        if o.tainted
-            || matches!(
-                o.result.exit,
-                Exit::UnsupportedInstruction { .. } | Exit::Timeout { .. }
-            )
-        {
+        let Some(o) = predict(&prefix, cap) else {
             continue;
-        }
+        };
         let Ok(r) = run(&prefix) else { return None };
-        if !diff(&r, &o.result, &undefined_masked(o.undefined)).is_empty() {
+        if !agrees(&r, &o) {
             return Some(last.mnemonic());
         }
     }
@@ -404,6 +378,26 @@ fn run_capped(case: &Case, cap: u64) -> interp::Outcome {
     let mut m = Machine::new(case);
     m.set_cap(cap);
     m.run()
+}
+
+/// The interpreter's prediction for a program derived from a generated one by NOPing some of its
+/// instructions, or `None` when there is nothing to compare: NOPing the set-up of a later
+/// instruction can leave it out of the interpreter's scope (a flag read while undefined, a 16-bit
+/// SHRD count above 16), and one that lost its loop bound runs away (KVM would spin to the
+/// deadline).
+pub fn predict(case: &Case, cap: u64) -> Option<interp::Outcome> {
+    let o = run_capped(case, cap);
+    let out_of_scope = o.tainted
+        || matches!(
+            o.result.exit,
+            Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
+        );
+    (!out_of_scope).then_some(o)
+}
+
+/// Whether KVM's result agrees with the interpreter's outcome (undefined flags masked).
+pub fn agrees(kvm: &CaseResult, model: &interp::Outcome) -> bool {
+    diff(kvm, &model.result, &undefined_masked(model.undefined)).is_empty()
 }
 
 /// Explains a mismatching case completely: minimises it ([`minimise_mismatch`]), then runs the
@@ -433,23 +427,14 @@ pub fn explain(
             break;
         }
         let residual = nop_where(&cur, |i| names.contains(&i.mnemonic()));
-        let o = run_capped(&residual, cap);
-        // NOPing the set-up of a later instruction can leave it out of the interpreter's scope
-        // (a flag read while undefined, a 16-bit SHRD count above 16): nothing to compare then.
-        // And a residual that ends differently from the original in the interpreter (its loop
-        // bound or its pointer set-up was NOPed: it may now run away through memory, page tables
+        // A residual that ends differently from the original in the interpreter (its loop bound
+        // or its pointer set-up was NOPed: it may now run away through memory, page tables
         // included) checks nothing the original program asked for.
-        if o.tainted
-            || o.result.exit.kind() != model_kind
-            || matches!(
-                o.result.exit,
-                Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
-            )
-        {
+        let Some(o) = predict(&residual, cap).filter(|o| o.result.exit.kind() == model_kind) else {
             break;
-        }
+        };
         let Ok(r) = run(&residual) else { break };
-        if diff(&r, &o.result, &undefined_masked(o.undefined)).is_empty() {
+        if agrees(&r, &o) {
             break;
         }
         cur = residual;

@@ -759,23 +759,9 @@ pub fn explained_by_known_classes(
     let residual = crate::differential::nop_where(case, |i| {
         class_of(&format!("{:?}", i.mnemonic())).is_some()
     });
-    let o = kvmconf_guests::interp::Machine::new(&residual).run();
-    if o.tainted
-        || matches!(
-            o.result.exit,
-            Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
-        )
-    {
-        return None;
-    }
+    let o = crate::differential::predict(&residual, kvmconf_guests::interp::INSTRUCTION_CAP)?;
     let k = run(&residual).ok()?;
-    let mask = DiffMask {
-        rflags_ignore: o.undefined,
-        ..DiffMask::default()
-    };
-    diff(&k, &o.result, &mask)
-        .is_empty()
-        .then(|| present.join(","))
+    crate::differential::agrees(&k, &o).then(|| present.join(","))
 }
 
 /// The signature and known-deviation id of a mismatch. `kvm` is the side that ran under KVM's
