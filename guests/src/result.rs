@@ -407,57 +407,34 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
     }
 }
 
-#[cfg(test)]
-thread_local! {
-    /// Tests: render whole results (the reference the part-wise rendering must equal).
-    static WHOLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+/// A part of a result as a JSON value.
+fn json<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).expect("results serialize")
 }
 
-/// Serialising any part of a result to a JSON value, through one object-safe call.
-mod erased {
-    /// A part of a result that renders to JSON.
-    pub trait Ser {
-        /// The part as a JSON value.
-        fn value(&self) -> serde_json::Value;
+/// `r` as the comparison sees it: no name, and what `mask` leaves out cleared.
+fn masked(r: &CaseResult, mask: &DiffMask) -> CaseResult {
+    let mut r = r.clone();
+    r.name.clear();
+    r.regs.rflags.0 &= !mask.rflags_ignore;
+    if mask.skip_segs {
+        r.segs = Segs::default();
     }
-
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> serde_json::Value {
-            serde_json::to_value(self).expect("results serialize")
-        }
+    if mask.skip_cr {
+        r.cr = Cr::default();
     }
+    if mask.skip_steps {
+        r.steps.clear();
+    }
+    r
 }
 
 /// Lists every field where `a` and `b` differ, register names and hex values included.
 pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
-    let masked = |r: &CaseResult| {
-        let mut r = r.clone();
-        r.name.clear();
-        r.regs.rflags.0 &= !mask.rflags_ignore;
-        if mask.skip_segs {
-            r.segs = Segs::default();
-        }
-        if mask.skip_cr {
-            r.cr = Cr::default();
-        }
-        if mask.skip_steps {
-            r.steps.clear();
-        }
-        r
-    };
-    let (ma, mb) = (masked(a), masked(b));
+    let (ma, mb) = (masked(a, mask), masked(b, mask));
     // Equal results (the common case) need no rendering.
     if ma == mb {
         return vec![];
-    }
-    #[cfg(test)]
-    if WHOLE.with(std::cell::Cell::get) {
-        let flat = |r: &CaseResult| {
-            let mut m = BTreeMap::new();
-            flatten("", &erased::Ser::value(r), &mut m);
-            m
-        };
-        return field_diffs(&flat(&ma), &flat(&mb));
     }
     // Render only the parts that differ (a memory dump renders to thousands of characters); the
     // paths are those of the whole result flattened, as `diff_whole` (the tests' reference) gives.
@@ -470,34 +447,33 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
             flatten(path, &y, &mut fb);
         }
     };
-    let val = |v: &dyn erased::Ser| Some(v.value());
     if ma.exit != mb.exit {
-        part("exit", val(&ma.exit), val(&mb.exit));
+        part("exit", Some(json(&ma.exit)), Some(json(&mb.exit)));
     }
     if ma.trace != mb.trace {
-        part("trace", val(&ma.trace), val(&mb.trace));
+        part("trace", Some(json(&ma.trace)), Some(json(&mb.trace)));
     }
     if ma.regs != mb.regs {
-        part("regs", val(&ma.regs), val(&mb.regs));
+        part("regs", Some(json(&ma.regs)), Some(json(&mb.regs)));
     }
     if ma.segs != mb.segs {
-        part("segs", val(&ma.segs), val(&mb.segs));
+        part("segs", Some(json(&ma.segs)), Some(json(&mb.segs)));
     }
     if ma.cr != mb.cr {
-        part("cr", val(&ma.cr), val(&mb.cr));
+        part("cr", Some(json(&ma.cr)), Some(json(&mb.cr)));
     }
     if ma.memory.len() != mb.memory.len() {
-        part("memory", val(&ma.memory), val(&mb.memory));
+        part("memory", Some(json(&ma.memory)), Some(json(&mb.memory)));
     } else {
         for (i, (x, y)) in ma.memory.iter().zip(&mb.memory).enumerate() {
             if x != y {
-                part(&format!("memory[{i}]"), val(x), val(y));
+                part(&format!("memory[{i}]"), Some(json(x)), Some(json(y)));
             }
         }
     }
     if ma.steps != mb.steps {
         // An empty list is not serialised at all (absent), as in the whole result.
-        let steps = |r: &CaseResult| (!r.steps.is_empty()).then(|| erased::Ser::value(&r.steps));
+        let steps = |r: &CaseResult| (!r.steps.is_empty()).then(|| json(&r.steps));
         part("steps", steps(&ma), steps(&mb));
     }
     field_diffs(&fa, &fb)
@@ -548,12 +524,16 @@ mod tests {
         r
     }
 
-    /// Renders the differences of `a` and `b` from the whole flattened results.
+    /// Renders the differences of `a` and `b` from the whole flattened results (the reference the
+    /// part-wise rendering of `diff` must equal).
     fn diff_whole(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
-        WHOLE.with(|w| w.set(true));
-        let d = diff(a, b, mask);
-        WHOLE.with(|w| w.set(false));
-        d
+        let (ma, mb) = (masked(a, mask), masked(b, mask));
+        let flat = |r: &CaseResult| {
+            let mut m = BTreeMap::new();
+            flatten("", &json(r), &mut m);
+            m
+        };
+        field_diffs(&flat(&ma), &flat(&mb))
     }
 
     #[test]
