@@ -298,6 +298,19 @@ fn fnv1a(b: &[u8]) -> u64 {
     h
 }
 
+/// Byte runs as C: an array `<prefix>N` for each run, then the zero-terminated table `decl[]` of
+/// `{address, length, bytes}` rows (`decl` is e.g. `const struct image images`).
+fn c_runs(s: &mut String, prefix: &str, decl: &str, runs: &[(u64, Vec<u8>)], konst: bool) {
+    for (i, (_, b)) in runs.iter().enumerate() {
+        s.push_str(&c_bytes(&format!("{prefix}{i}"), b, konst));
+    }
+    let _ = writeln!(s, "static {decl}[] = {{");
+    for (i, (a, b)) in runs.iter().enumerate() {
+        let _ = writeln!(s, "  {{0x{a:x}ULL, {}, {prefix}{i}}},", b.len());
+    }
+    s.push_str("  {0, 0, 0},\n};\n");
+}
+
 fn c_bytes(name: &str, b: &[u8], konst: bool) -> String {
     let mut s = format!(
         "static {}uint8_t {name}[{}] = {{",
@@ -400,14 +413,13 @@ pub fn emit_c(case: &Case) -> String {
     errc.push_str("};\n");
     s.push_str(&errc);
     // Images.
-    for (i, (_, b)) in model.image.iter().enumerate() {
-        s.push_str(&c_bytes(&format!("img{i}"), b, true));
-    }
-    s.push_str("static const struct image images[] = {\n");
-    for (i, (a, b)) in model.image.iter().enumerate() {
-        let _ = writeln!(s, "  {{0x{a:x}ULL, {}, img{i}}},", b.len());
-    }
-    s.push_str("  {0, 0, 0},\n};\n");
+    c_runs(
+        &mut s,
+        "img",
+        "const struct image images",
+        &model.image,
+        true,
+    );
     let _ = writeln!(s, "#define N_IMAGES {}", model.image.len());
     s.push_str("static const struct range slots[] = {\n");
     let rs = lay.ram_slots();
@@ -416,14 +428,7 @@ pub fn emit_c(case: &Case) -> String {
     }
     s.push_str("  {0, 0},\n};\n");
     let _ = writeln!(s, "#define N_SLOTS {}", rs.len());
-    for (i, (_, b)) in model.mmio.iter().enumerate() {
-        s.push_str(&c_bytes(&format!("mmio{i}"), b, false));
-    }
-    s.push_str("static struct mmio mmios[] = {\n");
-    for (i, (a, b)) in model.mmio.iter().enumerate() {
-        let _ = writeln!(s, "  {{0x{a:x}ULL, {}, mmio{i}}},", b.len());
-    }
-    s.push_str("  {0, 0, 0},\n};\n");
+    c_runs(&mut s, "mmio", "struct mmio mmios", &model.mmio, false);
     let _ = writeln!(s, "#define N_MMIO {}", model.mmio.len());
     s.push_str("static const uint64_t io_in[] = {");
     for v in &case.io_in {
