@@ -593,20 +593,18 @@ mod tests {
         let path = write_atomic(&dir, &file_name(&small), &render(&small, &[]).unwrap()).unwrap();
         let a = load(&path, None).expect("loads");
         assert_eq!(a.target, Target::StateEntry);
-        let out = r.replay(&a);
-        assert_eq!(out.len(), 1);
-        let g = out[0]
-            .1
-            .as_ref()
-            .expect("runs")
-            .finding
-            .clone()
-            .expect("reproduces");
+        let g = replayed_finding(&mut r, &a).expect("reproduces");
         assert_eq!(g.signature, f.signature);
         // Under the real oracle alone the same file shows nothing on a conforming host path.
-        let plain = Runner::new(&host).replay(&a);
-        assert!(plain[0].1.as_ref().unwrap().finding.is_none());
+        assert!(replayed_finding(&mut Runner::new(&host), &a).is_none());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// What replaying `a`, a file of one input, under `r` finds (the replay must run).
+    fn replayed_finding(r: &mut Runner<'_>, a: &Artifact) -> Option<Finding> {
+        let mut out = r.replay(a);
+        assert_eq!(out.len(), 1, "one input");
+        out.remove(0).1.expect("runs").finding
     }
 
     #[test]
@@ -634,23 +632,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kvmconf-art-seq-{}", std::process::id()));
         let path = write_atomic(&dir, &file_name(&small), &render(&small, &[]).unwrap()).unwrap();
         let a = load(&path, None).expect("loads");
-        let out = r.replay(&a);
-        let g = out[0]
-            .1
-            .as_ref()
-            .expect("runs")
-            .finding
-            .clone()
-            .expect("reproduces");
+        let g = replayed_finding(&mut r, &a).expect("reproduces");
         assert_eq!(g.signature, f.signature);
-        assert!(
-            Runner::new(&host).replay(&a)[0]
-                .1
-                .as_ref()
-                .unwrap()
-                .finding
-                .is_none()
-        );
+        assert!(replayed_finding(&mut Runner::new(&host), &a).is_none());
         let _ = std::fs::remove_dir_all(dir);
     }
 
