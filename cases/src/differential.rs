@@ -100,7 +100,7 @@ pub fn nop_where(case: &Case, mut drop: impl FnMut(&Instruction) -> bool) -> Cas
 }
 
 /// The distinct mnemonics of the live instructions (not NOP or HLT) of `case`, in program order.
-fn live_mnemonics(case: &Case) -> Vec<Mnemonic> {
+pub fn live_mnemonics(case: &Case) -> Vec<Mnemonic> {
     let mut out = Vec::new();
     for i in instructions(case).iter().filter(|i| is_live(i)) {
         if !out.contains(&i.mnemonic()) {

@@ -745,20 +745,20 @@ pub fn explained_by_known_classes(
                     .then(|| REFUSES.to_string())
             })
     };
-    let mut present: Vec<String> = Vec::new();
-    for i in crate::differential::instructions(case) {
-        if let Some(id) = class_of(&format!("{:?}", i.mnemonic()))
-            && !present.contains(&id)
-        {
-            present.push(id);
+    // The program's mnemonics of known classes, and those classes' ids.
+    let (mut known, mut present) = (Vec::new(), Vec::<String>::new());
+    for m in crate::differential::live_mnemonics(case) {
+        if let Some(id) = class_of(&format!("{m:?}")) {
+            known.push(m);
+            if !present.contains(&id) {
+                present.push(id);
+            }
         }
     }
     if present.is_empty() {
         return None;
     }
-    let residual = crate::differential::nop_where(case, |i| {
-        class_of(&format!("{:?}", i.mnemonic())).is_some()
-    });
+    let residual = crate::differential::nop_where(case, |i| known.contains(&i.mnemonic()));
     let o = crate::differential::predict(&residual, kvmconf_guests::interp::INSTRUCTION_CAP)?;
     let k = run(&residual).ok()?;
     crate::differential::agrees(&k, &o).then(|| present.join(","))
