@@ -333,3 +333,51 @@ fn run_writes_tap_json_and_junit() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `kvmconf run` (issue 4): a case that outlives `--timeout-ms` is reported as failed ("hung") and
+/// the run goes on with the next case. The CPL0 spinning-guest check waits for three 100 ms
+/// deadlines on any host, so 150 ms cuts it off; the ALU check after it takes a few milliseconds.
+#[test]
+fn run_hung_case_is_reported_failed_and_the_run_goes_on() {
+    need_kvm!();
+    let dir = std::env::temp_dir().join(format!("kvmconf-run-hung-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("r.json");
+    let o = kvmconf(
+        &[
+            "run",
+            "--timeout-ms",
+            "150",
+            "--case",
+            "harness.spinning_guest_cpl0_times_out_and_vm_stays_usable",
+            "--case",
+            "harness.alu_program_cpl0_equals_cpl3",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "harness.spinning_guest_cpl0_times_out_and_vm_stays_usable",
+                "fail"
+            ),
+            ("harness.alu_program_cpl0_equals_cpl3", "pass"),
+        ]
+    );
+    let msg = rows[0]["message"].as_str().unwrap();
+    assert!(msg.contains("hung: no result within 150 ms"), "{msg}");
+    assert_eq!(v["summary"]["fail"], 1);
+    let _ = std::fs::remove_dir_all(dir);
+}
