@@ -10,6 +10,7 @@
 //! programs are valid at CPL0 and CPL3 alike (all addresses are user pages; I/O and CLI/STI raise
 //! #GP(0) at CPL3 since IOPL is 0).
 
+mod layout;
 mod program;
 pub mod source;
 

@@ -11,15 +11,107 @@ use iced_x86::code_asm::{CodeAssembler, CodeLabel};
 use iced_x86::{Code, ConditionCode, Encoder, Instruction, MemoryOperand, RepPrefixKind};
 use iced_x86::{Mnemonic, Register as R};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 /// Looks an iced-x86 `Code` up by its name (`"Add_rm32_r32"`).
 fn code(name: &str) -> Option<Code> {
-    static CODES: OnceLock<HashMap<String, Code>> = OnceLock::new();
+    static CODES: OnceLock<HashMap<String, Code, BuildHasherDefault<Fnv>>> = OnceLock::new();
     CODES
         .get_or_init(|| Code::values().map(|c| (format!("{c:?}"), c)).collect())
         .get(name)
         .copied()
+}
+
+/// FNV-1a: the names looked up are short, and SipHash's per-lookup cost showed in profiles.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// A `Code` name built on the stack from pieces (`name!(op, "_rm", 32)`), without `format!`.
+#[derive(Clone, Copy)]
+struct Name {
+    buf: [u8; 40],
+    len: usize,
+}
+
+impl Name {
+    fn new() -> Name {
+        Name {
+            buf: [0; 40],
+            len: 0,
+        }
+    }
+    fn text(&mut self, t: &str) {
+        self.buf[self.len..self.len + t.len()].copy_from_slice(t.as_bytes());
+        self.len += t.len();
+    }
+    fn number(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for i in (0..n).rev() {
+            self.buf[self.len] = digits[i];
+            self.len += 1;
+        }
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Built only from `&str` pieces and ASCII digits.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+/// One piece of a `name!`: text or a decimal number.
+trait Piece {
+    fn put(self, n: &mut Name);
+}
+
+impl Piece for &str {
+    fn put(self, n: &mut Name) {
+        n.text(self);
+    }
+}
+
+impl Piece for u64 {
+    fn put(self, n: &mut Name) {
+        n.number(self);
+    }
+}
+
+/// Concatenates text and numbers into a `Name`.
+macro_rules! name {
+    ($($p:expr),+ $(,)?) => {{
+        let mut n = Name::new();
+        $( Piece::put($p, &mut n); )+
+        n
+    }};
 }
 
 /// General register `i` (encoding order) of `size` bytes; `high` picks AH–BH for i < 4.
@@ -42,8 +134,9 @@ const CONDS: [&str; 16] = [
 ];
 
 #[derive(Clone, Debug)]
-enum Step {
-    Ins(Instruction),
+pub(super) enum Step {
+    /// An instruction, and where its bytes (encoded at `CODE`) lie in the generator's byte pool.
+    Ins(Instruction, u32, u8),
     Jcc(usize, usize),
     Jmp(usize),
     Call(usize),
@@ -73,7 +166,11 @@ struct Gen<'a> {
     avoid: Option<usize>,
     io_in: Vec<IoIn>,
     count: usize,
+    /// Encodes each instruction once, when it is picked (which also proves iced can encode it);
+    /// its buffer is the byte pool the final layout copies from.
     enc: Encoder,
+    /// Bytes in the pool that belong to pushed instructions.
+    pooled: usize,
 }
 
 /// The biased values starting registers and immediates are drawn from.
@@ -152,12 +249,32 @@ impl Gen<'_> {
         self.wreg(size)
     }
 
-    fn push_ins(&mut self, ins: Instruction) -> bool {
-        if self.enc.encode(&ins, CODE).is_err() {
-            return false;
+    /// Encodes `ins` (at `CODE`) into the byte pool: its step, or `None` if iced cannot encode it.
+    fn encoded(&mut self, ins: Instruction) -> Option<Step> {
+        let at = self.pooled;
+        match self.enc.encode(&ins, CODE) {
+            Ok(len) => {
+                self.pooled += len;
+                Some(Step::Ins(ins, at as u32, len as u8))
+            }
+            Err(_) => {
+                // Drop whatever the failed attempt left in the buffer.
+                let mut pool = self.enc.take_buffer();
+                pool.truncate(at);
+                self.enc.set_buffer(pool);
+                None
+            }
         }
-        self.steps.push(Step::Ins(ins));
-        true
+    }
+
+    fn push_ins(&mut self, ins: Instruction) -> bool {
+        match self.encoded(ins) {
+            Some(step) => {
+                self.steps.push(step);
+                true
+            }
+            None => false,
+        }
     }
 
     /// `mov reg, v` without touching flags.
@@ -297,9 +414,9 @@ impl Gen<'_> {
     /// what it leaves undefined (`extra`: value-dependent undefined bits; `effect`: whether it
     /// touches flags at all for the values it will see).
     fn emit(&mut self, ins: Instruction, extra: u64, effect: bool) {
-        if self.enc.encode(&ins, CODE).is_err() {
+        let Some(step) = self.encoded(ins) else {
             return;
-        }
+        };
         let mut reads = fl::from_iced(ins.rflags_read());
         if matches!(
             ins.mnemonic(),
@@ -316,7 +433,7 @@ impl Gen<'_> {
         if (effect || faulting) && reads & self.undef != 0 {
             self.fixup();
         }
-        self.steps.push(Step::Ins(ins));
+        self.steps.push(step);
         if effect {
             let modified = fl::from_iced(ins.rflags_modified());
             let undefined = fl::from_iced(ins.rflags_undefined()) | extra;
@@ -329,7 +446,7 @@ impl Gen<'_> {
         let r = self.rreg(4);
         let v = self.imm(4) as u32;
         let ins = Instruction::with2(Code::Cmp_rm32_imm32, r, v).expect("cmp");
-        self.steps.push(Step::Ins(ins));
+        self.push_ins(ins);
         self.undef &= !STATUS;
     }
 
@@ -393,21 +510,21 @@ impl Gen<'_> {
                 let ins = match form {
                     0 => {
                         let src = self.rreg(s);
-                        self.rm2(&format!("{op}_rm{b}_r{b}"), s, src, 35)
+                        self.rm2(&name!(op, "_rm", b, "_r", b), s, src, 35)
                     }
                     1 if op != "Test" => {
                         let d = self.wreg(s);
                         if self.chance(40) {
                             let m = self.mem(s, 0);
-                            self.with2(&format!("{op}_r{b}_rm{b}"), d, m)
+                            self.with2(&name!(op, "_r", b, "_rm", b), d, m)
                         } else {
                             let r = self.rreg(s);
-                            self.with2(&format!("{op}_r{b}_rm{b}"), d, r)
+                            self.with2(&name!(op, "_r", b, "_rm", b), d, r)
                         }
                     }
                     2 if op != "Test" && s > 1 && self.chance(50) => {
                         let v = self.imm(1) as i8 as i32;
-                        self.rm2(&format!("{op}_rm{b}_imm8"), s, v, 30)
+                        self.rm2(&name!(op, "_rm", b, "_imm8"), s, v, 30)
                     }
                     _ => {
                         let ib = b.min(32);
@@ -420,9 +537,9 @@ impl Gen<'_> {
                         if self.chance(20) {
                             let acc = gpr(0, s, false);
                             let accn = ["AL", "AX", "EAX", "RAX"][s.trailing_zeros() as usize];
-                            self.with2(&format!("{op}_{accn}_imm{ib}"), acc, v as i64 as i32)
+                            self.with2(&name!(op, "_", accn, "_imm", ib), acc, v as i64 as i32)
                         } else {
-                            self.rm2(&format!("{op}_rm{b}_imm{ib}"), s, v as i64 as i32, 30)
+                            self.rm2(&name!(op, "_rm", b, "_imm", ib), s, v as i64 as i32, 30)
                         }
                     }
                 };
@@ -435,7 +552,7 @@ impl Gen<'_> {
                     .get(self.below(4) as usize)
                     .unwrap();
                 let s = self.size();
-                let name = format!("{op}_rm{}", bits(s));
+                let name = name!(op, "_rm", bits(s));
                 let ins = if self.chance(30) {
                     let m = self.mem(s, 0);
                     Instruction::with1(code(&name).unwrap(), m).ok()
@@ -462,9 +579,9 @@ impl Gen<'_> {
                 };
                 let form = self.below(3);
                 let name = match form {
-                    0 => format!("{op}_rm{b}_1"),
-                    1 => format!("{op}_rm{b}_imm8"),
-                    _ => format!("{op}_rm{b}_CL"),
+                    0 => name!(op, "_rm", b, "_1"),
+                    1 => name!(op, "_rm", b, "_imm8"),
+                    _ => name!(op, "_rm", b, "_CL"),
                 };
                 let count = if form == 0 { 1 } else { count };
                 let masked = count & if s == 8 { 0x3f } else { 0x1f };
@@ -514,7 +631,7 @@ impl Gen<'_> {
                 if cl {
                     self.set(R::CL, count);
                 }
-                let name = format!("{op}_rm{b}_r{b}_{}", if cl { "CL" } else { "imm8" });
+                let name = name!(op, "_rm", b, "_r", b, "_", if cl { "CL" } else { "imm8" });
                 let c = code(&name).unwrap();
                 let ins = match dst {
                     O::M(m) if cl => Instruction::with3(c, m, src, R::CL),
@@ -536,7 +653,7 @@ impl Gen<'_> {
                 let ins = match k {
                     0 | 3 | 4 => {
                         let op = ["Mul", "", "", "Div", "Idiv"][k as usize];
-                        let name = format!("{op}_rm{b}");
+                        let name = name!(op, "_rm", b);
                         if self.chance(30) {
                             let m = self.mem(s, 0);
                             Instruction::with1(code(&name).unwrap(), m).ok()
@@ -548,17 +665,22 @@ impl Gen<'_> {
                     1 if s > 1 => {
                         let d = self.wreg(s);
                         let r = self.rreg(s);
-                        self.with2(&format!("Imul_r{b}_rm{b}"), d, r)
+                        self.with2(&name!("Imul_r", b, "_rm", b), d, r)
                     }
                     2 if s > 1 => {
                         let d = self.wreg(s);
                         let r = self.rreg(s);
                         let v = self.imm(1) as i8 as i32;
-                        Instruction::with3(code(&format!("Imul_r{b}_rm{b}_imm8")).unwrap(), d, r, v)
-                            .ok()
+                        Instruction::with3(
+                            code(&name!("Imul_r", b, "_rm", b, "_imm8")).unwrap(),
+                            d,
+                            r,
+                            v,
+                        )
+                        .ok()
                     }
                     _ => {
-                        let name = format!("Imul_rm{b}");
+                        let name = name!("Imul_rm", b);
                         let r = self.rreg(s);
                         Instruction::with1(code(&name).unwrap(), r).ok()
                     }
@@ -576,7 +698,7 @@ impl Gen<'_> {
                 let b = bits(s);
                 let ins = if self.chance(50) {
                     let v = self.below(256) as i32;
-                    self.rm2(&format!("{op}_rm{b}_imm8"), s, v, 40)
+                    self.rm2(&name!(op, "_rm", b, "_imm8"), s, v, 40)
                 } else if self.chance(50) {
                     // Register bit offset into memory: signed, may reach ±32 bytes.
                     let r = self.wreg(s);
@@ -585,11 +707,11 @@ impl Gen<'_> {
                     let m = self.mem(s, 48);
                     self.avoid = None;
                     self.set(r, v);
-                    self.with2(&format!("{op}_rm{b}_r{b}"), m, r)
+                    self.with2(&name!(op, "_rm", b, "_r", b), m, r)
                 } else {
                     let d = self.wreg(s);
                     let r = self.rreg(s);
-                    self.with2(&format!("{op}_rm{b}_r{b}"), d, r)
+                    self.with2(&name!(op, "_rm", b, "_r", b), d, r)
                 };
                 if let Some(i) = ins {
                     self.emit(i, 0, true);
@@ -604,10 +726,10 @@ impl Gen<'_> {
                 let d = self.wreg(s);
                 let ins = if self.chance(30) {
                     let m = self.mem(s, 0);
-                    self.with2(&format!("{op}_r{b}_rm{b}"), d, m)
+                    self.with2(&name!(op, "_r", b, "_rm", b), d, m)
                 } else {
                     let r = self.rreg(s);
-                    self.with2(&format!("{op}_r{b}_rm{b}"), d, r)
+                    self.with2(&name!(op, "_r", b, "_rm", b), d, r)
                 };
                 if let Some(i) = ins {
                     self.emit(i, 0, true);
@@ -620,12 +742,12 @@ impl Gen<'_> {
                 let ins = match self.below(8) {
                     0 => {
                         let src = self.rreg(s);
-                        self.rm2(&format!("Mov_rm{b}_r{b}"), s, src, 50)
+                        self.rm2(&name!("Mov_rm", b, "_r", b), s, src, 50)
                     }
                     1 => {
                         let d = self.wreg(s);
                         let m = self.mem(s, 0);
-                        self.with2(&format!("Mov_r{b}_rm{b}"), d, m)
+                        self.with2(&name!("Mov_r", b, "_rm", b), d, m)
                     }
                     2 => {
                         let d = self.wreg(s);
@@ -633,12 +755,12 @@ impl Gen<'_> {
                         if s == 8 {
                             self.with2("Mov_r64_imm64", d, v)
                         } else {
-                            self.with2(&format!("Mov_r{b}_imm{b}"), d, v as u32)
+                            self.with2(&name!("Mov_r", b, "_imm", b), d, v as u32)
                         }
                     }
                     3 => {
                         let v = self.imm(s.min(4)) as u32;
-                        self.rm2(&format!("Mov_rm{b}_imm{}", b.min(32)), s, v as i32, 60)
+                        self.rm2(&name!("Mov_rm", b, "_imm", b.min(32)), s, v as i32, 60)
                     }
                     4 | 5 => {
                         let (d, from) = *[(2u64, 1u64), (4, 1), (8, 1), (4, 2), (8, 2), (8, 4)]
@@ -646,9 +768,9 @@ impl Gen<'_> {
                             .unwrap();
                         let zx = self.chance(50) && from < 4;
                         let name = match (zx, from) {
-                            (true, _) => format!("Movzx_r{}_rm{}", bits(d), bits(from)),
-                            (false, 4) => "Movsxd_r64_rm32".to_string(),
-                            (false, _) => format!("Movsx_r{}_rm{}", bits(d), bits(from)),
+                            (true, _) => name!("Movzx_r", bits(d), "_rm", bits(from)),
+                            (false, 4) => name!("Movsxd_r64_rm32"),
+                            (false, _) => name!("Movsx_r", bits(d), "_rm", bits(from)),
                         };
                         let dr = self.wreg(d);
                         if self.chance(30) {
@@ -663,14 +785,14 @@ impl Gen<'_> {
                         let s = self.size_min16();
                         let d = self.wreg(s);
                         let m = self.mem(1, 0);
-                        self.with2(&format!("Lea_r{}_m", bits(s)), d, m)
+                        self.with2(&name!("Lea_r", bits(s), "_m"), d, m)
                     }
                     _ => {
                         let op = *["Xchg", "Xadd", "Cmpxchg"]
                             .get(self.below(3) as usize)
                             .unwrap();
                         let src = self.wreg(s);
-                        self.rm2(&format!("{op}_rm{b}_r{b}"), s, src, 40)
+                        self.rm2(&name!(op, "_rm", b, "_r", b), s, src, 40)
                     }
                 };
                 if let Some(i) = ins {
@@ -680,17 +802,17 @@ impl Gen<'_> {
             70..=74 => {
                 let cc = CONDS[self.below(16) as usize];
                 let ins = if self.chance(50) {
-                    self.rm2(&format!("Set{cc}_rm8"), 1, O::N, 30)
+                    self.rm2(&name!("Set", cc, "_rm8"), 1, O::N, 30)
                 } else {
                     let s = self.size_min16();
                     let b = bits(s);
                     let d = self.wreg(s);
                     if self.chance(30) {
                         let m = self.mem(s, 0);
-                        self.with2(&format!("Cmov{cc}_r{b}_rm{b}"), d, m)
+                        self.with2(&name!("Cmov", cc, "_r", b, "_rm", b), d, m)
                     } else {
                         let r = self.rreg(s);
-                        self.with2(&format!("Cmov{cc}_r{b}_rm{b}"), d, r)
+                        self.with2(&name!("Cmov", cc, "_r", b, "_rm", b), d, r)
                     }
                 };
                 if let Some(i) = ins {
@@ -796,11 +918,11 @@ impl Gen<'_> {
                 let ins = match self.below(3) {
                     0 => {
                         let r = self.rreg(word);
-                        Instruction::with1(code(&format!("Push_r{b}")).unwrap(), r).ok()
+                        Instruction::with1(code(&name!("Push_r", b)).unwrap(), r).ok()
                     }
                     1 => {
                         let m = self.mem(word, 0);
-                        Instruction::with1(code(&format!("Push_rm{b}")).unwrap(), m).ok()
+                        Instruction::with1(code(&name!("Push_rm", b)).unwrap(), m).ok()
                     }
                     _ => {
                         let name = match word {
@@ -820,10 +942,10 @@ impl Gen<'_> {
             3 | 4 if self.depth >= word => {
                 let ins = if self.chance(50) {
                     let r = self.wreg(word);
-                    Instruction::with1(code(&format!("Pop_r{b}")).unwrap(), r).ok()
+                    Instruction::with1(code(&name!("Pop_r", b)).unwrap(), r).ok()
                 } else {
                     let m = self.mem(word, 0);
-                    Instruction::with1(code(&format!("Pop_rm{b}")).unwrap(), m).ok()
+                    Instruction::with1(code(&name!("Pop_rm", b)).unwrap(), m).ok()
                 };
                 if let Some(i) = ins {
                     self.depth -= word;
@@ -840,7 +962,7 @@ impl Gen<'_> {
                 self.emit(Instruction::with(code(name).unwrap()), 0, true);
                 let r = self.wreg(word);
                 self.emit(
-                    Instruction::with1(code(&format!("Pop_r{b}")).unwrap(), r).unwrap(),
+                    Instruction::with1(code(&name!("Pop_r", b)).unwrap(), r).unwrap(),
                     0,
                     true,
                 );
@@ -961,7 +1083,7 @@ impl Gen<'_> {
                     Mode::Prot32 => Instruction::with(Code::Retnd),
                     Mode::Real16 => Instruction::with(Code::Retnw),
                 };
-                self.steps.push(Step::Ins(ret));
+                self.push_ins(ret);
                 self.steps.push(Step::Label(over));
             }
         }
@@ -1099,10 +1221,10 @@ impl Gen<'_> {
             });
         }
         let ins = match (input, dx) {
-            (true, true) => self.with2(&format!("In_{accn}_DX"), acc, R::DX),
-            (true, false) => self.with2(&format!("In_{accn}_imm8"), acc, port as u32),
-            (false, true) => self.with2(&format!("Out_DX_{accn}"), R::DX, acc),
-            (false, false) => self.with2(&format!("Out_imm8_{accn}"), port as u32, acc),
+            (true, true) => self.with2(&name!("In_", accn, "_DX"), acc, R::DX),
+            (true, false) => self.with2(&name!("In_", accn, "_imm8"), acc, port as u32),
+            (false, true) => self.with2(&name!("Out_DX_", accn), R::DX, acc),
+            (false, false) => self.with2(&name!("Out_imm8_", accn), port as u32, acc),
         };
         if let Some(i) = ins {
             self.emit(i, 0, true);
@@ -1198,7 +1320,13 @@ fn cond_code(i: usize) -> ConditionCode {
     ][i]
 }
 
-fn assemble(mode: Mode, steps: &[Step], labels: usize) -> Result<Vec<u8>, iced_x86::IcedError> {
+/// Lays out and encodes the steps with iced-x86's `CodeAssembler` (and so its `BlockEncoder`): the
+/// reference for `layout::assemble`, and the fallback where that declines.
+pub(super) fn assemble_iced(
+    mode: Mode,
+    steps: &[Step],
+    labels: usize,
+) -> Result<Vec<u8>, iced_x86::IcedError> {
     // Labels placed back to back share one position: alias them to the first.
     let mut alias: Vec<usize> = (0..labels).collect();
     let mut run: Option<usize> = None;
@@ -1223,7 +1351,7 @@ fn assemble(mode: Mode, steps: &[Step], labels: usize) -> Result<Vec<u8>, iced_x
                 prev_label = true;
                 continue;
             }
-            Step::Ins(i) => a.add_instruction(*i)?,
+            Step::Ins(i, ..) => a.add_instruction(*i)?,
             Step::Jmp(l) => a.jmp(ls[alias[*l]])?,
             Step::Call(l) => a.call(ls[alias[*l]])?,
             Step::Jcc(cc, l) => {
@@ -1265,7 +1393,6 @@ fn assemble(mode: Mode, steps: &[Step], labels: usize) -> Result<Vec<u8>, iced_x
     a.assemble(CODE)
 }
 
-/// Builds one case.
 /// Whether a generated instruction may deliver an exception (#DE, #BP, #OF, or #GP for I/O and
 /// CLI/STI at CPL3), which pushes RFLAGS.
 fn may_fault(m: Mnemonic) -> bool {
@@ -1290,7 +1417,8 @@ fn may_fault(m: Mnemonic) -> bool {
     )
 }
 
-pub(super) fn build(opts: &Options, src: &mut dyn Source, name: &str) -> Case {
+/// The starting registers and the program's steps (placed labels included), before layout.
+fn program<'a>(opts: &Options, src: &'a mut dyn Source) -> (Gen<'a>, crate::case::RegsInit) {
     let mode = opts.mode;
     let mut g = Gen {
         src,
@@ -1307,6 +1435,7 @@ pub(super) fn build(opts: &Options, src: &mut dyn Source, name: &str) -> Case {
         io_in: Vec::new(),
         count: 0,
         enc: Encoder::new(mode.bitness()),
+        pooled: 0,
     };
     // Starting state.
     let wide = if mode == Mode::Long64 { 8 } else { 4 };
@@ -1356,7 +1485,24 @@ pub(super) fn build(opts: &Options, src: &mut dyn Source, name: &str) -> Case {
         g.count += 1;
     }
     g.place_due(true);
-    let code_bytes = match assemble(mode, &g.steps, g.labels) {
+    (g, regs)
+}
+
+/// A program's steps, label count and byte pool, for the layout tests.
+#[cfg(test)]
+pub(super) fn steps_of(opts: &Options, src: &mut dyn Source) -> (Vec<Step>, usize, Vec<u8>) {
+    let (mut g, _) = program(opts, src);
+    let pool = g.enc.take_buffer();
+    (std::mem::take(&mut g.steps), g.labels, pool)
+}
+
+/// Builds one case.
+pub(super) fn build(opts: &Options, src: &mut dyn Source, name: &str) -> Case {
+    let mode = opts.mode;
+    let (mut g, regs) = program(opts, src);
+    let pool = g.enc.take_buffer();
+    let fast = super::layout::assemble(mode, &g.steps, g.labels, &pool);
+    let code_bytes = match fast.map_or_else(|| assemble_iced(mode, &g.steps, g.labels), Ok) {
         Ok(b) => b,
         Err(e) => {
             if std::env::var("GEN_DEBUG").is_ok() {
@@ -1366,10 +1512,10 @@ pub(super) fn build(opts: &Options, src: &mut dyn Source, name: &str) -> Case {
             let straight: Vec<Step> = g
                 .steps
                 .iter()
-                .filter(|s| matches!(s, Step::Ins(i) if i.mnemonic() != Mnemonic::Ret))
+                .filter(|s| matches!(s, Step::Ins(i, ..) if i.mnemonic() != Mnemonic::Ret))
                 .cloned()
                 .collect();
-            assemble(mode, &straight, 0).unwrap_or_else(|_| vec![0xf4])
+            assemble_iced(mode, &straight, 0).unwrap_or_else(|_| vec![0xf4])
         }
     };
     // Data: zeros, ones and random bytes in runs.
@@ -1378,12 +1524,11 @@ pub(super) fn build(opts: &Options, src: &mut dyn Source, name: &str) -> Case {
     while i < data.len() {
         let run = 1 + g.below(64) as usize;
         let kind = g.below(3);
-        for b in data.iter_mut().skip(i).take(run) {
-            *b = match kind {
-                0 => 0,
-                1 => 0xff,
-                _ => g.src.next_u64() as u8,
-            };
+        let end = (i + run).min(data.len());
+        match kind {
+            0 => {} // already zero
+            1 => data[i..end].fill(0xff),
+            _ => g.src.fill_low_bytes(&mut data[i..end]),
         }
         i += run;
     }

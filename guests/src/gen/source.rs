@@ -15,6 +15,14 @@ pub trait Source {
         self.below(100) < percent
     }
 
+    /// Fills `out` with the low bytes of successive `next_u64` values (one value per byte), in one
+    /// call rather than one virtual call a byte.
+    fn fill_low_bytes(&mut self, out: &mut [u8]) {
+        for b in out {
+            *b = self.next_u64() as u8;
+        }
+    }
+
     /// One element of a non-empty slice.
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T
     where
