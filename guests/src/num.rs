@@ -102,12 +102,15 @@ pub fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
 /// Encodes bytes as lower-case hex with no separators.
 pub fn encode_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    // Both digits of every byte value, looked up once per byte.
+    static PAIRS: std::sync::LazyLock<[[u8; 2]; 256]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(|b| [DIGITS[b >> 4], DIGITS[b & 0xf]]));
+    let pairs = &*PAIRS;
+    let mut out = vec![0u8; bytes.len() * 2];
+    for (o, &b) in out.chunks_exact_mut(2).zip(bytes) {
+        o.copy_from_slice(&pairs[usize::from(b)]);
     }
-    s
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 impl Serialize for HexBytes {
