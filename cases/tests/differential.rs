@@ -265,3 +265,51 @@ fn with_forced_emulation(c: &Case) -> Option<Case> {
     p.memory[0].hex.0 = code;
     Some(p)
 }
+
+/// The forced-emulation rewrite itself, checked without KVM (the run above is skipped on hosts where
+/// the kernel parameter is 0): every instruction of an accepted program is preceded by exactly the
+/// five prefix bytes and keeps its own bytes; programs with branches, RIP-relative operands or no
+/// HLT are declined, and enough straight-line ones are accepted to make the run meaningful.
+#[test]
+fn forced_emulation_rewrite_prefixes_each_instruction_once() {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl};
+    let (mut accepted, mut declined) = (0, 0);
+    for i in 0..400u64 {
+        let c = kvmconf_guests::r#gen::case_from_seed(Mode::Long64, 0xfe, i);
+        let ins = kvmconf_cases::differential::instructions(&c);
+        let Some(p) = with_forced_emulation(&c) else {
+            declined += 1;
+            continue;
+        };
+        accepted += 1;
+        assert!(
+            ins.iter().all(|i| i.flow_control() == FlowControl::Next
+                || i.mnemonic() == iced_x86::Mnemonic::Hlt),
+            "{}: a program with branches was accepted",
+            c.name
+        );
+        let code = &p.memory[0].hex.0;
+        let mut at = 0;
+        for orig in &ins {
+            assert_eq!(
+                &code[at..at + 5],
+                &[0x0f, 0x0b, 0x6b, 0x76, 0x6d],
+                "{}: prefix before {orig} at offset {at}",
+                c.name
+            );
+            at += 5;
+            let mut d = Decoder::with_ip(64, &code[at..], 0, DecoderOptions::NONE);
+            let got = d.decode();
+            assert_eq!(
+                (got.code(), got.len()),
+                (orig.code(), orig.len()),
+                "{}: instruction after the prefix at offset {at}",
+                c.name
+            );
+            at += got.len();
+        }
+        assert_eq!(at, code.len(), "{}: trailing bytes", c.name);
+    }
+    assert!(accepted >= 20, "only {accepted} of 400 programs accepted");
+    assert!(declined >= 20, "only {declined} of 400 programs declined");
+}
