@@ -228,6 +228,7 @@ impl Machine {
     }
 
     /// Executes one instruction (delivering any exception it raises).
+    #[inline]
     pub fn step(&mut self) -> Result<(), Stop> {
         if self.count >= self.cap {
             return Err(Stop::Timeout);
@@ -279,6 +280,7 @@ impl Machine {
         (Some(ins).filter(|i| !i.is_invalid()), n)
     }
 
+    #[inline(always)]
     fn exec_one(&mut self) -> Res {
         let rip = self.cpu.rip;
         let lin = self.code_linear(rip);
@@ -302,6 +304,7 @@ impl Machine {
         Ok(())
     }
 
+    #[inline(always)]
     fn dispatch(&mut self, ins: &Instruction, op: Op) -> Res {
         match op {
             Op::Alu(k) => self.alu(ins, k),
