@@ -58,14 +58,23 @@ pub fn from_iced(bits: u32) -> u64 {
         .fold(0, |acc, (_, f)| acc | f)
 }
 
-/// All-ones for an operand of `size` bytes.
+/// All-ones for an operand of `size` bytes (all 64 bits from 8 bytes up).
 #[inline]
 pub const fn mask(size: u32) -> u64 {
-    if size >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (size * 8)) - 1
-    }
+    // A table lookup: the hot path calls this with run-time sizes, and a load beats the
+    // shift-and-compare sequence the arithmetic form compiles to.
+    const MASKS: [u64; 9] = [
+        0,
+        0xff,
+        0xffff,
+        0xff_ffff,
+        0xffff_ffff,
+        0xff_ffff_ffff,
+        0xffff_ffff_ffff,
+        0xff_ffff_ffff_ffff,
+        u64::MAX,
+    ];
+    MASKS[if size >= 8 { 8 } else { size as usize }]
 }
 
 /// The sign bit of an operand of `size` bytes.
@@ -210,6 +219,15 @@ mod tests {
         assert_eq!(sub(0, 1, 0, 2), (0xffff, CF | SF | PF | AF));
         assert_eq!(sub(0x8000_0000, 1, 0, 4), (0x7fff_ffff, OF | PF | AF));
         assert_eq!(sub(5, 5, 0, 8), (0, ZF | PF));
+    }
+
+    #[test]
+    fn mask_covers_every_size() {
+        for size in 0..8 {
+            assert_eq!(mask(size), (1u64 << (size * 8)) - 1);
+        }
+        assert_eq!(mask(8), u64::MAX);
+        assert_eq!(mask(16), u64::MAX);
     }
 
     #[test]
