@@ -6,7 +6,7 @@ use super::{Machine, Res};
 use iced_x86::Instruction;
 
 /// Result and status flags of a two-operand ALU operation (`cf` is the incoming carry).
-#[inline]
+#[inline(always)]
 pub fn alu(op: AluOp, a: u64, b: u64, cf: bool, size: u32) -> (u64, u64) {
     match op {
         AluOp::Add => flags::add(a, b, 0, size),
@@ -50,7 +50,18 @@ pub fn unary(op: UnOp, a: u64, fl: u64, size: u32) -> (u64, u64) {
 
 impl Machine {
     pub(crate) fn alu(&mut self, ins: &Instruction, op: AluOp) -> Res {
-        let size = self.size0(ins);
+        // One copy per operand size, so the flag arithmetic works on a constant size.
+        match self.size0(ins) {
+            1 => self.alu_sized(ins, op, 1),
+            2 => self.alu_sized(ins, op, 2),
+            4 => self.alu_sized(ins, op, 4),
+            8 => self.alu_sized(ins, op, 8),
+            size => self.alu_sized(ins, op, size),
+        }
+    }
+
+    #[inline(always)]
+    fn alu_sized(&mut self, ins: &Instruction, op: AluOp, size: u32) -> Res {
         let writes = !matches!(op, AluOp::Cmp | AluOp::Test);
         let a = self.read_op(ins, 0, size, writes)?;
         let b = self.read_op(ins, 1, size, false)?;

@@ -59,7 +59,7 @@ pub fn from_iced(bits: u32) -> u64 {
 }
 
 /// All-ones for an operand of `size` bytes (all 64 bits from 8 bytes up).
-#[inline]
+#[inline(always)]
 pub const fn mask(size: u32) -> u64 {
     // A table lookup: the hot path calls this with run-time sizes, and a load beats the
     // shift-and-compare sequence the arithmetic form compiles to.
@@ -78,7 +78,7 @@ pub const fn mask(size: u32) -> u64 {
 }
 
 /// The sign bit of an operand of `size` bytes.
-#[inline]
+#[inline(always)]
 pub const fn sign(size: u32) -> u64 {
     1u64 << (size * 8 - 1)
 }
@@ -91,7 +91,7 @@ pub const fn sext(v: u64, size: u32) -> u64 {
 }
 
 /// PF, ZF and SF of a `size`-byte result.
-#[inline]
+#[inline(always)]
 pub fn szp(res: u64, size: u32) -> u64 {
     let r = res & mask(size);
     let mut f = 0;
@@ -109,7 +109,7 @@ pub fn szp(res: u64, size: u32) -> u64 {
 }
 
 /// Result and status flags of `a + b + carry` (ADD, ADC, INC without the CF rule).
-#[inline]
+#[inline(always)]
 pub fn add(a: u64, b: u64, carry: u64, size: u32) -> (u64, u64) {
     let m = mask(size);
     let (a, b) = (a & m, b & m);
@@ -135,7 +135,7 @@ pub fn add(a: u64, b: u64, carry: u64, size: u32) -> (u64, u64) {
 }
 
 /// Result and status flags of `a - b - borrow` (SUB, SBB, CMP, NEG, DEC without the CF rule).
-#[inline]
+#[inline(always)]
 pub fn sub(a: u64, b: u64, borrow: u64, size: u32) -> (u64, u64) {
     let m = mask(size);
     let (a, b) = (a & m, b & m);
@@ -154,7 +154,7 @@ pub fn sub(a: u64, b: u64, borrow: u64, size: u32) -> (u64, u64) {
 }
 
 /// Status flags of a logical result (AND, OR, XOR, TEST): CF = OF = 0, AF = 0 (undefined).
-#[inline]
+#[inline(always)]
 pub fn logic(res: u64, size: u32) -> u64 {
     szp(res, size)
 }
