@@ -553,7 +553,8 @@ struct Slot {
 /// (slot number + 1, 0 = empty) into a dense list that grows with the code actually run, so a new
 /// machine costs an 8 KiB zeroed index rather than thousands of initialised slots.
 pub struct ICache {
-    index: Vec<u16>,
+    /// Fixed-size, so indexing with a masked address needs no bounds check.
+    index: Box<[u16; SLOTS]>,
     slots: Vec<Slot>,
 }
 
@@ -561,7 +562,7 @@ impl ICache {
     /// An empty cache.
     pub fn new() -> ICache {
         ICache {
-            index: vec![0; SLOTS],
+            index: Box::new([0; SLOTS]),
             slots: Vec::new(),
         }
     }
