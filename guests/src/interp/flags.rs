@@ -90,15 +90,24 @@ pub const fn sext(v: u64, size: u32) -> u64 {
     (((v << sh) as i64) >> sh) as u64
 }
 
+/// PF for each value of a result's low byte (set when the number of one bits is even).
+const PARITY: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        if (i as u8).count_ones() % 2 == 0 {
+            t[i] = PF as u8;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// PF, ZF and SF of a `size`-byte result.
 #[inline(always)]
 pub fn szp(res: u64, size: u32) -> u64 {
     let r = res & mask(size);
-    let mut f = 0;
-    let x = (r as u8) ^ ((r as u8) >> 4);
-    if (0x6996u16 >> (x & 0xf)) & 1 == 0 {
-        f |= PF;
-    }
+    let mut f = u64::from(PARITY[usize::from(r as u8)]);
     if r == 0 {
         f |= ZF;
     }
@@ -228,6 +237,14 @@ mod tests {
         }
         assert_eq!(mask(8), u64::MAX);
         assert_eq!(mask(16), u64::MAX);
+    }
+
+    #[test]
+    fn parity_table_matches_bit_counts() {
+        for b in 0..=255u64 {
+            let even = b.count_ones() % 2 == 0;
+            assert_eq!(szp(b | 0x100, 2) & PF != 0, even, "{b:#x}");
+        }
     }
 
     #[test]
