@@ -72,6 +72,7 @@ fn alu_fast<const OP: u8, const SIZE: u32, const IMM: bool>(
     s: usize,
     imm: u64,
 ) {
+    let (d, s) = (d % 16, s % 16); // register numbers: lets the compiler drop the bounds checks
     let op = ALU_OPS[OP as usize];
     let a = m.cpu.gpr[d] & mask(SIZE);
     let b = if IMM { imm } else { m.cpu.gpr[s] } & mask(SIZE);
@@ -112,6 +113,7 @@ pub(crate) fn alu_fast_fn(op: AluOp, size: u32, imm: bool) -> Option<FastFn> {
 
 /// [`Machine::unary`] on a register: `OP d` with `OP` a `UnOp as u8` and a `SIZE`-byte operand.
 fn unary_fast<const OP: u8, const SIZE: u32>(m: &mut Machine, d: usize, _: usize, _: u64) {
+    let d = d % 16; // a register number: lets the compiler drop the bounds checks
     let op = UN_OPS[OP as usize];
     let a = m.cpu.gpr[d] & mask(SIZE);
     let (r, f) = unary(op, a, m.cpu.rflags, SIZE);

@@ -58,6 +58,7 @@ pub fn idiv(lo: u64, hi: u64, d: u64, size: u32) -> Option<(u64, u64)> {
 /// Two- and three-operand IMUL on registers: `imul d, s` or, with `IMM`, `imul d, s, imm`, on
 /// `SIZE`-byte operands (the decode-time specialised form of [`Machine::muldiv`]).
 fn imul_fast<const SIZE: u32, const IMM: bool>(m: &mut Machine, d: usize, s: usize, imm: u64) {
+    let (d, s) = (d % 16, s % 16); // register numbers: lets the compiler drop the bounds checks
     let g = &m.cpu.gpr;
     let (x, y) = if IMM {
         (g[s] & mask(SIZE), imm & mask(SIZE))

@@ -187,6 +187,7 @@ pub fn shift_double(
 /// checks): `OP d, count` with `OP` a `ShOp as u8` and a `SIZE`-byte operand. The flags it writes
 /// and leaves undefined depend only on the count, so the decoder records them in the entry.
 fn shift_fast<const OP: u8, const SIZE: u32>(m: &mut Machine, d: usize, _: usize, count: u64) {
+    let d = d % 16; // a register number: lets the compiler drop the bounds checks
     let a = m.cpu.gpr[d] & mask(SIZE);
     let s =
         shift(SH_OPS[OP as usize], a, count & 0xff, m.flag(CF), SIZE).expect("count is not zero");
