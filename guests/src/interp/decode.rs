@@ -452,7 +452,7 @@ pub(crate) struct Fast {
     pub src: u8,
 }
 
-/// The specialised handler for `ins` if it is a form that has one: ALU, INC/DEC/NEG/NOT,
+/// The specialised handler for `ins` if it is a form that has one: ALU, MOV, INC/DEC/NEG/NOT,
 /// shift-by-immediate (non-zero count) and two/three-operand IMUL on registers that are not AH–BH,
 /// with a register or immediate source.
 fn fast(ins: &Instruction, op: Op, locs: &[Loc; 3], imm: u64) -> Option<Fast> {
@@ -466,6 +466,10 @@ fn fast(ins: &Instruction, op: Op, locs: &[Loc; 3], imm: u64) -> Option<Fast> {
         (Op::Alu(k), 2) => match locs[1] {
             Loc::Imm => (super::alu::alu_fast_fn(k, size, true)?, 0),
             _ => (super::alu::alu_fast_fn(k, size, false)?, src_reg(1)?),
+        },
+        (Op::Data(DataOp::Mov), 2) => match locs[1] {
+            Loc::Imm => (super::data::mov_fast_fn(size, true)?, 0),
+            _ => (super::data::mov_fast_fn(size, false)?, src_reg(1)?),
         },
         (Op::Unary(k), 1) => (super::alu::unary_fast_fn(k, size)?, 0),
         (Op::Shift(k), 2)

@@ -4,7 +4,7 @@
 //! Instructions are decoded by iced-x86, classified once per decoded `Code` into a family
 //! ([`decode::Op`]) and cached by linear address; each family lives in its own module with its flag
 //! arithmetic as small pure functions ([`flags`]). The commonest register/immediate forms (ALU,
-//! INC/DEC/NEG/NOT, shifts by an immediate, IMUL) also get a handler specialised at decode time for
+//! MOV, INC/DEC/NEG/NOT, shifts by an immediate, IMUL) also get a handler specialised at decode time for
 //! their operation and operand size, which the run loop calls directly. Exceptions are delivered the way the CPU does it
 //! (IVT or IDT gates read from guest memory, frames pushed into guest memory), and the case ends the
 //! way the harness sees it: a HLT, maybe in an exception stub whose frame is then decoded.
@@ -625,7 +625,8 @@ mod tests {
                 let first = *rng.pick(&[
                     0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x08, 0x11, 0x18, 0x21, 0x29, 0x31, 0x38,
                     0x3d, 0x69, 0x6b, 0x80, 0x81, 0x83, 0x84, 0x85, 0xa8, 0xc0, 0xc1, 0xd0, 0xd1,
-                    0xf6, 0xf7, 0xfe, 0xff, 0x40, 0x48,
+                    0xf6, 0xf7, 0xfe, 0xff, 0x40, 0x48, 0x88, 0x89, 0x8a, 0x8b, 0xb0, 0xb4, 0xb8,
+                    0xbc, 0xc6, 0xc7,
                 ]);
                 code.push(first);
                 // ModRM with mod = 3 mostly (register operands), then immediate bytes.
