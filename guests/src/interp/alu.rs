@@ -154,6 +154,7 @@ impl Machine {
         }
     }
 
+    /// [`Machine::alu`] with the operand size as an argument that is a constant at each call.
     #[inline(always)]
     fn alu_sized(&mut self, ins: &Instruction, op: AluOp, size: u32) -> Res {
         let writes = !matches!(op, AluOp::Cmp | AluOp::Test);

@@ -4,10 +4,11 @@
 //! Instructions are decoded by iced-x86, classified once per decoded `Code` into a family
 //! ([`decode::Op`]) and cached by linear address; each family lives in its own module with its flag
 //! arithmetic as small pure functions ([`flags`]). The commonest register/immediate forms (ALU,
-//! MOV, INC/DEC/NEG/NOT, shifts by an immediate, IMUL) also get a handler specialised at decode time for
-//! their operation and operand size, which the run loop calls directly. Exceptions are delivered the way the CPU does it
-//! (IVT or IDT gates read from guest memory, frames pushed into guest memory), and the case ends the
-//! way the harness sees it: a HLT, maybe in an exception stub whose frame is then decoded.
+//! MOV, INC/DEC/NEG/NOT, shifts by an immediate, IMUL) also get a handler specialised at decode
+//! time for their operation and operand size, which the run loop calls directly. Exceptions are
+//! delivered the way the CPU does it (IVT or IDT gates read from guest memory, frames pushed into
+//! guest memory), and the case ends the way the harness sees it: a HLT, maybe in an exception stub
+//! whose frame is then decoded.
 //!
 //! Limits: at most [`INSTRUCTION_CAP`] instructions (then `Exit::Timeout`); host-dependent
 //! instructions (CPUID, RDTSC, RDMSR, …) and everything else outside issue 3's list end the case
@@ -643,15 +644,12 @@ mod tests {
                 };
                 let Some(f) = e.fast else { continue };
                 seen.insert(f.run as usize);
-                for m in [&mut a, &mut b] {
-                    for (i, g) in m.cpu.gpr.iter_mut().enumerate() {
-                        *g = if i == 4 { 0x8000 } else { rng.next_u64() };
-                    }
-                    m.cpu.rflags = flags::FIXED | (rng.next_u64() & flags::STATUS);
-                    m.undef = rng.next_u64() & flags::STATUS;
+                for (i, g) in a.cpu.gpr.iter_mut().enumerate() {
+                    *g = if i == 4 { 0x8000 } else { rng.next_u64() };
                 }
-                b.cpu.gpr = a.cpu.gpr;
-                b.cpu.rflags = a.cpu.rflags;
+                a.cpu.rflags = flags::FIXED | (rng.next_u64() & flags::STATUS);
+                a.undef = rng.next_u64() & flags::STATUS;
+                b.cpu = a.cpu.clone();
                 b.undef = a.undef;
                 a.step().expect("runs");
                 b.count += 1;
