@@ -352,15 +352,23 @@ impl Machine {
     }
 
     /// Reads operand `i` (register, memory or immediate), truncated to `size` bytes.
-    #[inline]
+    ///
+    /// Registers and immediates resolved at decode time are read inline; everything else goes
+    /// through the out-of-line [`Machine::read_op_slow`], which keeps this small enough to inline.
+    #[inline(always)]
     pub(crate) fn read_op(&mut self, ins: &Instruction, i: u32, size: u32, rmw: bool) -> Res<u64> {
         match self.locs[i as usize] {
             super::decode::Loc::Reg(idx, _, shift) => {
-                return Ok((self.cpu.gpr[idx as usize] >> shift) & mask(size));
+                Ok((self.cpu.gpr[idx as usize] >> shift) & mask(size))
             }
-            super::decode::Loc::Imm => return Ok(self.imm & mask(size)),
-            super::decode::Loc::Other => {}
+            super::decode::Loc::Imm => Ok(self.imm & mask(size)),
+            super::decode::Loc::Other => self.read_op_slow(ins, i, size, rmw),
         }
+    }
+
+    /// [`Machine::read_op`] for operands not resolved at decode time (memory, mostly).
+    #[inline(never)]
+    fn read_op_slow(&mut self, ins: &Instruction, i: u32, size: u32, rmw: bool) -> Res<u64> {
         match ins.op_kind(i) {
             OpKind::Register => Ok(self.reg(ins.op_register(i)) & mask(size)),
             OpKind::Memory => {
@@ -371,8 +379,9 @@ impl Machine {
         }
     }
 
-    /// Writes operand `i` (register or memory).
-    #[inline]
+    /// Writes operand `i` (register or memory); like [`Machine::read_op`], only registers resolved
+    /// at decode time are handled inline.
+    #[inline(always)]
     pub(crate) fn write_op(&mut self, ins: &Instruction, i: u32, size: u32, v: u64) -> Res {
         if let super::decode::Loc::Reg(idx, rsize, shift) = self.locs[i as usize] {
             let g = &mut self.cpu.gpr[idx as usize];
@@ -386,6 +395,12 @@ impl Machine {
             }
             return Ok(());
         }
+        self.write_op_slow(ins, i, size, v)
+    }
+
+    /// [`Machine::write_op`] for operands not resolved at decode time (memory, mostly).
+    #[inline(never)]
+    fn write_op_slow(&mut self, ins: &Instruction, i: u32, size: u32, v: u64) -> Res {
         match ins.op_kind(i) {
             OpKind::Register => {
                 self.set_reg(ins.op_register(i), v);

@@ -1,12 +1,28 @@
 //! ADD/ADC/SUB/SBB/CMP/AND/OR/XOR/TEST and INC/DEC/NEG/NOT.
 
-use super::decode::{AluOp, UnOp};
-use super::flags::{self, CF, STATUS};
+use super::decode::{AluOp, FastFn, UnOp};
+use super::flags::{self, CF, STATUS, mask};
 use super::{Machine, Res};
 use iced_x86::Instruction;
 
+/// The ALU operations in declaration order, so a const generic `AluOp as u8` maps back.
+const ALU_OPS: [AluOp; 9] = [
+    AluOp::Add,
+    AluOp::Adc,
+    AluOp::Sub,
+    AluOp::Sbb,
+    AluOp::Cmp,
+    AluOp::And,
+    AluOp::Or,
+    AluOp::Xor,
+    AluOp::Test,
+];
+
+/// The one-operand operations in declaration order (see [`ALU_OPS`]).
+const UN_OPS: [UnOp; 4] = [UnOp::Inc, UnOp::Dec, UnOp::Neg, UnOp::Not];
+
 /// Result and status flags of a two-operand ALU operation (`cf` is the incoming carry).
-#[inline]
+#[inline(always)]
 pub fn alu(op: AluOp, a: u64, b: u64, cf: bool, size: u32) -> (u64, u64) {
     match op {
         AluOp::Add => flags::add(a, b, 0, size),
@@ -29,7 +45,7 @@ pub fn alu(op: AluOp, a: u64, b: u64, cf: bool, size: u32) -> (u64, u64) {
 }
 
 /// Result and flags of a one-operand operation; `fl` is the old RFLAGS (INC/DEC keep CF).
-#[inline]
+#[inline(always)]
 pub fn unary(op: UnOp, a: u64, fl: u64, size: u32) -> (u64, u64) {
     match op {
         UnOp::Inc => {
@@ -48,9 +64,99 @@ pub fn unary(op: UnOp, a: u64, fl: u64, size: u32) -> (u64, u64) {
     }
 }
 
+/// [`Machine::alu`] on registers: `OP d, s` (or `OP d, imm` with `IMM`) with `OP` an `AluOp as u8`
+/// and `SIZE`-byte operands.
+fn alu_fast<const OP: u8, const SIZE: u32, const IMM: bool>(
+    m: &mut Machine,
+    d: usize,
+    s: usize,
+    imm: u64,
+) {
+    let (d, s) = (d % 16, s % 16); // register numbers: lets the compiler drop the bounds checks
+    let op = ALU_OPS[OP as usize];
+    let a = m.cpu.gpr[d] & mask(SIZE);
+    let b = if IMM { imm } else { m.cpu.gpr[s] } & mask(SIZE);
+    let (r, f) = alu(op, a, b, m.flag(CF), SIZE);
+    if !matches!(op, AluOp::Cmp | AluOp::Test) {
+        m.set_gpr(d, SIZE, r);
+    }
+    m.set_flags(STATUS, f);
+}
+
+/// The [`alu_fast`] instance for `op` on `size`-byte registers, with an immediate source if `imm`.
+pub(crate) fn alu_fast_fn(op: AluOp, size: u32, imm: bool) -> Option<FastFn> {
+    fn by_op<const SIZE: u32, const IMM: bool>(op: AluOp) -> FastFn {
+        match op {
+            AluOp::Add => alu_fast::<{ AluOp::Add as u8 }, SIZE, IMM>,
+            AluOp::Adc => alu_fast::<{ AluOp::Adc as u8 }, SIZE, IMM>,
+            AluOp::Sub => alu_fast::<{ AluOp::Sub as u8 }, SIZE, IMM>,
+            AluOp::Sbb => alu_fast::<{ AluOp::Sbb as u8 }, SIZE, IMM>,
+            AluOp::Cmp => alu_fast::<{ AluOp::Cmp as u8 }, SIZE, IMM>,
+            AluOp::And => alu_fast::<{ AluOp::And as u8 }, SIZE, IMM>,
+            AluOp::Or => alu_fast::<{ AluOp::Or as u8 }, SIZE, IMM>,
+            AluOp::Xor => alu_fast::<{ AluOp::Xor as u8 }, SIZE, IMM>,
+            AluOp::Test => alu_fast::<{ AluOp::Test as u8 }, SIZE, IMM>,
+        }
+    }
+    Some(match (size, imm) {
+        (1, false) => by_op::<1, false>(op),
+        (2, false) => by_op::<2, false>(op),
+        (4, false) => by_op::<4, false>(op),
+        (8, false) => by_op::<8, false>(op),
+        (1, true) => by_op::<1, true>(op),
+        (2, true) => by_op::<2, true>(op),
+        (4, true) => by_op::<4, true>(op),
+        (8, true) => by_op::<8, true>(op),
+        _ => return None,
+    })
+}
+
+/// [`Machine::unary`] on a register: `OP d` with `OP` a `UnOp as u8` and a `SIZE`-byte operand.
+fn unary_fast<const OP: u8, const SIZE: u32>(m: &mut Machine, d: usize, _: usize, _: u64) {
+    let d = d % 16; // a register number: lets the compiler drop the bounds checks
+    let op = UN_OPS[OP as usize];
+    let a = m.cpu.gpr[d] & mask(SIZE);
+    let (r, f) = unary(op, a, m.cpu.rflags, SIZE);
+    m.set_gpr(d, SIZE, r);
+    if op != UnOp::Not {
+        m.set_flags(STATUS, f);
+    }
+}
+
+/// The [`unary_fast`] instance for `op` on a `size`-byte register.
+pub(crate) fn unary_fast_fn(op: UnOp, size: u32) -> Option<FastFn> {
+    fn by_op<const SIZE: u32>(op: UnOp) -> FastFn {
+        match op {
+            UnOp::Inc => unary_fast::<{ UnOp::Inc as u8 }, SIZE>,
+            UnOp::Dec => unary_fast::<{ UnOp::Dec as u8 }, SIZE>,
+            UnOp::Neg => unary_fast::<{ UnOp::Neg as u8 }, SIZE>,
+            UnOp::Not => unary_fast::<{ UnOp::Not as u8 }, SIZE>,
+        }
+    }
+    Some(match size {
+        1 => by_op::<1>(op),
+        2 => by_op::<2>(op),
+        4 => by_op::<4>(op),
+        8 => by_op::<8>(op),
+        _ => return None,
+    })
+}
+
 impl Machine {
     pub(crate) fn alu(&mut self, ins: &Instruction, op: AluOp) -> Res {
-        let size = self.size0(ins);
+        // One copy per operand size, so the flag arithmetic works on a constant size.
+        match self.size0(ins) {
+            1 => self.alu_sized(ins, op, 1),
+            2 => self.alu_sized(ins, op, 2),
+            4 => self.alu_sized(ins, op, 4),
+            8 => self.alu_sized(ins, op, 8),
+            size => self.alu_sized(ins, op, size),
+        }
+    }
+
+    /// [`Machine::alu`] with the operand size as an argument that is a constant at each call.
+    #[inline(always)]
+    fn alu_sized(&mut self, ins: &Instruction, op: AluOp, size: u32) -> Res {
         let writes = !matches!(op, AluOp::Cmp | AluOp::Test);
         let a = self.read_op(ins, 0, size, writes)?;
         let b = self.read_op(ins, 1, size, false)?;
@@ -78,6 +184,16 @@ impl Machine {
 mod tests {
     use super::*;
     use crate::interp::flags::*;
+
+    #[test]
+    fn op_tables_follow_declaration_order() {
+        for (i, op) in ALU_OPS.iter().enumerate() {
+            assert_eq!(*op as usize, i);
+        }
+        for (i, op) in UN_OPS.iter().enumerate() {
+            assert_eq!(*op as usize, i);
+        }
+    }
 
     #[test]
     fn adc_sbb_use_carry_in() {

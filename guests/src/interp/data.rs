@@ -1,7 +1,7 @@
 //! MOV/MOVZX/MOVSX/MOVSXD/LEA/XCHG/XADD/CMPXCHG, CMOVcc/SETcc, CBW-family and CWD-family
 //! conversions, LAHF/SAHF, XLAT, and moves to and from segment registers.
 
-use super::decode::DataOp;
+use super::decode::{DataOp, FastFn};
 use super::flags::{self, AF, CF, FIXED, PF, SF, STATUS, ZF, mask, sext};
 use super::{Fault, Machine, Res};
 use crate::case::Mode;
@@ -9,6 +9,29 @@ use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 
 /// The flags SAHF loads from AH and LAHF stores into it.
 pub const AH_FLAGS: u64 = SF | ZF | AF | PF | CF;
+
+/// MOV between registers, or of an immediate into one, on `SIZE`-byte operands: the decode-time
+/// specialised form of [`DataOp::Mov`].
+fn mov_fast<const SIZE: u32, const IMM: bool>(m: &mut Machine, d: usize, s: usize, imm: u64) {
+    let (d, s) = (d % 16, s % 16); // register numbers: lets the compiler drop the bounds checks
+    let v = if IMM { imm } else { m.cpu.gpr[s] } & mask(SIZE);
+    m.set_gpr(d, SIZE, v);
+}
+
+/// The [`mov_fast`] instance for `size`-byte registers, with an immediate source if `imm`.
+pub(crate) fn mov_fast_fn(size: u32, imm: bool) -> Option<FastFn> {
+    Some(match (size, imm) {
+        (1, false) => mov_fast::<1, false>,
+        (2, false) => mov_fast::<2, false>,
+        (4, false) => mov_fast::<4, false>,
+        (8, false) => mov_fast::<8, false>,
+        (1, true) => mov_fast::<1, true>,
+        (2, true) => mov_fast::<2, true>,
+        (4, true) => mov_fast::<4, true>,
+        (8, true) => mov_fast::<8, true>,
+        _ => return None,
+    })
+}
 
 impl Machine {
     pub(crate) fn data(&mut self, ins: &Instruction, op: DataOp) -> Res {

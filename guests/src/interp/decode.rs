@@ -436,6 +436,56 @@ fn loc(ins: &Instruction, i: u32) -> Loc {
     }
 }
 
+/// A handler specialised at decode time for one register/immediate instruction form: operation
+/// and operand size are compile-time constants in it, it cannot fault, and it takes the
+/// destination and source register numbers and the immediate.
+pub(crate) type FastFn = fn(&mut Machine, usize, usize, u64);
+
+/// A [`FastFn`] with its register operands.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fast {
+    /// The handler.
+    pub run: FastFn,
+    /// Destination register number.
+    pub dst: u8,
+    /// Source register number (0 when the form has none).
+    pub src: u8,
+}
+
+/// The specialised handler for `ins` if it is a form that has one: ALU, MOV, INC/DEC/NEG/NOT,
+/// shift-by-immediate (non-zero count) and two/three-operand IMUL on registers that are not AH–BH,
+/// with a register or immediate source.
+fn fast(ins: &Instruction, op: Op, locs: &[Loc; 3], imm: u64) -> Option<Fast> {
+    let reg = |i: usize| match locs[i] {
+        Loc::Reg(r, size, 0) => Some((r, u32::from(size))),
+        _ => None,
+    };
+    let (dst, size) = reg(0)?;
+    let src_reg = |i: usize| reg(i).filter(|&(_, s)| s == size).map(|(r, _)| r);
+    let (run, src) = match (op, ins.op_count()) {
+        (Op::Alu(k), 2) => match locs[1] {
+            Loc::Imm => (super::alu::alu_fast_fn(k, size, true)?, 0),
+            _ => (super::alu::alu_fast_fn(k, size, false)?, src_reg(1)?),
+        },
+        (Op::Data(DataOp::Mov), 2) => match locs[1] {
+            Loc::Imm => (super::data::mov_fast_fn(size, true)?, 0),
+            _ => (super::data::mov_fast_fn(size, false)?, src_reg(1)?),
+        },
+        (Op::Unary(k), 1) => (super::alu::unary_fast_fn(k, size)?, 0),
+        (Op::Shift(k), 2)
+            if locs[1] == Loc::Imm && imm & 0xff & super::shift::count_mask(size) != 0 =>
+        {
+            (super::shift::shift_fast_fn(k, size)?, 0)
+        }
+        (Op::Mul(MulOp::Imul2), 2) => (super::muldiv::imul_fast_fn(size, false)?, src_reg(1)?),
+        (Op::Mul(MulOp::Imul3), 3) if locs[2] == Loc::Imm => {
+            (super::muldiv::imul_fast_fn(size, true)?, src_reg(1)?)
+        }
+        _ => return None,
+    };
+    Some(Fast { run, dst, src })
+}
+
 /// A decoded, classified instruction with its flag effects (architectural bit positions).
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
@@ -453,6 +503,8 @@ pub struct Entry {
     pub locs: [Loc; 3],
     /// The value of the (last) immediate operand, extended as its kind says.
     pub imm: u64,
+    /// The decode-time specialised handler, for forms that have one.
+    pub(crate) fast: Option<Fast>,
 }
 
 impl Entry {
@@ -469,14 +521,25 @@ impl Entry {
             .map(|i| ins.immediate(i))
             .next_back()
             .unwrap_or(0);
+        let mut modified = flags::from_iced(ins.rflags_modified());
+        let mut undefined = flags::from_iced(ins.rflags_undefined());
+        let fast = fast(&ins, op, &locs, imm);
+        if let (Some(_), Op::Shift(k), Loc::Reg(_, size, _)) = (fast, op, locs[0]) {
+            // What the general path reports through `fl_override`: with the count known, so are
+            // the flags a shift writes and leaves undefined.
+            let s = super::shift::shift(k, 0, imm & 0xff, false, u32::from(size))
+                .expect("fast shifts have a non-zero count");
+            (modified, undefined) = (s.modified, s.undefined);
+        }
         Some(Entry {
             ins,
             op,
             reads: reads as u32,
-            modified: flags::from_iced(ins.rflags_modified()) as u32,
-            undefined: flags::from_iced(ins.rflags_undefined()) as u32,
+            modified: modified as u32,
+            undefined: undefined as u32,
             locs,
             imm,
+            fast,
         })
     }
 }
@@ -494,7 +557,8 @@ struct Slot {
 /// (slot number + 1, 0 = empty) into a dense list that grows with the code actually run, so a new
 /// machine costs an 8 KiB zeroed index rather than thousands of initialised slots.
 pub struct ICache {
-    index: Vec<u16>,
+    /// Fixed-size, so indexing with a masked address needs no bounds check.
+    index: Box<[u16; SLOTS]>,
     slots: Vec<Slot>,
 }
 
@@ -502,7 +566,7 @@ impl ICache {
     /// An empty cache.
     pub fn new() -> ICache {
         ICache {
-            index: vec![0; SLOTS],
+            index: Box::new([0; SLOTS]),
             slots: Vec::new(),
         }
     }

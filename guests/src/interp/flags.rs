@@ -58,18 +58,27 @@ pub fn from_iced(bits: u32) -> u64 {
         .fold(0, |acc, (_, f)| acc | f)
 }
 
-/// All-ones for an operand of `size` bytes.
-#[inline]
+/// All-ones for an operand of `size` bytes (all 64 bits from 8 bytes up).
+#[inline(always)]
 pub const fn mask(size: u32) -> u64 {
-    if size >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (size * 8)) - 1
-    }
+    // A table lookup: the hot path calls this with run-time sizes, and a load beats the
+    // shift-and-compare sequence the arithmetic form compiles to.
+    const MASKS: [u64; 9] = [
+        0,
+        0xff,
+        0xffff,
+        0xff_ffff,
+        0xffff_ffff,
+        0xff_ffff_ffff,
+        0xffff_ffff_ffff,
+        0xff_ffff_ffff_ffff,
+        u64::MAX,
+    ];
+    MASKS[if size >= 8 { 8 } else { size as usize }]
 }
 
 /// The sign bit of an operand of `size` bytes.
-#[inline]
+#[inline(always)]
 pub const fn sign(size: u32) -> u64 {
     1u64 << (size * 8 - 1)
 }
@@ -81,15 +90,24 @@ pub const fn sext(v: u64, size: u32) -> u64 {
     (((v << sh) as i64) >> sh) as u64
 }
 
+/// PF for each value of a result's low byte (set when the number of one bits is even).
+const PARITY: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        if (i as u8).count_ones() % 2 == 0 {
+            t[i] = PF as u8;
+        }
+        i += 1;
+    }
+    t
+};
+
 /// PF, ZF and SF of a `size`-byte result.
-#[inline]
+#[inline(always)]
 pub fn szp(res: u64, size: u32) -> u64 {
     let r = res & mask(size);
-    let mut f = 0;
-    let x = (r as u8) ^ ((r as u8) >> 4);
-    if (0x6996u16 >> (x & 0xf)) & 1 == 0 {
-        f |= PF;
-    }
+    let mut f = u64::from(PARITY[usize::from(r as u8)]);
     if r == 0 {
         f |= ZF;
     }
@@ -100,7 +118,7 @@ pub fn szp(res: u64, size: u32) -> u64 {
 }
 
 /// Result and status flags of `a + b + carry` (ADD, ADC, INC without the CF rule).
-#[inline]
+#[inline(always)]
 pub fn add(a: u64, b: u64, carry: u64, size: u32) -> (u64, u64) {
     let m = mask(size);
     let (a, b) = (a & m, b & m);
@@ -126,7 +144,7 @@ pub fn add(a: u64, b: u64, carry: u64, size: u32) -> (u64, u64) {
 }
 
 /// Result and status flags of `a - b - borrow` (SUB, SBB, CMP, NEG, DEC without the CF rule).
-#[inline]
+#[inline(always)]
 pub fn sub(a: u64, b: u64, borrow: u64, size: u32) -> (u64, u64) {
     let m = mask(size);
     let (a, b) = (a & m, b & m);
@@ -145,7 +163,7 @@ pub fn sub(a: u64, b: u64, borrow: u64, size: u32) -> (u64, u64) {
 }
 
 /// Status flags of a logical result (AND, OR, XOR, TEST): CF = OF = 0, AF = 0 (undefined).
-#[inline]
+#[inline(always)]
 pub fn logic(res: u64, size: u32) -> u64 {
     szp(res, size)
 }
@@ -210,6 +228,23 @@ mod tests {
         assert_eq!(sub(0, 1, 0, 2), (0xffff, CF | SF | PF | AF));
         assert_eq!(sub(0x8000_0000, 1, 0, 4), (0x7fff_ffff, OF | PF | AF));
         assert_eq!(sub(5, 5, 0, 8), (0, ZF | PF));
+    }
+
+    #[test]
+    fn mask_covers_every_size() {
+        for size in 0..8 {
+            assert_eq!(mask(size), (1u64 << (size * 8)) - 1);
+        }
+        assert_eq!(mask(8), u64::MAX);
+        assert_eq!(mask(16), u64::MAX);
+    }
+
+    #[test]
+    fn parity_table_matches_bit_counts() {
+        for b in 0..=255u64 {
+            let even = b.count_ones() % 2 == 0;
+            assert_eq!(szp(b | 0x100, 2) & PF != 0, even, "{b:#x}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! MUL, IMUL (one, two and three operands), DIV and IDIV with #DE on a zero divisor or overflow.
 
-use super::decode::MulOp;
+use super::decode::{FastFn, MulOp};
 use super::flags::{CF, OF, STATUS, mask, sext, szp};
 use super::{DE, Machine, Res};
 use iced_x86::Instruction;
@@ -16,6 +16,7 @@ pub fn mul(a: u64, b: u64, size: u32) -> (u64, u64, u64) {
 }
 
 /// Signed `a × b`: (low, high, flags with CF = OF = the product does not fit in `size` bytes).
+#[inline(always)]
 pub fn imul(a: u64, b: u64, size: u32) -> (u64, u64, u64) {
     let full = i128::from(sext(a, size) as i64) * i128::from(sext(b, size) as i64);
     let bits = size * 8;
@@ -52,6 +53,34 @@ pub fn idiv(lo: u64, hi: u64, d: u64, size: u32) -> Option<(u64, u64)> {
     let r = n % d;
     let (min, max) = (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1);
     (q >= min && q <= max).then_some(((q as u64) & m, (r as u64) & m))
+}
+
+/// Two- and three-operand IMUL on registers: `imul d, s` or, with `IMM`, `imul d, s, imm`, on
+/// `SIZE`-byte operands (the decode-time specialised form of [`Machine::muldiv`]).
+fn imul_fast<const SIZE: u32, const IMM: bool>(m: &mut Machine, d: usize, s: usize, imm: u64) {
+    let (d, s) = (d % 16, s % 16); // register numbers: lets the compiler drop the bounds checks
+    let g = &m.cpu.gpr;
+    let (x, y) = if IMM {
+        (g[s] & mask(SIZE), imm & mask(SIZE))
+    } else {
+        (g[d] & mask(SIZE), g[s] & mask(SIZE))
+    };
+    let (lo, _, f) = imul(x, y, SIZE);
+    m.set_gpr(d, SIZE, lo);
+    m.set_flags(STATUS, f);
+}
+
+/// The [`imul_fast`] instance for `size`-byte registers, three-operand if `imm`.
+pub(crate) fn imul_fast_fn(size: u32, imm: bool) -> Option<FastFn> {
+    Some(match (size, imm) {
+        (2, false) => imul_fast::<2, false>,
+        (4, false) => imul_fast::<4, false>,
+        (8, false) => imul_fast::<8, false>,
+        (2, true) => imul_fast::<2, true>,
+        (4, true) => imul_fast::<4, true>,
+        (8, true) => imul_fast::<8, true>,
+        _ => return None,
+    })
 }
 
 impl Machine {

@@ -1,9 +1,20 @@
 //! SHL/SAL/SHR/SAR/ROL/ROR/RCL/RCR and SHLD/SHRD, with the SDM's count masking and flag rules.
 
-use super::decode::ShOp;
+use super::decode::{FastFn, ShOp};
 use super::flags::{AF, CF, OF, STATUS, mask, sext, szp};
 use super::{Fault, Machine, Res};
 use iced_x86::Instruction;
+
+/// The shift operations in declaration order, so a const generic `ShOp as u8` maps back.
+const SH_OPS: [ShOp; 7] = [
+    ShOp::Rol,
+    ShOp::Ror,
+    ShOp::Rcl,
+    ShOp::Rcr,
+    ShOp::Shl,
+    ShOp::Shr,
+    ShOp::Sar,
+];
 
 /// The effect of a shift: result, new flag values, flags modified, flags left undefined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +37,7 @@ pub fn count_mask(size: u32) -> u64 {
 
 /// A shift or rotate of the `size`-byte `a` by `count` (before masking); `None` if the masked count
 /// is 0 (nothing changes, flags included).
+#[inline(always)]
 pub fn shift(op: ShOp, a: u64, count: u64, cf_in: bool, size: u32) -> Option<Shifted> {
     let m = mask(size);
     let a = a & m;
@@ -171,6 +183,40 @@ pub fn shift_double(
     }))
 }
 
+/// [`Machine::shift`] of a register by an immediate count (non-zero once masked, which the decoder
+/// checks): `OP d, count` with `OP` a `ShOp as u8` and a `SIZE`-byte operand. The flags it writes
+/// and leaves undefined depend only on the count, so the decoder records them in the entry.
+fn shift_fast<const OP: u8, const SIZE: u32>(m: &mut Machine, d: usize, _: usize, count: u64) {
+    let d = d % 16; // a register number: lets the compiler drop the bounds checks
+    let a = m.cpu.gpr[d] & mask(SIZE);
+    let s =
+        shift(SH_OPS[OP as usize], a, count & 0xff, m.flag(CF), SIZE).expect("count is not zero");
+    m.set_gpr(d, SIZE, s.res);
+    m.set_flags(s.modified, s.flags);
+}
+
+/// The [`shift_fast`] instance for `op` on a `size`-byte register.
+pub(crate) fn shift_fast_fn(op: ShOp, size: u32) -> Option<FastFn> {
+    fn by_op<const SIZE: u32>(op: ShOp) -> FastFn {
+        match op {
+            ShOp::Rol => shift_fast::<{ ShOp::Rol as u8 }, SIZE>,
+            ShOp::Ror => shift_fast::<{ ShOp::Ror as u8 }, SIZE>,
+            ShOp::Rcl => shift_fast::<{ ShOp::Rcl as u8 }, SIZE>,
+            ShOp::Rcr => shift_fast::<{ ShOp::Rcr as u8 }, SIZE>,
+            ShOp::Shl => shift_fast::<{ ShOp::Shl as u8 }, SIZE>,
+            ShOp::Shr => shift_fast::<{ ShOp::Shr as u8 }, SIZE>,
+            ShOp::Sar => shift_fast::<{ ShOp::Sar as u8 }, SIZE>,
+        }
+    }
+    Some(match size {
+        1 => by_op::<1>(op),
+        2 => by_op::<2>(op),
+        4 => by_op::<4>(op),
+        8 => by_op::<8>(op),
+        _ => return None,
+    })
+}
+
 impl Machine {
     pub(crate) fn shift(&mut self, ins: &Instruction, op: ShOp) -> Res {
         let size = self.size0(ins);
@@ -225,6 +271,13 @@ mod tests {
     fn sh(op: ShOp, a: u64, c: u64, cf: bool, size: u32) -> (u64, u64) {
         let s = shift(op, a, c, cf, size).unwrap();
         (s.res, s.flags & s.modified & !s.undefined)
+    }
+
+    #[test]
+    fn op_table_follows_declaration_order() {
+        for (i, op) in SH_OPS.iter().enumerate() {
+            assert_eq!(*op as usize, i);
+        }
     }
 
     #[test]
