@@ -400,6 +400,206 @@ pub fn agrees(kvm: &CaseResult, model: &interp::Outcome) -> bool {
     diff(kvm, &model.result, &undefined_masked(model.undefined)).is_empty()
 }
 
+/// At most this many executions of instructions are observed on KVM per prediction
+/// ([`predict_observed`]): a loop over one is not worth hundreds of VM runs.
+const MAX_OBSERVED: usize = 32;
+
+/// The interpreter's prediction for `case` itself with KVM's own effect substituted for every
+/// execution of a live instruction `take` selects — what the program would do if KVM were right
+/// about everything else — and the mnemonics substituted. Each such execution is observed on KVM
+/// (`run`) in a *probe*: the case in the interpreter's state at that instruction (registers,
+/// RFLAGS, its memory images as the run has changed them), every other live instruction NOPed, so
+/// KVM runs that one instruction and slides to the final HLT. Its general registers and status
+/// flags become the instruction's outcome. A status flag undefined before the instruction is
+/// inverted in a second probe: the flags that follow it stay undefined, and a register that
+/// follows it makes the run depend on an undefined flag (out of scope).
+///
+/// `None` when there is nothing to compare, as for [`predict`] (a flag read while undefined, a
+/// runaway, an unmodelled instruction), and also when a selected instruction cannot be observed
+/// alone: it writes memory or works on strings, reads memory outside the case's images, does I/O
+/// or MMIO, faults, the program changed it or its segments and control registers, more than
+/// [`MAX_OBSERVED`] executions, or a probe fails to run. Without a selected instruction executed
+/// there is nothing substituted and no prediction either.
+pub fn predict_observed(
+    case: &Case,
+    cap: u64,
+    mut take: impl FnMut(&Instruction) -> bool,
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<(interp::Outcome, Vec<Mnemonic>)> {
+    let image = instructions(case);
+    let start = Machine::new(case).cpu;
+    let mut substituted: Vec<Mnemonic> = Vec::new();
+    let mut observed = 0usize;
+    let mut unobservable = false;
+    let mut m = Machine::new(case);
+    m.set_cap(cap);
+    let o = m.run_with(|m| {
+        let Some(ins) = m.next_instruction() else {
+            return Ok(false);
+        };
+        if !is_live(&ins) || !take(&ins) {
+            return Ok(false);
+        }
+        // The instruction the program was generated with (not code it rewrote), within budget.
+        observed += 1;
+        let as_generated = image
+            .iter()
+            .any(|i| i.ip() == ins.ip() && i == &ins && i.len() == ins.len());
+        let fx = (as_generated && observed <= MAX_OBSERVED)
+            .then(|| observe(case, &start, m, &ins, &mut run))
+            .flatten();
+        let Some((gpr, rflags, undefined)) = fx else {
+            unobservable = true;
+            return Err(interp::Stop::Timeout);
+        };
+        if !substituted.contains(&ins.mnemonic()) {
+            substituted.push(ins.mnemonic());
+        }
+        m.retire(&ins, gpr, rflags, undefined).map(|()| true)
+    });
+    if unobservable || substituted.is_empty() {
+        return None;
+    }
+    let out_of_scope = o.tainted
+        || matches!(
+            o.result.exit,
+            Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
+        );
+    (!out_of_scope).then_some((o, substituted))
+}
+
+/// KVM's outcome of `ins`, the instruction at the machine's RIP, in the machine's state: general
+/// registers, RFLAGS and the status flags left undefined (see [`predict_observed`]); `None` when
+/// it cannot be observed alone.
+fn observe(
+    case: &Case,
+    start: &kvmconf_guests::layout::CpuState,
+    m: &Machine,
+    ins: &Instruction,
+    run: &mut impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<([u64; 16], u64, u64)> {
+    use iced_x86::{OpAccess, OpKind};
+    use kvmconf_guests::interp::flags::STATUS;
+    let c = &m.cpu;
+    // Same segments and paging as at the start, so the probe's case describes the same machine.
+    let same = (
+        c.cs, c.ds, c.es, c.fs, c.gs, c.ss, c.cr0, c.cr3, c.cr4, c.efer,
+    ) == (
+        start.cs, start.ds, start.es, start.fs, start.gs, start.ss, start.cr0, start.cr3,
+        start.cr4, start.efer,
+    );
+    // Writes general registers and flags only (no memory, stack, segment or RIP change), reads
+    // memory only through its explicit operands, and has no string operands.
+    let info = iced_x86::InstructionInfoFactory::new().info(ins).clone();
+    let explicit = (0..ins.op_count())
+        .filter(|&k| ins.op_kind(k) == OpKind::Memory)
+        .count();
+    let effects_ok = ins.flow_control() == iced_x86::FlowControl::Next
+        && info.used_registers().iter().all(|r| {
+            r.register().is_gpr()
+                || !matches!(
+                    r.access(),
+                    OpAccess::Write
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadWrite
+                        | OpAccess::ReadCondWrite
+                )
+        })
+        && info
+            .used_memory()
+            .iter()
+            .all(|u| matches!(u.access(), OpAccess::Read | OpAccess::NoMemAccess))
+        && info.used_memory().len() <= explicit;
+    let operands_ok = effects_ok
+        && ins.op_count() > 0
+        && ins.op0_kind() == OpKind::Register
+        && (0..ins.op_count()).all(|k| {
+            matches!(
+                ins.op_kind(k),
+                OpKind::Register
+                    | OpKind::Memory
+                    | OpKind::Immediate8
+                    | OpKind::Immediate16
+                    | OpKind::Immediate32
+                    | OpKind::Immediate64
+                    | OpKind::Immediate8to16
+                    | OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32to64
+            )
+        });
+    if !same || !operands_ok {
+        return None;
+    }
+    // The memory images as the run has changed them; the code must be unchanged.
+    let mut probe = case.clone();
+    for (k, img) in probe.memory.iter_mut().enumerate() {
+        let now = m.peek_physical(img.addr.0, img.hex.0.len() as u64);
+        if Some(k) == code_index(case) && now != img.hex.0 {
+            return None;
+        }
+        img.hex.0 = now;
+    }
+    // A memory source must lie inside those images (RAM the probe holds as the run left it).
+    for k in 0..ins.op_count() {
+        if ins.op_kind(k) == OpKind::Memory {
+            let lin = m.operand_linear(ins, k)?;
+            let pa = m.physical(lin)?;
+            let size = ins.memory_size().size() as u64;
+            let inside = probe
+                .memory
+                .iter()
+                .any(|img| pa >= img.addr.0 && pa + size <= img.addr.0 + img.hex.0.len() as u64);
+            if !inside || m.physical(lin + size.max(1) - 1)? != pa + size.max(1) - 1 {
+                return None;
+            }
+        }
+    }
+    let mut probe = nop_where(&probe, |i| i.ip() != ins.ip());
+    let gpr = c.gpr;
+    let set = |p: &mut Case, rflags: u64| {
+        let r = &mut p.regs;
+        for (slot, v) in [
+            &mut r.rax, &mut r.rcx, &mut r.rdx, &mut r.rbx, &mut r.rsp, &mut r.rbp, &mut r.rsi,
+            &mut r.rdi, &mut r.r8, &mut r.r9, &mut r.r10, &mut r.r11, &mut r.r12, &mut r.r13,
+            &mut r.r14, &mut r.r15,
+        ]
+        .into_iter()
+        .zip(gpr)
+        {
+            *slot = Some(v.into());
+        }
+        r.rip = Some(ins.ip().into());
+        r.rflags = Some(rflags.into());
+    };
+    let mut once = |rflags: u64, run: &mut dyn FnMut(&Case) -> Result<CaseResult, KvmError>| {
+        set(&mut probe, rflags);
+        let r = run(&probe).ok()?;
+        (r.exit == Exit::Hlt && r.trace.is_empty()).then_some(r)
+    };
+    let a = once(c.rflags, run)?;
+    let regs = |r: &CaseResult| {
+        let g = &r.regs;
+        [
+            g.rax, g.rcx, g.rdx, g.rbx, g.rsp, g.rbp, g.rsi, g.rdi, g.r8, g.r9, g.r10, g.r11,
+            g.r12, g.r13, g.r14, g.r15,
+        ]
+        .map(|h| h.0)
+    };
+    let before = m.undefined_flags() & STATUS;
+    let undefined = if before == 0 {
+        0
+    } else {
+        let b = once(c.rflags ^ before, run)?;
+        if regs(&b) != regs(&a) {
+            return None;
+        }
+        (a.regs.rflags.0 ^ b.regs.rflags.0) & STATUS
+    };
+    let rflags = (c.rflags & !STATUS) | (a.regs.rflags.0 & STATUS);
+    Some((regs(&a), rflags, undefined))
+}
+
 /// Explains a mismatching case completely: minimises it ([`minimise_mismatch`]), then runs the
 /// *residual* program — the original with every instruction of the minimised mnemonics NOPed —
 /// and, while that still disagrees with the interpreter, explains the residual the same way (at

@@ -713,8 +713,12 @@ pub fn host_class_deviations() -> &'static [(String, String)] {
 /// completely: the ids of the classes present in the program whose instructions, NOPed, make KVM
 /// (`run`) and the interpreter agree. At CPL0 the instructions this host's emulator refuses
 /// (`cases/emulator_refuses.toml`, deviation `kvm-pvm-emulator-refuses`) count as a class too.
-/// `None` when no class is present, the residual is out of the interpreter's scope, or KVM and
-/// the interpreter still differ without them (a finding of its own).
+/// When that residual is out of the interpreter's scope (NOPing them left a later flag read
+/// undefined, or a loop without its bound), the program itself is judged with KVM's observed
+/// effect substituted for each execution of a class instruction
+/// ([`crate::differential::predict_observed`]) and must then agree with `run` of the whole case.
+/// `None` when no class is present, neither check can be made, or KVM and the interpreter still
+/// differ (a finding of its own).
 pub fn explained_by_known_classes(
     case: &Case,
     classes: &[(String, String)],
@@ -758,10 +762,40 @@ pub fn explained_by_known_classes(
     if present.is_empty() {
         return None;
     }
+    let cap = kvmconf_guests::interp::INSTRUCTION_CAP;
     let residual = crate::differential::nop_where(case, |i| known.contains(&i.mnemonic()));
-    let o = crate::differential::predict(&residual, kvmconf_guests::interp::INSTRUCTION_CAP)?;
-    let k = run(&residual).ok()?;
-    crate::differential::agrees(&k, &o).then(|| present.join(","))
+    if let Some(o) = crate::differential::predict(&residual, cap) {
+        let k = run(&residual).ok()?;
+        return crate::differential::agrees(&k, &o).then(|| present.join(","));
+    }
+    // Without them the program left the interpreter's scope: the class instructions set up what
+    // later ones read (a flag a BSR before left undefined, a loop bound). Judge the program itself
+    // instead, with KVM's observed effect substituted for each execution of a class instruction
+    // (refused instructions cannot be observed: KVM stops at them).
+    let (o, substituted) = crate::differential::predict_observed(
+        case,
+        cap,
+        |i| {
+            known.contains(&i.mnemonic())
+                && classes
+                    .iter()
+                    .any(|(_, c)| format!("{:?}", i.mnemonic()).starts_with(c.as_str()))
+        },
+        &mut run,
+    )?;
+    let k = run(case).ok()?;
+    if !crate::differential::agrees(&k, &o) {
+        return None;
+    }
+    let ids: Vec<String> = present
+        .into_iter()
+        .filter(|id| {
+            substituted
+                .iter()
+                .any(|m| class_of(&format!("{m:?}")).as_deref() == Some(id.as_str()))
+        })
+        .collect();
+    Some(ids.join(","))
 }
 
 /// The signature and known-deviation id of a mismatch. `kvm` is the side that ran under KVM's
@@ -893,6 +927,80 @@ mod tests {
         // No instruction of a known class in the program: not explained.
         let other = vec![("dev-tzcnt".to_string(), "Tzcnt".to_string())];
         assert_eq!(explained_by_known_classes(&c, &other, fake(false)), None);
+    }
+
+    /// long64: mov eax, 0x80000000; bsr ecx, eax; lzcnt edx, eax; cmova esi, eax; hlt. The BSR
+    /// leaves CF undefined (SDM 2 BSR) and the LZCNT defines it again (SDM 2 LZCNT), so without
+    /// the LZCNT the CMOVA reads an undefined flag.
+    fn bsr_lzcnt_cmova() -> Case {
+        let code = vec![
+            0xb8, 0, 0, 0, 0x80, 0x0f, 0xbd, 0xc8, 0xf3, 0x0f, 0xbd, 0xd0, 0x0f, 0x47, 0xf0, 0xf4,
+        ];
+        Case::new("bsr_lzcnt", Mode::Long64, kvmconf_guests::r#gen::CODE, code)
+    }
+
+    /// A fake KVM that runs every 4-byte LZCNT as BSR followed by `then` (CLC: CF cleared, or CMC:
+    /// CF inverted), and flips RDI while a CMOVA is live (when `cmova_too`).
+    fn lzcnt_as_bsr(
+        then: u8,
+        cmova_too: bool,
+    ) -> impl FnMut(&Case) -> Result<CaseResult, KvmError> {
+        move |c: &Case| {
+            let mut k = c.clone();
+            let code = k
+                .memory
+                .iter_mut()
+                .find(|m| m.addr.0 == kvmconf_guests::r#gen::CODE)
+                .expect("code image");
+            let live = crate::differential::instructions(c);
+            for i in &live {
+                if i.mnemonic() == iced_x86::Mnemonic::Lzcnt && i.len() == 4 {
+                    let at = (i.ip() - kvmconf_guests::r#gen::CODE) as usize;
+                    let modrm = code.hex.0[at + 3];
+                    code.hex.0[at..at + 4].copy_from_slice(&[0x0f, 0xbd, modrm, then]);
+                }
+            }
+            let mut r = kvmconf_guests::interp::run(&k);
+            if cmova_too
+                && live
+                    .iter()
+                    .any(|i| i.mnemonic() == iced_x86::Mnemonic::Cmova)
+            {
+                r.regs.rdi.0 ^= 1;
+            }
+            Ok(r)
+        }
+    }
+
+    #[test]
+    fn a_known_class_whose_nop_leaves_scope_is_judged_with_kvms_observed_effect() {
+        const CLC: u8 = 0xf8;
+        const CMC: u8 = 0xf5;
+        let c = bsr_lzcnt_cmova();
+        let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
+        // The fake disagrees with the interpreter, and without the LZCNT the program reads an
+        // undefined CF: the NOP residual cannot judge it.
+        let k = lzcnt_as_bsr(CLC, false)(&c).unwrap();
+        assert!(!crate::differential::agrees(&k, &Machine::new(&c).run()));
+        let residual =
+            crate::differential::nop_where(&c, |i| i.mnemonic() == iced_x86::Mnemonic::Lzcnt);
+        assert!(crate::differential::predict(&residual, 1000).is_none());
+        // With the fake's own LZCNT effect (BSR, CF cleared) substituted, nothing else differs.
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CLC, false)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        // A second, unknown deviation (in CMOVA) is not hidden by the substitution.
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CLC, true)),
+            None
+        );
+        // When KVM's CF after the LZCNT follows the undefined CF before it, the CMOVA's outcome
+        // depends on an undefined flag: out of scope, not explained.
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CMC, false)),
+            None
+        );
     }
 
     #[test]
