@@ -16,7 +16,7 @@ use kvmconf_guests::case::{Case, MemInit, Mode};
 use kvmconf_guests::r#gen::source::SplitMix;
 use kvmconf_guests::r#gen::{CODE, Options, generate};
 use kvmconf_guests::interp::{self, Machine};
-use kvmconf_guests::result::{CaseResult, DiffMask, Exit, FieldDiff, diff};
+use kvmconf_guests::result::{CaseResult, DiffMask, Event, Exit, FieldDiff, diff};
 use kvmconf_harness::fingerprint::Fingerprint;
 use kvmconf_harness::{Host, KvmError, Pool};
 use proptest::strategy::{BoxedStrategy, Strategy};
@@ -408,16 +408,16 @@ const MAX_OBSERVED: usize = 32;
 /// execution of a live instruction `take` selects — what the program would do if KVM were right
 /// about everything else — and the mnemonics substituted. Each such execution is observed on KVM
 /// (`run`) in a *probe*: the case in the interpreter's state at that instruction (registers,
-/// RFLAGS, its memory images as the run has changed them), every other live instruction NOPed, so
-/// KVM runs that one instruction and slides to the final HLT. Its general registers and status
-/// flags become the instruction's outcome. A status flag undefined before the instruction is
+/// RFLAGS, its memory images and MMIO buffers as the run has changed them), every other live
+/// instruction NOPed, so KVM runs that one instruction and slides to the final HLT. Its general
+/// registers, status flags and MMIO reads become the instruction's outcome. A status flag undefined before the instruction is
 /// inverted in a second probe: the flags that follow it stay undefined, and a register that
 /// follows it makes the run depend on an undefined flag (out of scope).
 ///
 /// `None` when there is nothing to compare, as for [`predict`] (a flag read while undefined, a
 /// runaway, an unmodelled instruction), and also when a selected instruction cannot be observed
-/// alone: it writes memory or works on strings, reads memory outside the case's images, does I/O
-/// or MMIO, faults, the program changed it or its segments and control registers, more than
+/// alone: it writes memory or works on strings, reads memory outside the case's images and MMIO
+/// regions, does I/O or writes MMIO, faults, the program changed it or its segments and control registers, more than
 /// [`MAX_OBSERVED`] executions, or a probe fails to run. Without a selected instruction executed
 /// there is nothing substituted and no prediction either.
 pub fn predict_observed(
@@ -448,14 +448,15 @@ pub fn predict_observed(
         let fx = (as_generated && observed <= MAX_OBSERVED)
             .then(|| observe(case, &start, m, &ins, &mut run))
             .flatten();
-        let Some((gpr, rflags, undefined)) = fx else {
+        let Some((gpr, rflags, undefined, events)) = fx else {
             unobservable = true;
             return Err(interp::Stop::Timeout);
         };
         if !substituted.contains(&ins.mnemonic()) {
             substituted.push(ins.mnemonic());
         }
-        m.retire(&ins, gpr, rflags, undefined).map(|()| true)
+        m.retire(&ins, gpr, rflags, undefined, &events)
+            .map(|()| true)
     });
     if unobservable || substituted.is_empty() {
         return None;
@@ -469,15 +470,15 @@ pub fn predict_observed(
 }
 
 /// KVM's outcome of `ins`, the instruction at the machine's RIP, in the machine's state: general
-/// registers, RFLAGS and the status flags left undefined (see [`predict_observed`]); `None` when
-/// it cannot be observed alone.
+/// registers, RFLAGS, the status flags left undefined and its MMIO reads (see
+/// [`predict_observed`]); `None` when it cannot be observed alone.
 fn observe(
     case: &Case,
     start: &kvmconf_guests::layout::CpuState,
     m: &Machine,
     ins: &Instruction,
     run: &mut impl FnMut(&Case) -> Result<CaseResult, KvmError>,
-) -> Option<([u64; 16], u64, u64)> {
+) -> Option<([u64; 16], u64, u64, Vec<Event>)> {
     use iced_x86::{OpAccess, OpKind};
     use kvmconf_guests::interp::flags::STATUS;
     let c = &m.cpu;
@@ -512,7 +513,6 @@ fn observe(
         && info.used_memory().len() <= explicit;
     let operands_ok = effects_ok
         && ins.op_count() > 0
-        && ins.op0_kind() == OpKind::Register
         && (0..ins.op_count()).all(|k| {
             matches!(
                 ins.op_kind(k),
@@ -531,7 +531,7 @@ fn observe(
     if !same || !operands_ok {
         return None;
     }
-    // The memory images as the run has changed them; the code must be unchanged.
+    // The memory images and MMIO buffers as the run has changed them; the code must be unchanged.
     let mut probe = case.clone();
     for (k, img) in probe.memory.iter_mut().enumerate() {
         let now = m.peek_physical(img.addr.0, img.hex.0.len() as u64);
@@ -540,16 +540,22 @@ fn observe(
         }
         img.hex.0 = now;
     }
-    // A memory source must lie inside those images (RAM the probe holds as the run left it).
+    for r in probe.mmio.iter_mut() {
+        r.hex.0 = m.peek_physical(r.addr.0, r.len.0);
+    }
+    // A memory source must lie inside those images or buffers (what the probe holds as the run
+    // left it).
     for k in 0..ins.op_count() {
         if ins.op_kind(k) == OpKind::Memory {
             let lin = m.operand_linear(ins, k)?;
             let pa = m.physical(lin)?;
             let size = ins.memory_size().size() as u64;
+            let within = |at: u64, len: u64| pa >= at && pa + size <= at + len;
             let inside = probe
                 .memory
                 .iter()
-                .any(|img| pa >= img.addr.0 && pa + size <= img.addr.0 + img.hex.0.len() as u64);
+                .any(|img| within(img.addr.0, img.hex.0.len() as u64))
+                || probe.mmio.iter().any(|r| within(r.addr.0, r.len.0));
             if !inside || m.physical(lin + size.max(1) - 1)? != pa + size.max(1) - 1 {
                 return None;
             }
@@ -575,7 +581,8 @@ fn observe(
     let mut once = |rflags: u64, run: &mut dyn FnMut(&Case) -> Result<CaseResult, KvmError>| {
         set(&mut probe, rflags);
         let r = run(&probe).ok()?;
-        (r.exit == Exit::Hlt && r.trace.is_empty()).then_some(r)
+        let reads_only = r.trace.iter().all(|e| matches!(e, Event::MmioRead(_)));
+        (r.exit == Exit::Hlt && reads_only).then_some(r)
     };
     let a = once(c.rflags, run)?;
     let regs = |r: &CaseResult| {
@@ -591,13 +598,13 @@ fn observe(
         0
     } else {
         let b = once(c.rflags ^ before, run)?;
-        if regs(&b) != regs(&a) {
+        if regs(&b) != regs(&a) || b.trace != a.trace {
             return None;
         }
         (a.regs.rflags.0 ^ b.regs.rflags.0) & STATUS
     };
     let rflags = (c.rflags & !STATUS) | (a.regs.rflags.0 & STATUS);
-    Some((regs(&a), rflags, undefined))
+    Some((regs(&a), rflags, undefined, a.trace))
 }
 
 /// Explains a mismatching case completely: minimises it ([`minimise_mismatch`]), then runs the

@@ -939,8 +939,8 @@ mod tests {
         Case::new("bsr_lzcnt", Mode::Long64, kvmconf_guests::r#gen::CODE, code)
     }
 
-    /// A fake KVM that runs every 4-byte LZCNT as BSR followed by `then` (CLC: CF cleared, or CMC:
-    /// CF inverted), and flips RDI while a CMOVA is live (when `cmova_too`).
+    /// A fake KVM that runs every LZCNT (F3 first) as BSR followed by `then` (CLC: CF cleared, or
+    /// CMC: CF inverted), and flips RDI while a CMOVA is live (when `cmova_too`).
     fn lzcnt_as_bsr(
         then: u8,
         cmova_too: bool,
@@ -954,10 +954,12 @@ mod tests {
                 .expect("code image");
             let live = crate::differential::instructions(c);
             for i in &live {
-                if i.mnemonic() == iced_x86::Mnemonic::Lzcnt && i.len() == 4 {
-                    let at = (i.ip() - kvmconf_guests::r#gen::CODE) as usize;
-                    let modrm = code.hex.0[at + 3];
-                    code.hex.0[at..at + 4].copy_from_slice(&[0x0f, 0xbd, modrm, then]);
+                let at = (i.ip() - kvmconf_guests::r#gen::CODE) as usize;
+                let bytes = &mut code.hex.0[at..at + i.len()];
+                if i.mnemonic() == iced_x86::Mnemonic::Lzcnt && bytes[0] == 0xf3 {
+                    // Drop the F3 prefix (BSR is left) and append `then`.
+                    bytes.rotate_left(1);
+                    *bytes.last_mut().expect("not empty") = then;
                 }
             }
             let mut r = kvmconf_guests::interp::run(&k);
@@ -999,6 +1001,40 @@ mod tests {
         // depends on an undefined flag: out of scope, not explained.
         assert_eq!(
             explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CMC, false)),
+            None
+        );
+    }
+
+    #[test]
+    fn an_observed_class_instruction_reading_mmio_brings_its_read_into_the_trace() {
+        // long64: mov eax, 0x80000000; bsr ecx, eax; lzcnt edx, [0x4000]; cmova esi, eax; hlt,
+        // with 0x4000 an MMIO region holding 0x80 (LZCNT 24, BSR 7).
+        let code = vec![
+            0xb8, 0, 0, 0, 0x80, 0x0f, 0xbd, 0xc8, 0xf3, 0x0f, 0xbd, 0x14, 0x25, 0x00, 0x40, 0x00,
+            0x00, 0x0f, 0x47, 0xf0, 0xf4,
+        ];
+        let mut c = Case::new(
+            "lzcnt_mmio",
+            Mode::Long64,
+            kvmconf_guests::r#gen::CODE,
+            code,
+        );
+        c.mmio.push(kvmconf_guests::case::MmioRegion {
+            addr: DATA.into(),
+            len: 0x1000.into(),
+            hex: kvmconf_guests::num::HexBytes(vec![0x80, 0, 0, 0]),
+        });
+        c.validate().expect("a valid case");
+        let k = lzcnt_as_bsr(0xf8, false)(&c).unwrap();
+        assert_eq!(k.trace.len(), 1, "one MMIO read: {:?}", k.trace);
+        assert!(!crate::differential::agrees(&k, &Machine::new(&c).run()));
+        let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, false)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, true)),
             None
         );
     }

@@ -299,23 +299,32 @@ impl Machine {
 
     /// Retires `ins`, the instruction at RIP, with an outcome computed elsewhere: the general
     /// registers become `gpr`, RFLAGS `rflags`, the RFLAGS bits in `undefined` (and only those)
-    /// are undefined afterwards, and RIP moves past it. Counts as one instruction; `Err` when the
-    /// instruction cap has run out.
+    /// are undefined afterwards, `events` (its MMIO or port accesses) join the trace, and RIP
+    /// moves past it. Counts as one instruction; `Err` when the instruction cap has run out or
+    /// the events used up the exit budget.
     pub fn retire(
         &mut self,
         ins: &Instruction,
         gpr: [u64; 16],
         rflags: u64,
         undefined: u64,
+        events: &[Event],
     ) -> Result<(), Stop> {
         if self.count >= self.cap {
             return Err(Stop::Timeout);
         }
         self.count += 1;
+        for e in events {
+            // Recording an event cannot fault.
+            let _ = self.event(e.clone());
+        }
         self.cpu.gpr = gpr;
         self.cpu.rflags = rflags;
         self.undef = undefined;
         self.cpu.rip = ins.next_ip() & self.ip_mask();
+        if self.over_budget {
+            return Err(Stop::Budget);
+        }
         Ok(())
     }
 
@@ -688,7 +697,7 @@ mod tests {
                 let mut gpr = m.cpu.gpr;
                 gpr[1] = 0x77;
                 let fl = m.cpu.rflags & !(flags::CF | flags::ZF);
-                m.retire(&ins, gpr, fl, undefined).map(|()| true)
+                m.retire(&ins, gpr, fl, undefined, &[]).map(|()| true)
             }
         };
         let o = Machine::new(&bsr_then_cmova()).run_with(take_bsr(0));
