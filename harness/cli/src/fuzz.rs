@@ -83,7 +83,9 @@ struct Shared {
     next: AtomicU64,
     stop: AtomicBool,
     signals: Mutex<HashSet<u64>>,
-    findings: Mutex<BTreeMap<String, Unique>>,
+    /// By signature and whether a known deviation explains it: an unexplained mismatch is not
+    /// absorbed by a known one that happens to share its (coarse) signature.
+    findings: Mutex<BTreeMap<(String, bool), Unique>>,
     first_errors: Mutex<Vec<String>>,
     /// Each finished worker's executions and scheduler times (for --bench).
     thread_use: Mutex<Vec<ThreadUse>>,
@@ -164,14 +166,15 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
     if f.known.is_some() {
         sh.known.fetch_add(1, Ordering::Relaxed);
     }
+    let key = (f.signature.clone(), f.known.is_some());
     {
         let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = m.get_mut(&f.signature) {
+        if let Some(u) = m.get_mut(&key) {
             u.count += 1;
             return;
         }
         m.insert(
-            f.signature.clone(),
+            key.clone(),
             Unique {
                 count: 1,
                 known: f.known.clone(),
@@ -191,7 +194,7 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
             if !cfg.quiet {
                 eprintln!("new finding {} -> {}", f.signature, p.display());
             }
-            if let Some(u) = m.get_mut(&f.signature) {
+            if let Some(u) = m.get_mut(&key) {
                 u.artifact = Some(p);
             }
         }
@@ -500,7 +503,7 @@ pub fn main(a: FuzzArgs) -> u8 {
         println!("error: {e}");
     }
     let m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
-    for (sig, u) in m.iter() {
+    for ((sig, _), u) in m.iter() {
         match &u.known {
             Some(id) => println!(
                 "known    {sig} x{} (deviation {id}){}",
