@@ -940,10 +940,10 @@ mod tests {
     }
 
     /// A fake KVM that runs every LZCNT (F3 first) as BSR followed by `then` (CLC: CF cleared, or
-    /// CMC: CF inverted), and flips RDI while a CMOVA is live (when `cmova_too`).
+    /// CMC: CF inverted), and flips RDI while an instruction `flip_with` names is live.
     fn lzcnt_as_bsr(
         then: u8,
-        cmova_too: bool,
+        flip_with: Option<iced_x86::Mnemonic>,
     ) -> impl FnMut(&Case) -> Result<CaseResult, KvmError> {
         move |c: &Case| {
             let mut k = c.clone();
@@ -963,11 +963,7 @@ mod tests {
                 }
             }
             let mut r = kvmconf_guests::interp::run(&k);
-            if cmova_too
-                && live
-                    .iter()
-                    .any(|i| i.mnemonic() == iced_x86::Mnemonic::Cmova)
-            {
+            if live.iter().any(|i| Some(i.mnemonic()) == flip_with) {
                 r.regs.rdi.0 ^= 1;
             }
             Ok(r)
@@ -982,25 +978,66 @@ mod tests {
         let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
         // The fake disagrees with the interpreter, and without the LZCNT the program reads an
         // undefined CF: the NOP residual cannot judge it.
-        let k = lzcnt_as_bsr(CLC, false)(&c).unwrap();
+        let k = lzcnt_as_bsr(CLC, None)(&c).unwrap();
         assert!(!crate::differential::agrees(&k, &Machine::new(&c).run()));
         let residual =
             crate::differential::nop_where(&c, |i| i.mnemonic() == iced_x86::Mnemonic::Lzcnt);
         assert!(crate::differential::predict(&residual, 1000).is_none());
         // With the fake's own LZCNT effect (BSR, CF cleared) substituted, nothing else differs.
         assert_eq!(
-            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CLC, false)).as_deref(),
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CLC, None)).as_deref(),
             Some("dev-lzcnt")
         );
         // A second, unknown deviation (in CMOVA) is not hidden by the substitution.
         assert_eq!(
-            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CLC, true)),
+            explained_by_known_classes(
+                &c,
+                &classes,
+                lzcnt_as_bsr(CLC, Some(iced_x86::Mnemonic::Cmova))
+            ),
             None
         );
         // When KVM's CF after the LZCNT follows the undefined CF before it, the CMOVA's outcome
         // depends on an undefined flag: out of scope, not explained.
         assert_eq!(
-            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CMC, false)),
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CMC, None)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_class_instruction_that_cannot_be_observed_is_interpreted_and_not_named() {
+        // cmpxchg [0x4000], ecx (writes memory: not observable alone), then the BSR/LZCNT/CMOVA
+        // program; both LZCNT and CMPXCHG are known classes.
+        let mut code = vec![0x0f, 0xb1, 0x0c, 0x25, 0x00, 0x40, 0x00, 0x00];
+        code.extend(&bsr_lzcnt_cmova().memory[0].hex.0);
+        let mut c = Case::new(
+            "cmpxchg_mem",
+            Mode::Long64,
+            kvmconf_guests::r#gen::CODE,
+            code,
+        );
+        c.memory.push(kvmconf_guests::case::MemInit {
+            addr: DATA.into(),
+            hex: kvmconf_guests::num::HexBytes(vec![0; 16]),
+        });
+        c.validate().expect("a valid case");
+        let classes = vec![
+            ("dev-lzcnt".to_string(), "Lzcnt".to_string()),
+            ("dev-cmpxchg".to_string(), "Cmpxchg".to_string()),
+        ];
+        // The fake runs the CMPXCHG as the interpreter does: explained by the LZCNT alone.
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, None)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        // Where KVM deviates at the interpreted CMPXCHG, nothing is explained.
+        assert_eq!(
+            explained_by_known_classes(
+                &c,
+                &classes,
+                lzcnt_as_bsr(0xf8, Some(iced_x86::Mnemonic::Cmpxchg))
+            ),
             None
         );
     }
@@ -1025,16 +1062,20 @@ mod tests {
             hex: kvmconf_guests::num::HexBytes(vec![0x80, 0, 0, 0]),
         });
         c.validate().expect("a valid case");
-        let k = lzcnt_as_bsr(0xf8, false)(&c).unwrap();
+        let k = lzcnt_as_bsr(0xf8, None)(&c).unwrap();
         assert_eq!(k.trace.len(), 1, "one MMIO read: {:?}", k.trace);
         assert!(!crate::differential::agrees(&k, &Machine::new(&c).run()));
         let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
         assert_eq!(
-            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, false)).as_deref(),
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, None)).as_deref(),
             Some("dev-lzcnt")
         );
         assert_eq!(
-            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, true)),
+            explained_by_known_classes(
+                &c,
+                &classes,
+                lzcnt_as_bsr(0xf8, Some(iced_x86::Mnemonic::Cmova))
+            ),
             None
         );
     }
