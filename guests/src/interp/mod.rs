@@ -316,7 +316,7 @@ impl Machine {
         self.count += 1;
         for e in events {
             // Recording an event cannot fault.
-            let _ = self.event(e.clone());
+            let _ = self.event(*e);
         }
         self.cpu.gpr = gpr;
         self.cpu.rflags = rflags;
