@@ -659,12 +659,43 @@ pub fn code_at(case: &Case, rip: u64) -> Option<String> {
 /// Known deviation ids the fuzzer can recognise; each must exist in `cases/deviations.toml`
 /// (a unit test checks this). Instruction classes KVM's emulator refuses are reported as
 /// `class:kvm-emulator-refuses:<Code>` on every host.
-pub const KNOWN_IDS: [&str; 4] = [
+pub const KNOWN_IDS: [&str; 5] = [
     "emulator-int3-cpl0-internal-error",
     "emulator-real-mode-idt-limit",
     "pvm-cpl3-iopl-ignored",
     "pvm-pat-reserved-type-accepted",
+    "pvm-cpl3-xchg-timeout",
 ];
+
+/// Whether the interpreter's run of `case` executes an XCHG whose memory operand crosses a 64-byte
+/// line: a split lock (XCHG with memory is locked, SDM 2 XCHG), which a host with bus-lock
+/// detection traps and may throttle.
+pub fn runs_split_locked_xchg(case: &Case) -> bool {
+    const LINE: u64 = 64;
+    let mut found = false;
+    let mut m = Machine::new(case);
+    // Generated programs end far sooner; past this the answer is no (nothing is explained).
+    m.set_cap(1_000_000);
+    m.run_with(|m| {
+        if let Some(ins) = m.next_instruction()
+            && ins.mnemonic() == iced_x86::Mnemonic::Xchg
+        {
+            for k in 0..ins.op_count() {
+                if ins.op_kind(k) == iced_x86::OpKind::Memory
+                    && let Some(lin) = m.operand_linear(&ins, k)
+                {
+                    let last = lin + (ins.memory_size().size() as u64).max(1) - 1;
+                    found |= lin / LINE != last / LINE;
+                }
+            }
+        }
+        if found {
+            return Err(kvmconf_guests::interp::Stop::Hlt);
+        }
+        Ok(false)
+    });
+    found
+}
 
 /// Whether the deviation `id` of `cases/deviations.toml` applies to this host (its vendor module
 /// is loaded and the kernel release matches its glob).
@@ -833,6 +864,13 @@ pub fn classify(
         && matches!(kvm.exit, Exit::Exception { vector: 13, .. })
     {
         return (format!("{head}:iopl3-io-gp"), known_if(KNOWN_IDS[2]));
+    }
+    if case.cpl == 3
+        && matches!(kvm.exit, Exit::Timeout { .. })
+        && !matches!(reference.exit, Exit::Timeout { .. })
+        && runs_split_locked_xchg(case)
+    {
+        return (format!("{head}:split-lock-timeout"), known_if(KNOWN_IDS[4]));
     }
     let first = d
         .first()
@@ -1108,6 +1146,37 @@ mod tests {
         // At CPL3 the emulator's refusals do not apply.
         c.cpl = 3;
         assert_eq!(explained_by_known_classes(&c, &[], fake), None);
+    }
+
+    #[test]
+    fn a_cpl3_timeout_is_the_split_lock_deviation_only_when_an_xchg_splits_a_line() {
+        // long64 CPL3: mov ebx, 0x4000; xchg [rbx+OFF], eax; hlt (data in RAM).
+        let case = |off: u8| {
+            let code = vec![0xbb, 0, 0x40, 0, 0, 0x87, 0x43, off, 0xf4];
+            let mut c = Case::new("xchg", Mode::Long64, kvmconf_guests::r#gen::CODE, code);
+            c.cpl = 3;
+            c.memory.push(kvmconf_guests::case::MemInit {
+                addr: DATA.into(),
+                hex: kvmconf_guests::num::HexBytes(vec![0; 0x80]),
+            });
+            c.validate().expect("a valid case");
+            c
+        };
+        let (split, aligned) = (case(0x3e), case(0x3c));
+        assert!(
+            runs_split_locked_xchg(&split),
+            "0x403e..0x4041 crosses 0x4040"
+        );
+        assert!(!runs_split_locked_xchg(&aligned));
+        let reference = kvmconf_guests::interp::run(&split);
+        let mut kvm = reference.clone();
+        kvm.exit = Exit::Timeout { ms: 1000 };
+        let (sig, known) = classify(Target::GuestVsInterp, &split, &kvm, &reference, &[]);
+        assert_eq!(sig, "guest_vs_interp:long64:cpl3:split-lock-timeout");
+        assert_eq!(known.is_some(), host_has("pvm-cpl3-xchg-timeout"));
+        let (sig, known) = classify(Target::GuestVsInterp, &aligned, &kvm, &reference, &[]);
+        assert!(!sig.contains("split-lock"), "{sig}");
+        assert_eq!(known, None);
     }
 
     #[test]
