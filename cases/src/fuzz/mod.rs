@@ -659,12 +659,43 @@ pub fn code_at(case: &Case, rip: u64) -> Option<String> {
 /// Known deviation ids the fuzzer can recognise; each must exist in `cases/deviations.toml`
 /// (a unit test checks this). Instruction classes KVM's emulator refuses are reported as
 /// `class:kvm-emulator-refuses:<Code>` on every host.
-pub const KNOWN_IDS: [&str; 4] = [
+pub const KNOWN_IDS: [&str; 5] = [
     "emulator-int3-cpl0-internal-error",
     "emulator-real-mode-idt-limit",
     "pvm-cpl3-iopl-ignored",
     "pvm-pat-reserved-type-accepted",
+    "pvm-cpl3-xchg-timeout",
 ];
+
+/// Whether the interpreter's run of `case` executes an XCHG whose memory operand crosses a 64-byte
+/// line: a split lock (XCHG with memory is locked, SDM 2 XCHG), which a host with bus-lock
+/// detection traps and may throttle.
+pub fn runs_split_locked_xchg(case: &Case) -> bool {
+    const LINE: u64 = 64;
+    let mut found = false;
+    let mut m = Machine::new(case);
+    // Generated programs end far sooner; past this the answer is no (nothing is explained).
+    m.set_cap(1_000_000);
+    m.run_with(|m| {
+        if let Some(ins) = m.next_instruction()
+            && ins.mnemonic() == iced_x86::Mnemonic::Xchg
+        {
+            for k in 0..ins.op_count() {
+                if ins.op_kind(k) == iced_x86::OpKind::Memory
+                    && let Some(lin) = m.operand_linear(&ins, k)
+                {
+                    let last = lin + (ins.memory_size().size() as u64).max(1) - 1;
+                    found |= lin / LINE != last / LINE;
+                }
+            }
+        }
+        if found {
+            return Err(kvmconf_guests::interp::Stop::Hlt);
+        }
+        Ok(false)
+    });
+    found
+}
 
 /// Whether the deviation `id` of `cases/deviations.toml` applies to this host (its vendor module
 /// is loaded and the kernel release matches its glob).
@@ -713,8 +744,12 @@ pub fn host_class_deviations() -> &'static [(String, String)] {
 /// completely: the ids of the classes present in the program whose instructions, NOPed, make KVM
 /// (`run`) and the interpreter agree. At CPL0 the instructions this host's emulator refuses
 /// (`cases/emulator_refuses.toml`, deviation `kvm-pvm-emulator-refuses`) count as a class too.
-/// `None` when no class is present, the residual is out of the interpreter's scope, or KVM and
-/// the interpreter still differ without them (a finding of its own).
+/// When that residual is out of the interpreter's scope (NOPing them left a later flag read
+/// undefined, or a loop without its bound), the program itself is judged with KVM's observed
+/// effect substituted for each execution of a class instruction
+/// ([`crate::differential::predict_observed`]) and must then agree with `run` of the whole case.
+/// `None` when no class is present, neither check can be made, or KVM and the interpreter still
+/// differ (a finding of its own).
 pub fn explained_by_known_classes(
     case: &Case,
     classes: &[(String, String)],
@@ -758,10 +793,40 @@ pub fn explained_by_known_classes(
     if present.is_empty() {
         return None;
     }
+    let cap = kvmconf_guests::interp::INSTRUCTION_CAP;
     let residual = crate::differential::nop_where(case, |i| known.contains(&i.mnemonic()));
-    let o = crate::differential::predict(&residual, kvmconf_guests::interp::INSTRUCTION_CAP)?;
-    let k = run(&residual).ok()?;
-    crate::differential::agrees(&k, &o).then(|| present.join(","))
+    if let Some(o) = crate::differential::predict(&residual, cap) {
+        let k = run(&residual).ok()?;
+        return crate::differential::agrees(&k, &o).then(|| present.join(","));
+    }
+    // Without them the program left the interpreter's scope: the class instructions set up what
+    // later ones read (a flag a BSR before left undefined, a loop bound). Judge the program itself
+    // instead, with KVM's observed effect substituted for each execution of a class instruction
+    // (refused instructions cannot be observed: KVM stops at them).
+    let (o, substituted) = crate::differential::predict_observed(
+        case,
+        cap,
+        |i| {
+            known.contains(&i.mnemonic())
+                && classes
+                    .iter()
+                    .any(|(_, c)| format!("{:?}", i.mnemonic()).starts_with(c.as_str()))
+        },
+        &mut run,
+    )?;
+    let k = run(case).ok()?;
+    if !crate::differential::agrees(&k, &o) {
+        return None;
+    }
+    let ids: Vec<String> = present
+        .into_iter()
+        .filter(|id| {
+            substituted
+                .iter()
+                .any(|m| class_of(&format!("{m:?}")).as_deref() == Some(id.as_str()))
+        })
+        .collect();
+    Some(ids.join(","))
 }
 
 /// The signature and known-deviation id of a mismatch. `kvm` is the side that ran under KVM's
@@ -799,6 +864,13 @@ pub fn classify(
         && matches!(kvm.exit, Exit::Exception { vector: 13, .. })
     {
         return (format!("{head}:iopl3-io-gp"), known_if(KNOWN_IDS[2]));
+    }
+    if case.cpl == 3
+        && matches!(kvm.exit, Exit::Timeout { .. })
+        && !matches!(reference.exit, Exit::Timeout { .. })
+        && runs_split_locked_xchg(case)
+    {
+        return (format!("{head}:split-lock-timeout"), known_if(KNOWN_IDS[4]));
     }
     let first = d
         .first()
@@ -895,6 +967,157 @@ mod tests {
         assert_eq!(explained_by_known_classes(&c, &other, fake(false)), None);
     }
 
+    /// long64: mov eax, 0x80000000; bsr ecx, eax; lzcnt edx, eax; cmova esi, eax; hlt. The BSR
+    /// leaves CF undefined (SDM 2 BSR) and the LZCNT defines it again (SDM 2 LZCNT), so without
+    /// the LZCNT the CMOVA reads an undefined flag.
+    fn bsr_lzcnt_cmova() -> Case {
+        let code = vec![
+            0xb8, 0, 0, 0, 0x80, 0x0f, 0xbd, 0xc8, 0xf3, 0x0f, 0xbd, 0xd0, 0x0f, 0x47, 0xf0, 0xf4,
+        ];
+        Case::new("bsr_lzcnt", Mode::Long64, kvmconf_guests::r#gen::CODE, code)
+    }
+
+    /// A fake KVM that runs every LZCNT (F3 first) as BSR followed by `then` (CLC: CF cleared, or
+    /// CMC: CF inverted), and flips RDI while an instruction `flip_with` names is live.
+    fn lzcnt_as_bsr(
+        then: u8,
+        flip_with: Option<iced_x86::Mnemonic>,
+    ) -> impl FnMut(&Case) -> Result<CaseResult, KvmError> {
+        move |c: &Case| {
+            let mut k = c.clone();
+            let code = k
+                .memory
+                .iter_mut()
+                .find(|m| m.addr.0 == kvmconf_guests::r#gen::CODE)
+                .expect("code image");
+            let live = crate::differential::instructions(c);
+            for i in &live {
+                let at = (i.ip() - kvmconf_guests::r#gen::CODE) as usize;
+                let bytes = &mut code.hex.0[at..at + i.len()];
+                if i.mnemonic() == iced_x86::Mnemonic::Lzcnt && bytes[0] == 0xf3 {
+                    // Drop the F3 prefix (BSR is left) and append `then`.
+                    bytes.rotate_left(1);
+                    *bytes.last_mut().expect("not empty") = then;
+                }
+            }
+            let mut r = kvmconf_guests::interp::run(&k);
+            if live.iter().any(|i| Some(i.mnemonic()) == flip_with) {
+                r.regs.rdi.0 ^= 1;
+            }
+            Ok(r)
+        }
+    }
+
+    #[test]
+    fn a_known_class_whose_nop_leaves_scope_is_judged_with_kvms_observed_effect() {
+        const CLC: u8 = 0xf8;
+        const CMC: u8 = 0xf5;
+        let c = bsr_lzcnt_cmova();
+        let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
+        // The fake disagrees with the interpreter, and without the LZCNT the program reads an
+        // undefined CF: the NOP residual cannot judge it.
+        let k = lzcnt_as_bsr(CLC, None)(&c).unwrap();
+        assert!(!crate::differential::agrees(&k, &Machine::new(&c).run()));
+        let residual =
+            crate::differential::nop_where(&c, |i| i.mnemonic() == iced_x86::Mnemonic::Lzcnt);
+        assert!(crate::differential::predict(&residual, 1000).is_none());
+        // With the fake's own LZCNT effect (BSR, CF cleared) substituted, nothing else differs.
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CLC, None)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        // A second, unknown deviation (in CMOVA) is not hidden by the substitution.
+        assert_eq!(
+            explained_by_known_classes(
+                &c,
+                &classes,
+                lzcnt_as_bsr(CLC, Some(iced_x86::Mnemonic::Cmova))
+            ),
+            None
+        );
+        // When KVM's CF after the LZCNT follows the undefined CF before it, the CMOVA's outcome
+        // depends on an undefined flag: out of scope, not explained.
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(CMC, None)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_class_instruction_that_cannot_be_observed_is_interpreted_and_not_named() {
+        // cmpxchg [0x4000], ecx (writes memory: not observable alone), then the BSR/LZCNT/CMOVA
+        // program; both LZCNT and CMPXCHG are known classes.
+        let mut code = vec![0x0f, 0xb1, 0x0c, 0x25, 0x00, 0x40, 0x00, 0x00];
+        code.extend(&bsr_lzcnt_cmova().memory[0].hex.0);
+        let mut c = Case::new(
+            "cmpxchg_mem",
+            Mode::Long64,
+            kvmconf_guests::r#gen::CODE,
+            code,
+        );
+        c.memory.push(kvmconf_guests::case::MemInit {
+            addr: DATA.into(),
+            hex: kvmconf_guests::num::HexBytes(vec![0; 16]),
+        });
+        c.validate().expect("a valid case");
+        let classes = vec![
+            ("dev-lzcnt".to_string(), "Lzcnt".to_string()),
+            ("dev-cmpxchg".to_string(), "Cmpxchg".to_string()),
+        ];
+        // The fake runs the CMPXCHG as the interpreter does: explained by the LZCNT alone.
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, None)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        // Where KVM deviates at the interpreted CMPXCHG, nothing is explained.
+        assert_eq!(
+            explained_by_known_classes(
+                &c,
+                &classes,
+                lzcnt_as_bsr(0xf8, Some(iced_x86::Mnemonic::Cmpxchg))
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn an_observed_class_instruction_reading_mmio_brings_its_read_into_the_trace() {
+        // long64: mov eax, 0x80000000; bsr ecx, eax; lzcnt edx, [0x4000]; cmova esi, eax; hlt,
+        // with 0x4000 an MMIO region holding 0x80 (LZCNT 24, BSR 7).
+        let code = vec![
+            0xb8, 0, 0, 0, 0x80, 0x0f, 0xbd, 0xc8, 0xf3, 0x0f, 0xbd, 0x14, 0x25, 0x00, 0x40, 0x00,
+            0x00, 0x0f, 0x47, 0xf0, 0xf4,
+        ];
+        let mut c = Case::new(
+            "lzcnt_mmio",
+            Mode::Long64,
+            kvmconf_guests::r#gen::CODE,
+            code,
+        );
+        c.mmio.push(kvmconf_guests::case::MmioRegion {
+            addr: DATA.into(),
+            len: 0x1000.into(),
+            hex: kvmconf_guests::num::HexBytes(vec![0x80, 0, 0, 0]),
+        });
+        c.validate().expect("a valid case");
+        let k = lzcnt_as_bsr(0xf8, None)(&c).unwrap();
+        assert_eq!(k.trace.len(), 1, "one MMIO read: {:?}", k.trace);
+        assert!(!crate::differential::agrees(&k, &Machine::new(&c).run()));
+        let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, lzcnt_as_bsr(0xf8, None)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        assert_eq!(
+            explained_by_known_classes(
+                &c,
+                &classes,
+                lzcnt_as_bsr(0xf8, Some(iced_x86::Mnemonic::Cmova))
+            ),
+            None
+        );
+    }
+
     #[test]
     fn refused_instructions_count_as_a_known_class_at_cpl0_on_the_refusing_host() {
         // mov eax, 5; int 4; hlt — a fake KVM flips RSI while the INT is live.
@@ -923,6 +1146,37 @@ mod tests {
         // At CPL3 the emulator's refusals do not apply.
         c.cpl = 3;
         assert_eq!(explained_by_known_classes(&c, &[], fake), None);
+    }
+
+    #[test]
+    fn a_cpl3_timeout_is_the_split_lock_deviation_only_when_an_xchg_splits_a_line() {
+        // long64 CPL3: mov ebx, 0x4000; xchg [rbx+OFF], eax; hlt (data in RAM).
+        let case = |off: u8| {
+            let code = vec![0xbb, 0, 0x40, 0, 0, 0x87, 0x43, off, 0xf4];
+            let mut c = Case::new("xchg", Mode::Long64, kvmconf_guests::r#gen::CODE, code);
+            c.cpl = 3;
+            c.memory.push(kvmconf_guests::case::MemInit {
+                addr: DATA.into(),
+                hex: kvmconf_guests::num::HexBytes(vec![0; 0x80]),
+            });
+            c.validate().expect("a valid case");
+            c
+        };
+        let (split, aligned) = (case(0x3e), case(0x3c));
+        assert!(
+            runs_split_locked_xchg(&split),
+            "0x403e..0x4041 crosses 0x4040"
+        );
+        assert!(!runs_split_locked_xchg(&aligned));
+        let reference = kvmconf_guests::interp::run(&split);
+        let mut kvm = reference.clone();
+        kvm.exit = Exit::Timeout { ms: 1000 };
+        let (sig, known) = classify(Target::GuestVsInterp, &split, &kvm, &reference, &[]);
+        assert_eq!(sig, "guest_vs_interp:long64:cpl3:split-lock-timeout");
+        assert_eq!(known.is_some(), host_has("pvm-cpl3-xchg-timeout"));
+        let (sig, known) = classify(Target::GuestVsInterp, &aligned, &kvm, &reference, &[]);
+        assert!(!sig.contains("split-lock"), "{sig}");
+        assert_eq!(known, None);
     }
 
     #[test]

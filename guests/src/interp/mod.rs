@@ -246,6 +246,92 @@ impl Machine {
         }
     }
 
+    /// Runs to the end like [`Machine::run`], but before each instruction `take` may execute it
+    /// itself (with [`Machine::retire`]): `Ok(true)` when it did, `Ok(false)` to let the
+    /// interpreter execute it, `Err(stop)` to end the run there.
+    pub fn run_with(mut self, mut take: impl FnMut(&mut Machine) -> Result<bool, Stop>) -> Outcome {
+        let stop = loop {
+            let r = match take(&mut self) {
+                Ok(true) => Ok(()),
+                Ok(false) => self.step(),
+                Err(s) => Err(s),
+            };
+            if let Err(s) = r {
+                break s;
+            }
+        };
+        self.finish(stop)
+    }
+
+    /// The instruction at RIP, decoded without side effects (`None` when it does not decode).
+    pub fn next_instruction(&self) -> Option<Instruction> {
+        self.peek_instruction(self.code_linear(self.cpu.rip)).0
+    }
+
+    /// The RFLAGS bits that are undefined now: left undefined by an instruction and not written
+    /// since. Reading one taints the run.
+    pub fn undefined_flags(&self) -> u64 {
+        self.undef
+    }
+
+    /// The linear address of memory operand `op` of `ins` (the instruction at RIP) in the current
+    /// state (segment base included), or `None` when the operand has none.
+    pub fn operand_linear(&self, ins: &Instruction, op: u32) -> Option<u64> {
+        ins.virtual_address(op, 0, |r, _, _| {
+            Some(match r {
+                Register::ES => self.cpu.es.base,
+                Register::CS => self.cpu.cs.base,
+                Register::SS => self.cpu.ss.base,
+                Register::DS => self.cpu.ds.base,
+                Register::FS => self.cpu.fs.base,
+                Register::GS => self.cpu.gs.base,
+                r if r.is_gpr() => self.reg(r),
+                _ => return None,
+            })
+        })
+    }
+
+    /// The guest-physical address of linear address `lin`, translated without side effects.
+    pub fn physical(&self, lin: u64) -> Option<u64> {
+        self.translate_peek(lin)
+    }
+
+    /// `len` bytes of guest-physical memory from `pa` as a dump would read them (no trace).
+    pub fn peek_physical(&self, pa: u64, len: u64) -> Vec<u8> {
+        self.mem.dump(pa, len)
+    }
+
+    /// Retires `ins`, the instruction at RIP, with an outcome computed elsewhere: the general
+    /// registers become `gpr`, RFLAGS `rflags`, the RFLAGS bits in `undefined` (and only those)
+    /// are undefined afterwards, `events` (its MMIO or port accesses) join the trace, and RIP
+    /// moves past it. Counts as one instruction; `Err` when the instruction cap has run out or
+    /// the events used up the exit budget.
+    pub fn retire(
+        &mut self,
+        ins: &Instruction,
+        gpr: [u64; 16],
+        rflags: u64,
+        undefined: u64,
+        events: &[Event],
+    ) -> Result<(), Stop> {
+        if self.count >= self.cap {
+            return Err(Stop::Timeout);
+        }
+        self.count += 1;
+        for e in events {
+            // Recording an event cannot fault.
+            let _ = self.event(*e);
+        }
+        self.cpu.gpr = gpr;
+        self.cpu.rflags = rflags;
+        self.undef = undefined;
+        self.cpu.rip = ins.next_ip() & self.ip_mask();
+        if self.over_budget {
+            return Err(Stop::Budget);
+        }
+        Ok(())
+    }
+
     fn unsupported(&mut self, what: &str) -> Stop {
         let lin = self.code_linear(self.cpu.rip);
         let mut bytes = Vec::new();
@@ -678,5 +764,41 @@ mod tests {
             };
             assert_eq!(i, want, "{r:?}");
         }
+    }
+
+    /// long64: mov eax, 5; bsr ecx, eax; cmova edx, eax; hlt. BSR leaves CF undefined (SDM 2
+    /// BSR), so CMOVA reads an undefined flag.
+    fn bsr_then_cmova() -> Case {
+        let code = vec![0xb8, 5, 0, 0, 0, 0x0f, 0xbd, 0xc8, 0x0f, 0x47, 0xd0, 0xf4];
+        Case::new("bsr_cmova", Mode::Long64, crate::r#gen::CODE, code)
+    }
+
+    #[test]
+    fn run_with_retires_a_taken_over_instruction_with_the_given_state_and_flags() {
+        let plain = Machine::new(&bsr_then_cmova()).run();
+        assert!(plain.tainted, "CMOVA after BSR reads an undefined CF");
+        assert_eq!(plain.result.regs.rcx.0, 2, "bsr of 5");
+        // Take over the BSR: rcx = 0x77, CF and ZF clear and defined.
+        let take_bsr = |undefined: u64| {
+            move |m: &mut Machine| {
+                let ins = m.next_instruction().expect("decodes");
+                if ins.mnemonic() != iced_x86::Mnemonic::Bsr {
+                    return Ok(false);
+                }
+                let mut gpr = m.cpu.gpr;
+                gpr[1] = 0x77;
+                let fl = m.cpu.rflags & !(flags::CF | flags::ZF);
+                m.retire(&ins, gpr, fl, undefined, &[]).map(|()| true)
+            }
+        };
+        let o = Machine::new(&bsr_then_cmova()).run_with(take_bsr(0));
+        assert!(!o.tainted, "every flag CMOVA reads is defined");
+        assert_eq!(o.result.exit, Exit::Hlt);
+        assert_eq!(o.result.regs.rcx.0, 0x77);
+        assert_eq!(o.result.regs.rdx.0, 5, "CMOVA taken: CF = ZF = 0");
+        assert_eq!(o.instructions, plain.instructions);
+        // The same with CF left undefined: CMOVA's read taints the run again.
+        let o = Machine::new(&bsr_then_cmova()).run_with(take_bsr(flags::CF));
+        assert!(o.tainted);
     }
 }

@@ -35,7 +35,8 @@ pub struct FuzzArgs {
     /// Seed of the run (default: from the clock; printed so the run can be replayed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Replay the single input with this index of the run (with --seed) and print its result.
+    /// Replay the single input with this index of the run (with --seed) and print its result; a
+    /// finding is minimised and written to --artifacts as in a run.
     #[arg(long)]
     index: Option<u64>,
     /// Where minimised findings are written.
@@ -82,7 +83,9 @@ struct Shared {
     next: AtomicU64,
     stop: AtomicBool,
     signals: Mutex<HashSet<u64>>,
-    findings: Mutex<BTreeMap<String, Unique>>,
+    /// By signature and whether a known deviation explains it: an unexplained mismatch is not
+    /// absorbed by a known one that happens to share its (coarse) signature.
+    findings: Mutex<BTreeMap<(String, bool), Unique>>,
     first_errors: Mutex<Vec<String>>,
     /// Each finished worker's executions and scheduler times (for --bench).
     thread_use: Mutex<Vec<ThreadUse>>,
@@ -163,14 +166,15 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
     if f.known.is_some() {
         sh.known.fetch_add(1, Ordering::Relaxed);
     }
+    let key = (f.signature.clone(), f.known.is_some());
     {
         let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = m.get_mut(&f.signature) {
+        if let Some(u) = m.get_mut(&key) {
             u.count += 1;
             return;
         }
         m.insert(
-            f.signature.clone(),
+            key.clone(),
             Unique {
                 count: 1,
                 known: f.known.clone(),
@@ -183,10 +187,36 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
     if f.known.is_some() && !cfg.keep_known {
         return;
     }
+    let written = write_finding(runner, &f, cfg.seed, index, &cfg.artifacts, cfg.minimise);
+    let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
+    match written {
+        Ok(p) => {
+            if !cfg.quiet {
+                eprintln!("new finding {} -> {}", f.signature, p.display());
+            }
+            if let Some(u) = m.get_mut(&key) {
+                u.artifact = Some(p);
+            }
+        }
+        Err(e) => eprintln!("cannot write artifact for {}: {e}", f.signature),
+    }
+}
+
+/// Shrinks finding `f` (input `index` of run `seed`) while its signature stays the same, unless
+/// `minimise` is off or there is no runner (`case_parser`), and writes it atomically to `dir` as a
+/// case, state or sequence file: the file's path.
+fn write_finding(
+    runner: Option<&mut Runner<'_>>,
+    f: &Finding,
+    seed: u64,
+    index: u64,
+    dir: &std::path::Path,
+    minimise: bool,
+) -> std::io::Result<PathBuf> {
     let (small, note) = match runner {
-        Some(r) if cfg.minimise => {
-            let small = r.shrink(&f);
-            let note = shrink_note(&f, &small);
+        Some(r) if minimise => {
+            let small = r.shrink(f);
+            let note = shrink_note(f, &small);
             (small, note)
         }
         Some(_) => (f.clone(), "minimised: no (--no-minimise)".to_string()),
@@ -197,29 +227,13 @@ fn record(sh: &Shared, cfg: &Config, runner: Option<&mut Runner<'_>>, index: u64
     };
     let notes = [
         format!(
-            "replay: kvmconf fuzz --target {} --seed {} --index {index}",
-            f.target.name(),
-            cfg.seed
+            "replay: kvmconf fuzz --target {} --seed {seed} --index {index}",
+            f.target.name()
         ),
         note,
     ];
-    let written = artifact::render(&small, &notes)
-        .map_err(std::io::Error::other)
-        .and_then(|text| {
-            artifact::write_atomic(&cfg.artifacts, &artifact::file_name(&small), &text)
-        });
-    let mut m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
-    match written {
-        Ok(p) => {
-            if !cfg.quiet {
-                eprintln!("new finding {} -> {}", f.signature, p.display());
-            }
-            if let Some(u) = m.get_mut(&f.signature) {
-                u.artifact = Some(p);
-            }
-        }
-        Err(e) => eprintln!("cannot write artifact for {}: {e}", f.signature),
-    }
+    let text = artifact::render(&small, &notes).map_err(std::io::Error::other)?;
+    artifact::write_atomic(dir, &artifact::file_name(&small), &text)
 }
 
 fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
@@ -413,7 +427,7 @@ pub fn main(a: FuzzArgs) -> u8 {
         return bench(&a, seed);
     }
     if let Some(index) = a.index {
-        return replay(target, seed, index);
+        return replay(target, seed, index, &a);
     }
     match kcov_status() {
         Ok(()) => eprintln!(
@@ -489,7 +503,7 @@ pub fn main(a: FuzzArgs) -> u8 {
         println!("error: {e}");
     }
     let m = sh.findings.lock().unwrap_or_else(|p| p.into_inner());
-    for (sig, u) in m.iter() {
+    for ((sig, _), u) in m.iter() {
         match &u.known {
             Some(id) => println!(
                 "known    {sig} x{} (deviation {id}){}",
@@ -520,7 +534,11 @@ pub fn main(a: FuzzArgs) -> u8 {
     }
 }
 
-fn replay(target: Target, seed: u64, index: u64) -> u8 {
+/// `kvmconf fuzz --index`: runs input `index` of run `seed` and prints its result; a finding is
+/// then written as the live loop writes it (shrunk unless `--no-minimise`, a known one only with
+/// `--keep-known`). Exit code as for a run: 1 for a new finding (or a file that cannot be
+/// written), 0 otherwise.
+fn replay(target: Target, seed: u64, index: u64, a: &FuzzArgs) -> u8 {
     let mut src = source_for(seed, index);
     let host = if target.needs_kvm() {
         match Host::open() {
@@ -533,20 +551,21 @@ fn replay(target: Target, seed: u64, index: u64) -> u8 {
     } else {
         None
     };
-    let out = match &host {
-        Some(h) => Runner::new(h).exec_source(target, &mut src),
+    let mut runner = host.as_ref().map(Runner::new);
+    let out = match &mut runner {
+        Some(r) => r.exec_source(target, &mut src),
         None => Ok(kvmconf_cases::fuzz::case_parser(
             &kvmconf_cases::fuzz::gen_parser_input(&mut src),
         )),
     };
-    match out {
+    let f = match out {
         Err(e) => {
             println!("harness error: {e}");
-            EXIT_FAIL
+            return EXIT_FAIL;
         }
         Ok(x) if x.rejected => {
             println!("input {index} of seed {seed} is out of the oracle's scope (rejected)");
-            EXIT_OK
+            return EXIT_OK;
         }
         Ok(Exec {
             finding: None,
@@ -554,25 +573,50 @@ fn replay(target: Target, seed: u64, index: u64) -> u8 {
             ..
         }) => {
             println!("input {index} of seed {seed}: no difference (signal {signal:016x})");
-            EXIT_OK
+            return EXIT_OK;
         }
         Ok(Exec {
             finding: Some(f), ..
-        }) => {
-            println!(
-                "input {index} of seed {seed}: {} {}",
-                f.signature,
-                f.known
-                    .as_ref()
-                    .map_or(String::new(), |k| format!("(known: {k})"))
-            );
-            for d in &f.details {
-                println!("  {d}");
-            }
-            match artifact::render(&f, &[]) {
-                Ok(t) => println!("{t}"),
-                Err(e) => println!("(cannot render the input: {e})"),
-            }
+        }) => f,
+    };
+    println!(
+        "input {index} of seed {seed}: {} {}",
+        f.signature,
+        f.known
+            .as_ref()
+            .map_or(String::new(), |k| format!("(known: {k})"))
+    );
+    for d in &f.details {
+        println!("  {d}");
+    }
+    match artifact::render(&f, &[]) {
+        Ok(t) => println!("{t}"),
+        Err(e) => println!("(cannot render the input: {e})"),
+    }
+    let verdict = if f.known.is_some() {
+        EXIT_OK
+    } else {
+        EXIT_FAIL
+    };
+    if f.known.is_some() && !a.keep_known {
+        println!("known finding: not written (--keep-known writes it)");
+        return verdict;
+    }
+    match write_finding(
+        runner.as_mut(),
+        &f,
+        seed,
+        index,
+        &a.artifacts,
+        !a.no_minimise,
+    ) {
+        Ok(p) => {
+            println!("written: {}", p.display());
+            println!("repro: kvmconf repro {}", p.display());
+            verdict
+        }
+        Err(e) => {
+            eprintln!("cannot write artifact for {}: {e}", f.signature);
             EXIT_FAIL
         }
     }

@@ -465,3 +465,203 @@ fn fuzz_guest_vs_interp_short_run_reports_statistics() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The files in `dir` (none when it does not exist).
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The signature `kvmconf fuzz --index` prints for its input (`input N of seed S: SIG …`).
+fn replayed_signature(out: &str) -> String {
+    out.lines()
+        .next()
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `kvmconf fuzz --index` of a finding does what a run does with it: input 8571 of the soak run
+/// (seed 2026, long64 CPL0, LZCNT run as BSR by kvm_pvm's emulator: a known deviation there) is
+/// not written without --keep-known, and with it minimised and written once; `kvmconf repro`
+/// of the file shows the same finding. --no-minimise writes it as generated.
+#[test]
+fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
+    need_kvm!();
+    let dir = scratch("index");
+    let arts = dir.join("artifacts");
+    let replay = |extra: &[&str], arts: &Path| {
+        let mut args = vec![
+            "fuzz",
+            "--target",
+            "guest_vs_interp",
+            "--seed",
+            "2026",
+            "--index",
+            "8571",
+            "--artifacts",
+            arts.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        kvmconf(&args)
+    };
+    let o = replay(&[], &arts);
+    let out = text(&o.stdout);
+    if !kvmconf_cases::fuzz::host_has("kvm-pvm-emulator-lzcnt-as-bsr") {
+        // The interpreter's LZCNT is the SDM's: a conforming host shows no difference.
+        assert!(out.contains("no difference"), "{out}");
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        assert!(files_in(&arts).is_empty());
+        return;
+    }
+    // Known: counted, not written, exit 0 (as in a run).
+    let sig = replayed_signature(&out);
+    assert_eq!(
+        sig,
+        "guest_vs_interp:long64:cpl0:exception/exception:regs.rax"
+    );
+    // Named with every known class the explanation used (BSR too, since it has an entry).
+    let label = out
+        .lines()
+        .next()
+        .and_then(|l| l.split_once("(known: "))
+        .map_or("", |(_, k)| k.trim_end_matches(')'));
+    assert!(
+        label
+            .split(',')
+            .any(|id| id == "kvm-pvm-emulator-lzcnt-as-bsr"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not written (--keep-known writes it)"),
+        "{out}"
+    );
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(files_in(&arts).is_empty(), "{:?}", files_in(&arts));
+    // --keep-known: minimised and written, the path and the repro command printed.
+    let o = replay(&["--keep-known"], &arts);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
+    let files = files_in(&arts);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let path = files[0].to_str().unwrap();
+    assert!(out.contains(&format!("\nwritten: {path}\n")), "{out}");
+    assert!(
+        out.contains(&format!("\nrepro: kvmconf repro {path}\n")),
+        "{out}"
+    );
+    let t = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(t.contains(&format!("# signature: {sig}\n")), "{t}");
+    assert!(
+        t.contains("# replay: kvmconf fuzz --target guest_vs_interp --seed 2026 --index 8571\n"),
+        "{t}"
+    );
+    let bytes: Vec<usize> = t
+        .lines()
+        .find_map(|l| l.strip_prefix("# minimised: code "))
+        .and_then(|l| l.strip_suffix(" bytes"))
+        .map(|l| l.split(" -> ").filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(
+        bytes.len() == 2 && bytes[1] < bytes[0],
+        "shrunk program: {t}"
+    );
+    let r = kvmconf(&["repro", path]);
+    let rout = text(&r.stdout);
+    assert!(
+        rout.contains(&format!(": guest_vs_interp: {sig} ")),
+        "{rout}"
+    );
+    assert!(
+        rout.contains("RESULT reproduced (known deviation kvm-pvm-emulator-lzcnt-as-bsr)"),
+        "{rout}"
+    );
+    assert_eq!(r.status.code(), Some(1), "{rout}");
+    // --no-minimise: the same file name, the program as generated.
+    let raw = dir.join("raw");
+    let o = replay(&["--keep-known", "--no-minimise"], &raw);
+    let files = files_in(&raw);
+    assert_eq!(files.len(), 1, "{files:?}\n{}", text(&o.stdout));
+    assert_eq!(files[0].file_name(), Path::new(path).file_name());
+    let t = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(t.contains("# minimised: no (--no-minimise)\n"), "{t}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `kvmconf fuzz --index` of a sequence finding (seed 1, input 39: KVM_SET_MSRS sets a PAT with a
+/// reserved memory type, SDM 3A 13.12.2; a known deviation on kvm_pvm) with --keep-known writes
+/// one sequence file shrunk to that call, which `kvmconf repro` replays to the same finding.
+#[test]
+fn fuzz_index_of_a_sequence_finding_writes_one_shrunk_sequence_file() {
+    need_kvm!();
+    let dir = scratch("seqindex");
+    let arts = dir.join("artifacts");
+    let o = kvmconf(&[
+        "fuzz",
+        "--target",
+        "ioctl_sequence",
+        "--seed",
+        "1",
+        "--index",
+        "39",
+        "--keep-known",
+        "--artifacts",
+        arts.to_str().unwrap(),
+    ]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
+    let files = files_in(&arts);
+    if !kvmconf_cases::fuzz::host_has("pvm-pat-reserved-type-accepted") {
+        assert!(out.contains("no difference"), "{out}");
+        assert!(files.is_empty(), "{files:?}");
+        return;
+    }
+    assert_eq!(replayed_signature(&out), "ioctl_sequence:msr-pat-reserved");
+    assert_eq!(files.len(), 1, "{files:?}");
+    let t = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(t.contains("# minimised: 32 -> 1 calls\n"), "{t}");
+    let r = kvmconf(&["repro", files[0].to_str().unwrap()]);
+    let rout = text(&r.stdout);
+    assert!(rout.contains("ioctl_sequence:msr-pat-reserved"), "{rout}");
+    assert!(
+        rout.contains("RESULT reproduced (known deviation pvm-pat-reserved-type-accepted)"),
+        "{rout}"
+    );
+    assert_eq!(r.status.code(), Some(1), "{rout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `kvmconf fuzz --index` of an input on which KVM and the interpreter agree (seed 2026, input 0)
+/// writes nothing, --keep-known or not, and exits 0.
+#[test]
+fn fuzz_index_without_a_difference_writes_nothing() {
+    need_kvm!();
+    let dir = scratch("nodiff");
+    let arts = dir.join("artifacts");
+    let o = kvmconf(&[
+        "fuzz",
+        "--target",
+        "guest_vs_interp",
+        "--seed",
+        "2026",
+        "--index",
+        "0",
+        "--keep-known",
+        "--artifacts",
+        arts.to_str().unwrap(),
+    ]);
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with("input 0 of seed 2026: no difference"),
+        "{out}"
+    );
+    assert!(!out.contains("written:"), "{out}");
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(files_in(&arts).is_empty(), "{:?}", files_in(&arts));
+    let _ = std::fs::remove_dir_all(dir);
+}
