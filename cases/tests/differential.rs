@@ -313,3 +313,22 @@ fn forced_emulation_rewrite_prefixes_each_instruction_once() {
     assert!(accepted >= 20, "only {accepted} of 400 programs accepted");
     assert!(declined >= 20, "only {declined} of 400 programs declined");
 }
+
+/// `compare_batch` (KVM runs back to back, then interpreter and comparison) returns one entry per
+/// case, in order, each KVM result named after its case and carrying exactly the differences
+/// `compare` reports for it.
+#[test]
+fn compare_batch_keeps_each_case_with_its_own_result_and_diff() {
+    use kvmconf_cases::differential::{BATCH, compare, compare_batch};
+    let Some(host) = host() else { return };
+    let mut pool = Pool::new(&host, 2);
+    let cases: Vec<Case> = (0..BATCH as u64 + 3)
+        .map(|i| kvmconf_guests::r#gen::case_from_seed(Mode::Real16, 0xba7c, i))
+        .collect();
+    let out = compare_batch(&mut pool, &cases).expect("the harness runs the batch");
+    assert_eq!(out.len(), cases.len());
+    for (c, (k, d)) in cases.iter().zip(&out) {
+        assert_eq!(k.name, c.name, "results stay in case order");
+        assert_eq!(d, &compare(k, c), "{}: batch diff", c.name);
+    }
+}

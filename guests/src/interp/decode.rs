@@ -366,15 +366,42 @@ pub fn classify(ins: &Instruction) -> Option<Op> {
             if cc == ConditionCode::None {
                 return None;
             }
-            let name = format!("{m:?}");
-            if name.starts_with("Set") {
-                Op::Data(DataOp::Setcc)
-            } else if name.starts_with("Cmov") {
-                Op::Data(DataOp::Cmov)
-            } else if name.starts_with('J') && ins.is_jcc_short_or_near() {
-                Op::Branch(BranchOp::Jcc)
-            } else {
-                return None;
+            // By mnemonic, not by formatting its name: this runs for every decoded Jcc/SETcc/CMOVcc.
+            match m {
+                M::Seto
+                | M::Setno
+                | M::Setb
+                | M::Setae
+                | M::Sete
+                | M::Setne
+                | M::Setbe
+                | M::Seta
+                | M::Sets
+                | M::Setns
+                | M::Setp
+                | M::Setnp
+                | M::Setl
+                | M::Setge
+                | M::Setle
+                | M::Setg => Op::Data(DataOp::Setcc),
+                M::Cmovo
+                | M::Cmovno
+                | M::Cmovb
+                | M::Cmovae
+                | M::Cmove
+                | M::Cmovne
+                | M::Cmovbe
+                | M::Cmova
+                | M::Cmovs
+                | M::Cmovns
+                | M::Cmovp
+                | M::Cmovnp
+                | M::Cmovl
+                | M::Cmovge
+                | M::Cmovle
+                | M::Cmovg => Op::Data(DataOp::Cmov),
+                _ if ins.is_jcc_short_or_near() => Op::Branch(BranchOp::Jcc),
+                _ => return None,
             }
         }
     };

@@ -2,11 +2,12 @@
 //! run four ways — harness fresh, harness pooled, raw kvm-ioctls fresh, raw reuse — in interleaved
 //! rounds, reported as medians with the harness/raw ratios. The differential loop (generate a
 //! program, run it on KVM, run it in the interpreter, compare) is measured in the same rounds,
-//! against the pooled rate for the same generated programs without the interpreter.
+//! against the pooled rate for the same generated programs without the interpreter: in batches
+//! (`differential::compare_batch`, as the library's loops run) and one program at a time.
 
 use crate::exec::open_host;
 use crate::{EXIT_FAIL, EXIT_OK};
-use kvmconf_cases::differential::compare;
+use kvmconf_cases::differential::{BATCH, compare, compare_batch};
 use kvmconf_guests::asm::assemble;
 use kvmconf_guests::case::{Case, Mode};
 use kvmconf_guests::r#gen::case_from_seed;
@@ -47,10 +48,14 @@ pub struct Figures {
     pooled_over_raw_minimal: f64,
     /// Generated programs/s on the pool alone (pre-generated, KVM only).
     generated_pooled_cases_per_s: f64,
-    /// Generated programs/s through generate + KVM + interpreter + compare.
+    /// Generated programs/s through generate + KVM + interpreter + compare, in batches.
     differential_cases_per_s: f64,
     /// `differential_cases_per_s / generated_pooled_cases_per_s` (target >= 0.5).
     differential_over_pooled: f64,
+    /// The same loop one program at a time (generate, KVM, interpreter, compare, next).
+    differential_interleaved_cases_per_s: f64,
+    /// `differential_interleaved_cases_per_s / generated_pooled_cases_per_s`.
+    differential_interleaved_over_pooled: f64,
 }
 
 fn trivial_case(mode: Mode) -> Case {
@@ -95,7 +100,7 @@ pub fn main(a: BenchArgs) -> u8 {
     let kvm = host.kvm();
     let cpuid = host.supported_cpuid();
     let mut pool = Pool::new(&host, 1);
-    let mut cols: [Vec<f64>; 7] = Default::default();
+    let mut cols: [Vec<f64>; 8] = Default::default();
     let ng = (a.cases / 4).max(10);
     let check = |r: &kvmconf_guests::CaseResult| -> Result<(), String> {
         if r.exit != kvmconf_guests::Exit::Hlt || r.trace.len() != 1 {
@@ -143,6 +148,20 @@ pub fn main(a: BenchArgs) -> u8 {
                 Ok(())
             })?);
             cols[6].push(rate(ng, || {
+                let mut i = 0;
+                while i < ng {
+                    let end = (i + BATCH as u64).min(ng);
+                    let batch: Vec<Case> = (i..end)
+                        .map(|j| case_from_seed(mode, u64::from(round), j))
+                        .collect();
+                    std::hint::black_box(
+                        compare_batch(&mut pool, &batch).map_err(|e| e.to_string())?,
+                    );
+                    i = end;
+                }
+                Ok(())
+            })?);
+            cols[7].push(rate(ng, || {
                 for i in 0..ng {
                     let c = case_from_seed(mode, u64::from(round), i);
                     let r = pool.run(&c).map_err(|e| e.to_string())?;
@@ -160,7 +179,7 @@ pub fn main(a: BenchArgs) -> u8 {
             eprintln!("round {}/{rounds} done", round + 1);
         }
     }
-    let [hf, hp, rf, rr, rm, gp, dl] = cols.map(median);
+    let [hf, hp, rf, rr, rm, gp, dl, di] = cols.map(median);
     let f = Figures {
         mode: mode.name().into(),
         rounds,
@@ -175,6 +194,8 @@ pub fn main(a: BenchArgs) -> u8 {
         generated_pooled_cases_per_s: gp,
         differential_cases_per_s: dl,
         differential_over_pooled: dl / gp,
+        differential_interleaved_cases_per_s: di,
+        differential_interleaved_over_pooled: di / gp,
     };
     if a.json {
         println!(
@@ -214,12 +235,16 @@ pub fn main(a: BenchArgs) -> u8 {
             gp
         );
         println!(
-            "  differential loop            {:>10.0} cases/s  (generate + KVM + interpreter + compare)",
+            "  differential loop            {:>10.0} cases/s  (generate + KVM + interpreter + compare, batches of {BATCH})",
             dl
         );
         println!(
             "  differential / pooled        {:>10.2}   (target >= 0.5)",
             f.differential_over_pooled
+        );
+        println!(
+            "  differential, one at a time  {:>10.0} cases/s  ({:.2} of pooled)",
+            di, f.differential_interleaved_over_pooled
         );
     }
     EXIT_OK
