@@ -21,7 +21,7 @@ pub mod state_entry;
 use kvmconf_guests::case::{Case, Mode, parse_cases};
 use kvmconf_guests::r#gen::source::{Source, SplitMix};
 use kvmconf_guests::r#gen::{DATA, Options, generate};
-use kvmconf_guests::interp::Machine;
+use kvmconf_guests::interp::{self, Machine};
 use kvmconf_guests::result::{CaseResult, DiffMask, Event, Exit, diff};
 use kvmconf_harness::{Host, KvmError, Pool};
 use std::hash::{Hash, Hasher};
@@ -328,22 +328,27 @@ impl<'h> Runner<'h> {
 
     /// KVM against the interpreter.
     pub fn guest_vs_interp(&mut self, case: &Case) -> Result<Exec, KvmError> {
-        if case.validate().is_err() || case.single_step {
+        let Some(o) = interpret_guest(case) else {
             return Ok(Exec {
                 rejected: true,
                 ..Exec::default()
             });
-        }
-        let o = Machine::new(case).run();
-        if o.tainted || matches!(o.result.exit, Exit::UnsupportedInstruction { .. }) {
-            return Ok(Exec {
-                rejected: true,
-                ..Exec::default()
-            });
-        }
+        };
         let k = self.pool.run(case)?;
-        let signal = result_signal(case.mode, case.cpl, &k);
-        if agree(&k, &o.result, o.undefined) {
+        self.judge_guest(case, &o, &k)
+    }
+
+    /// The verdict of `guest_vs_interp` on `case`, given the interpreter's outcome (from
+    /// [`interpret_guest`]) and KVM's result: split out so a worker can run a batch's KVM runs back
+    /// to back between the interpreter runs and the verdicts.
+    pub fn judge_guest(
+        &mut self,
+        case: &Case,
+        o: &interp::Outcome,
+        k: &CaseResult,
+    ) -> Result<Exec, KvmError> {
+        let signal = result_signal(case.mode, case.cpl, k);
+        if agree(k, &o.result, o.undefined) {
             return Ok(Exec {
                 signal,
                 rejected: false,
@@ -352,7 +357,7 @@ impl<'h> Runner<'h> {
         }
         if let Exit::InternalError { suberror: 1, .. } = k.exit {
             // KVM's emulator gave up: classified by the instruction, no field diff needed.
-            let (signature, known) = classify(Target::GuestVsInterp, case, &k, &o.result, &[]);
+            let (signature, known) = classify(Target::GuestVsInterp, case, k, &o.result, &[]);
             return Ok(Exec {
                 signal,
                 rejected: false,
@@ -374,9 +379,9 @@ impl<'h> Runner<'h> {
             rflags_ignore: o.undefined,
             ..DiffMask::default()
         };
-        let d = diff(&k, &o.result, &mask);
+        let d = diff(k, &o.result, &mask);
         let finding = (!d.is_empty()).then(|| {
-            let (signature, mut known) = classify(Target::GuestVsInterp, case, &k, &o.result, &d);
+            let (signature, mut known) = classify(Target::GuestVsInterp, case, k, &o.result, &d);
             if known.is_none() {
                 // A mismatch the host's known instruction-class deviations (LZCNT as BSR, …)
                 // explain completely is known; anything left without them stays a finding.
@@ -475,6 +480,20 @@ pub fn data_as_mmio(case: &Case) -> Option<Case> {
         hex: m.hex,
     });
     Some(c)
+}
+
+/// The interpreter's outcome for a `guest_vs_interp` input, or `None` when the input is out of the
+/// oracle's scope (invalid, single-step, tainted by an undefined input, or an instruction the
+/// interpreter does not model): such inputs are rejected without running KVM.
+pub fn interpret_guest(case: &Case) -> Option<interp::Outcome> {
+    if case.validate().is_err() || case.single_step {
+        return None;
+    }
+    let o = Machine::new(case).run();
+    if o.tainted || matches!(o.result.exit, Exit::UnsupportedInstruction { .. }) {
+        return None;
+    }
+    Some(o)
 }
 
 /// A generated program in any mode (long64 at CPL0 or CPL3), data in RAM or MMIO.

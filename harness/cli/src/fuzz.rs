@@ -6,7 +6,8 @@
 
 use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_NO_KVM, EXIT_OK};
 use kvmconf_cases::fuzz::{
-    Exec, Finding, Input, Runner, Target, artifact, ioctl_seq::fd_count, kcov_status, source_for,
+    Exec, Finding, Input, Runner, Target, artifact, gen_guest, interpret_guest,
+    ioctl_seq::fd_count, kcov_status, source_for,
 };
 use kvmconf_guests::case::Case;
 use kvmconf_harness::{Host, KvmError, Pool};
@@ -236,6 +237,9 @@ fn write_finding(
     artifact::write_atomic(dir, &artifact::file_name(&small), &text)
 }
 
+/// guest_vs_interp inputs a worker takes at a time.
+const FUZZ_BATCH: u64 = 32;
+
 fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
     if let Some(cpu) = cfg.pin_cpu
         && let Err(e) = kvmconf_harness::affinity::pin_current_thread(cpu)
@@ -268,42 +272,34 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
     let mut local_signals: Vec<u64> = Vec::new();
     let mark = ThreadUse::start();
     let mut execs = 0u64;
-    loop {
-        if sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-        let index = sh.next.fetch_add(1, Ordering::Relaxed);
-        if cfg.cases.is_some_and(|n| index >= n) {
-            break;
-        }
-        let mut src = source_for(cfg.seed, index);
-        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &mut runner {
-            Some(r) => r.exec_source(cfg.target, &mut src),
-            None => Ok(kvmconf_cases::fuzz::case_parser(
-                &kvmconf_cases::fuzz::gen_parser_input(&mut src),
-            )),
-        }));
+    // What one input's execution came to (a panic, a harness error, or its Exec) is counted and
+    // recorded the same way however the input was run; true when the runner must be renewed.
+    let mut handle = |index: u64,
+                      out: std::thread::Result<Result<Exec, KvmError>>,
+                      runner: Option<&mut Runner<'_>>,
+                      local_signals: &mut Vec<u64>|
+     -> bool {
         sh.execs.fetch_add(1, Ordering::Relaxed);
         execs += 1;
         match out {
             Err(_) => {
                 sh.panics.fetch_add(1, Ordering::Relaxed);
-                // The pool may hold a VM in an unknown state after a panic: start a new one.
-                runner = host.as_ref().map(Runner::new);
                 sh.first_errors
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(format!("harness panic at index {index}"));
+                // The pool may hold a VM in an unknown state after a panic: start a new one.
+                true
             }
             Ok(Err(e)) => {
                 sh.errors.fetch_add(1, Ordering::Relaxed);
                 note_error(sh, index, &e);
-                runner = host.as_ref().map(Runner::new);
+                true
             }
             Ok(Ok(x)) => {
                 if x.rejected {
                     sh.rejected.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                    return false;
                 }
                 local_signals.push(x.signal);
                 if local_signals.len() >= 256 {
@@ -311,8 +307,96 @@ fn worker(sh: &Shared, cfg: &Config, deadline: Option<Instant>) {
                     s.extend(local_signals.drain(..));
                 }
                 if let Some(f) = x.finding {
-                    record(sh, cfg, runner.as_mut(), index, f);
+                    record(sh, cfg, runner, index, f);
                 }
+                false
+            }
+        }
+    };
+    // guest_vs_interp inputs go in batches: generated and interpreted, then run on KVM back to
+    // back, then judged (see `differential::compare_batch` for why the order matters here). An
+    // input is still derived from (seed, index) alone, so replay is unchanged.
+    let batch = if cfg.target == Target::GuestVsInterp && runner.is_some() {
+        FUZZ_BATCH
+    } else {
+        1
+    };
+    loop {
+        if sh.stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let first = sh.next.fetch_add(batch, Ordering::Relaxed);
+        let end = cfg.cases.map_or(first + batch, |n| (first + batch).min(n));
+        if first >= end {
+            break;
+        }
+        if batch == 1 {
+            let mut src = source_for(cfg.seed, first);
+            let out =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &mut runner {
+                    Some(r) => r.exec_source(cfg.target, &mut src),
+                    None => Ok(kvmconf_cases::fuzz::case_parser(
+                        &kvmconf_cases::fuzz::gen_parser_input(&mut src),
+                    )),
+                }));
+            if handle(first, out, runner.as_mut(), &mut local_signals) {
+                runner = host.as_ref().map(Runner::new);
+            }
+            continue;
+        }
+        // Generate and interpret.
+        let mut interpreted = Vec::with_capacity(batch as usize);
+        for index in first..end {
+            let mut src = source_for(cfg.seed, index);
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let case = gen_guest(&mut src);
+                interpret_guest(&case).map(|o| (case, o))
+            }));
+            match out {
+                Ok(Some((case, o))) => interpreted.push((index, case, o)),
+                Ok(None) => {
+                    let rejected = Exec {
+                        rejected: true,
+                        ..Exec::default()
+                    };
+                    if handle(index, Ok(Ok(rejected)), runner.as_mut(), &mut local_signals) {
+                        runner = host.as_ref().map(Runner::new);
+                    }
+                }
+                Err(p) => {
+                    if handle(index, Err(p), runner.as_mut(), &mut local_signals) {
+                        runner = host.as_ref().map(Runner::new);
+                    }
+                }
+            }
+        }
+        // KVM runs back to back.
+        let mut ran = Vec::with_capacity(interpreted.len());
+        for (index, case, o) in interpreted {
+            let Some(r) = runner.as_mut() else { break };
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.pool.run(&case)));
+            match out {
+                Ok(Ok(k)) => ran.push((index, case, o, k)),
+                Ok(Err(e)) => {
+                    if handle(index, Ok(Err(e)), runner.as_mut(), &mut local_signals) {
+                        runner = host.as_ref().map(Runner::new);
+                    }
+                }
+                Err(p) => {
+                    if handle(index, Err(p), runner.as_mut(), &mut local_signals) {
+                        runner = host.as_ref().map(Runner::new);
+                    }
+                }
+            }
+        }
+        // Verdicts.
+        for (index, case, o, k) in ran {
+            let Some(r) = runner.as_mut() else { break };
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                r.judge_guest(&case, &o, &k)
+            }));
+            if handle(index, out, runner.as_mut(), &mut local_signals) {
+                runner = host.as_ref().map(Runner::new);
             }
         }
     }

@@ -665,3 +665,52 @@ fn fuzz_index_without_a_difference_writes_nothing() {
     assert!(files_in(&arts).is_empty(), "{:?}", files_in(&arts));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// guest_vs_interp workers take inputs in batches (generate and interpret, KVM back to back,
+/// verdicts): a run of 70 inputs (two full batches and a partial one) executes each index exactly
+/// once with one worker and with two, and rejects the same inputs either way (rejection is the
+/// interpreter's, so it does not depend on how the work is split).
+#[test]
+fn fuzz_guest_batches_run_every_index_once_whatever_the_workers() {
+    need_kvm!();
+    let dir = scratch("batches");
+    let mut summaries = Vec::new();
+    for jobs in ["1", "2"] {
+        let arts = dir.join(format!("artifacts-{jobs}"));
+        let o = kvmconf(&[
+            "fuzz",
+            "--target",
+            "guest_vs_interp",
+            "--seed",
+            "3",
+            "--cases",
+            "70",
+            "--jobs",
+            jobs,
+            "--no-minimise",
+            "--stats-every",
+            "0",
+            "--artifacts",
+            arts.to_str().unwrap(),
+        ]);
+        let out = text(&o.stdout);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("fuzz guest_vs_interp: "))
+            .unwrap_or_else(|| panic!("no summary line: {out}"))
+            .to_string();
+        assert!(line.contains(": 70 execs in "), "{line}");
+        assert!(line.contains("panics 0; harness errors 0"), "{line}");
+        let rejected = line
+            .split(", ")
+            .find(|p| p.ends_with(" rejected"))
+            .unwrap_or_else(|| panic!("no rejected count: {line}"))
+            .to_string();
+        summaries.push(rejected);
+    }
+    assert_eq!(
+        summaries[0], summaries[1],
+        "rejected inputs with 1 and 2 workers"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
