@@ -439,84 +439,56 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
     // Render only the parts that differ (a memory dump renders to thousands of characters); the
     // paths are those of the whole result flattened, as `diff_whole` (the tests' reference) gives.
     let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
-    type Flat = BTreeMap<String, String>;
-    let mut maps = (&mut fa, &mut fb);
-    let part = |maps: &mut (&mut Flat, &mut Flat),
-                path: &str,
-                x: Option<serde_json::Value>,
-                y: Option<serde_json::Value>| {
+    // Dumps whose bytes alone differ: (path, left hex, right hex), added after the JSON parts.
+    let mut hex = Vec::new();
+    let mut part = |path: &str, x: Option<serde_json::Value>, y: Option<serde_json::Value>| {
         if let Some(x) = x {
-            flatten(path, &x, maps.0);
+            flatten(path, &x, &mut fa);
         }
         if let Some(y) = y {
-            flatten(path, &y, maps.1);
+            flatten(path, &y, &mut fb);
         }
     };
     if ma.exit != mb.exit {
-        part(
-            &mut maps,
-            "exit",
-            Some(json(&ma.exit)),
-            Some(json(&mb.exit)),
-        );
+        part("exit", Some(json(&ma.exit)), Some(json(&mb.exit)));
     }
     if ma.trace != mb.trace {
-        part(
-            &mut maps,
-            "trace",
-            Some(json(&ma.trace)),
-            Some(json(&mb.trace)),
-        );
+        part("trace", Some(json(&ma.trace)), Some(json(&mb.trace)));
     }
     if ma.regs != mb.regs {
-        part(
-            &mut maps,
-            "regs",
-            Some(json(&ma.regs)),
-            Some(json(&mb.regs)),
-        );
+        part("regs", Some(json(&ma.regs)), Some(json(&mb.regs)));
     }
     if ma.segs != mb.segs {
-        part(
-            &mut maps,
-            "segs",
-            Some(json(&ma.segs)),
-            Some(json(&mb.segs)),
-        );
+        part("segs", Some(json(&ma.segs)), Some(json(&mb.segs)));
     }
     if ma.cr != mb.cr {
-        part(&mut maps, "cr", Some(json(&ma.cr)), Some(json(&mb.cr)));
+        part("cr", Some(json(&ma.cr)), Some(json(&mb.cr)));
     }
     if ma.memory.len() != mb.memory.len() {
-        part(
-            &mut maps,
-            "memory",
-            Some(json(&ma.memory)),
-            Some(json(&mb.memory)),
-        );
+        part("memory", Some(json(&ma.memory)), Some(json(&mb.memory)));
     } else {
         for (i, (x, y)) in ma.memory.iter().zip(&mb.memory).enumerate() {
             if x.addr == y.addr && x.hex != y.hex {
                 // Only the bytes differ: the hex text directly, as flattening its JSON would give
                 // it (a JSON round trip of a 4 KiB dump costs more than the rest of the diff).
-                let path = format!("memory[{i}].hex");
-                maps.0
-                    .insert(path.clone(), crate::num::encode_hex(&x.hex.0));
-                maps.1.insert(path, crate::num::encode_hex(&y.hex.0));
+                hex.push((
+                    format!("memory[{i}].hex"),
+                    crate::num::encode_hex(&x.hex.0),
+                    crate::num::encode_hex(&y.hex.0),
+                ));
             } else if x != y {
-                part(
-                    &mut maps,
-                    &format!("memory[{i}]"),
-                    Some(json(x)),
-                    Some(json(y)),
-                );
+                part(&format!("memory[{i}]"), Some(json(x)), Some(json(y)));
             }
         }
     }
     if ma.steps != mb.steps {
         // An empty list is not serialised at all (absent), as in the whole result.
         let steps = |r: &CaseResult| (!r.steps.is_empty()).then(|| json(&r.steps));
-        part(&mut maps, "steps", steps(&ma), steps(&mb));
+        part("steps", steps(&ma), steps(&mb));
+    }
+    for (path, x, y) in hex {
+        fa.insert(path.clone(), x);
+        fb.insert(path, y);
     }
     field_diffs(&fa, &fb)
 }
