@@ -279,12 +279,7 @@ fn fuzz_ioctl_sequence_writes_a_shrunk_sequence_file_that_repro_replays() {
     ]);
     let out = text(&o.stdout);
     assert!(out.contains("panics 0; harness errors 0"), "{out}");
-    let files: Vec<PathBuf> = std::fs::read_dir(&arts)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let files = files_in(&arts);
     if !kvmconf_cases::fuzz::host_has("pvm-pat-reserved-type-accepted") {
         // Nothing to write on a conforming host (any finding would fail the run).
         assert_eq!(o.status.code(), Some(0), "{out}");
@@ -458,8 +453,8 @@ fn fuzz_guest_vs_interp_short_run_reports_statistics() {
     assert!(out.contains("fuzz guest_vs_interp: 300 execs"), "{out}");
     assert!(out.contains("panics 0; harness errors 0"), "{out}");
     // Every new finding has a minimised artifact that parses as a case file.
-    for e in std::fs::read_dir(&arts).into_iter().flatten().flatten() {
-        let t = std::fs::read_to_string(e.path()).unwrap();
+    for f in files_in(&arts) {
+        let t = std::fs::read_to_string(f).unwrap();
         assert!(t.starts_with("# kvmconf fuzz finding"), "{t}");
         kvmconf_guests::case::parse_cases("artifact.toml", &t).expect("artifact parses");
     }
