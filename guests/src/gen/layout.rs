@@ -11,7 +11,7 @@
 //! compares both on generated and on synthetic branch-heavy programs.
 
 use super::CODE;
-use super::program::Step;
+use super::program::{CONDS, Step, code};
 use crate::case::Mode;
 use iced_x86::{Code, Encoder, Instruction};
 use std::sync::OnceLock;
@@ -76,21 +76,14 @@ fn codes(mode: Mode) -> &'static Codes {
     static TABLES: OnceLock<[Codes; 3]> = OnceLock::new();
     let tables = TABLES.get_or_init(|| {
         let make = |bits: u32| {
-            let by_name = |name: String| {
-                Code::values()
-                    .find(|c| format!("{c:?}") == name)
-                    .unwrap_or_else(|| panic!("iced-x86 has no code {name}"))
-            };
-            let conds = [
-                "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le",
-                "g",
-            ];
+            let by_name =
+                |name: String| code(&name).unwrap_or_else(|| panic!("iced-x86 has no code {name}"));
             let (cx, jcx, near) = match bits {
                 16 => ("CX", "Jcxz", "16".to_string()),
                 32 => ("ECX", "Jecxz", "32_32".to_string()),
                 _ => ("RCX", "Jrcxz", "32_64".to_string()),
             };
-            let jcc = conds.map(|c| by_name(format!("J{c}_rel8_{bits}")));
+            let jcc = CONDS.map(|c| by_name(format!("J{c}_rel8_{bits}")));
             let jmp = by_name(format!("Jmp_rel8_{bits}"));
             let call = by_name(format!("Call_rel{near}"));
             let short = [
@@ -289,20 +282,19 @@ pub(super) fn assemble(mode: Mode, steps: &[Step], labels: usize, pool: &[u8]) -
             break;
         }
     }
-    // Encode at the final addresses (targets as the last pass left them, as iced does).
+    // Encode at the final addresses (targets as the last pass left them, as iced does); the
+    // encoder appends straight to the output.
     let mut out = Vec::with_capacity(items.iter().map(|i| i.size as usize).sum());
     let mut ip = CODE;
     for item in &items {
         let start = out.len();
-        match item.kind {
+        let ins = match item.kind {
             Kind::Bytes { at } => {
                 let at = at as usize;
                 out.extend_from_slice(pool.get(at..at + item.size as usize)?);
+                None
             }
-            Kind::RipRel(ins) => {
-                enc.encode(&ins, ip).ok()?;
-                out.extend_from_slice(&enc.take_buffer());
-            }
+            Kind::RipRel(ins) => Some(ins),
             Kind::Branch {
                 short,
                 near,
@@ -313,16 +305,19 @@ pub(super) fn assemble(mode: Mode, steps: &[Step], labels: usize, pool: &[u8]) -
                     Form::Near if !loop_like => near,
                     _ => return None,
                 };
-                let ins = Instruction::with_branch(code, ips[item.target]).ok()?;
-                enc.encode(&ins, ip).ok()?;
-                out.extend_from_slice(&enc.take_buffer());
+                Some(Instruction::with_branch(code, ips[item.target]).ok()?)
             }
-            Kind::Call(code) => {
-                let ins = Instruction::with_branch(code, ips[item.target]).ok()?;
-                enc.encode(&ins, ip).ok()?;
-                out.extend_from_slice(&enc.take_buffer());
+            Kind::Call(code) => Some(Instruction::with_branch(code, ips[item.target]).ok()?),
+            Kind::Hlt => {
+                out.push(0xf4);
+                None
             }
-            Kind::Hlt => out.push(0xf4),
+        };
+        if let Some(ins) = ins {
+            enc.set_buffer(std::mem::take(&mut out));
+            let encoded = enc.encode(&ins, ip);
+            out = enc.take_buffer();
+            encoded.ok()?;
         }
         if out.len() - start != item.size as usize {
             return None;

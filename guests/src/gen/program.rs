@@ -6,42 +6,23 @@ use super::source::Source;
 use super::{CODE, DATA, DATA_LEN, Options, STACK_LOW, STACK_TOP};
 use crate::case::{Case, Dump, IoIn, MemInit, MmioRegion, Mode};
 use crate::interp::flags::{self as fl, AF, CF, DF, OF, STATUS};
+use crate::interp::mem::PageHasher;
 use crate::num::{Hex, HexBytes};
 use iced_x86::code_asm::{CodeAssembler, CodeLabel};
 use iced_x86::{Code, ConditionCode, Encoder, Instruction, MemoryOperand, RepPrefixKind};
 use iced_x86::{Mnemonic, Register as R};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::OnceLock;
 
 /// Looks an iced-x86 `Code` up by its name (`"Add_rm32_r32"`).
-fn code(name: &str) -> Option<Code> {
-    static CODES: OnceLock<HashMap<String, Code, BuildHasherDefault<Fnv>>> = OnceLock::new();
+pub(super) fn code(name: &str) -> Option<Code> {
+    // The interpreter's cheap multiplicative hasher: SipHash showed in the generator's profile.
+    static CODES: OnceLock<HashMap<String, Code, BuildHasherDefault<PageHasher>>> = OnceLock::new();
     CODES
         .get_or_init(|| Code::values().map(|c| (format!("{c:?}"), c)).collect())
         .get(name)
         .copied()
-}
-
-/// FNV-1a: the names looked up are short, and SipHash's per-lookup cost showed in profiles.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
 }
 
 /// A `Code` name built on the stack from pieces (`name!(op, "_rm", 32)`), without `format!`.
@@ -129,7 +110,8 @@ fn gpr(i: usize, size: u64, high: bool) -> R {
     regs[n]
 }
 
-const CONDS: [&str; 16] = [
+/// Condition-code suffixes in encoding order (the `cc` of Jcc/SETcc/CMOVcc names).
+pub(super) const CONDS: [&str; 16] = [
     "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
 ];
 

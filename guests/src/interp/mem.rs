@@ -7,7 +7,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// Bytes per page.
 pub const PAGE: u64 = 0x1000;
 
-/// A multiplicative hasher for page numbers (the default SipHash costs more than the rest of a load).
+/// A multiplicative hasher for page numbers (the default SipHash costs more than the rest of a load);
+/// the generator also keys its code-name table with it.
 #[derive(Default)]
 pub struct PageHasher(u64);
 
