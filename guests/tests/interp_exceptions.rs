@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use iced_x86::code_asm::*;
-use kvmconf_guests::case::Mode;
+use kvmconf_guests::case::{Case, Mode};
 use kvmconf_guests::layout::Layout;
 use kvmconf_guests::num::Hex;
 use kvmconf_guests::result::Exit;
@@ -287,4 +287,49 @@ fn host_dependent_instructions_are_unsupported() {
             Exit::UnsupportedInstruction { .. }
         ));
     }
+}
+
+/// An instruction fetched across a page boundary reads both pages; one whose bytes run past the
+/// CS limit (real mode, 0xffff) is #GP(0) at its first byte; one running into an MMIO page is not
+/// emulated (KVM cannot fetch from MMIO), while the same bytes in RAM run.
+#[test]
+fn fetch_across_page_boundary_limit_and_into_mmio() {
+    // mov eax, 0x44332211 (5 bytes, the last two on the next page), then HLT.
+    let bytes32 = [0xb8, 0x11, 0x22, 0x33, 0x44, 0xf4];
+    for mode in [Mode::Prot32, Mode::Long64] {
+        let mut c = Case::new("t", mode, 0x1ffd, bytes32.to_vec());
+        c.regs.rsp = Some(STACK.into());
+        let o = run(&c);
+        assert_eq!(o.result.exit, Exit::Hlt, "{mode:?}");
+        assert_eq!(o.result.regs.rax.0, 0x4433_2211, "{mode:?}");
+        // The second page as MMIO: the fetch stops there.
+        let mut m = Case::new("t", mode, 0x1ffd, bytes32[..3].to_vec());
+        m.regs.rsp = Some(STACK.into());
+        m.mmio.push(kvmconf_guests::case::MmioRegion {
+            addr: Hex(0x2000),
+            len: Hex(0x1000),
+            hex: kvmconf_guests::num::HexBytes(vec![0x33, 0x44, 0xf4]),
+        });
+        let o = run(&m);
+        assert!(
+            matches!(o.result.exit, Exit::UnsupportedInstruction { .. }),
+            "{mode:?}: {:?}",
+            o.result.exit
+        );
+    }
+    // Real mode: mov ax, 0x2211 at 0xfffe ends at 0x10000, past the limit.
+    let mut c = Case::new("t", Mode::Real16, 0xfff0, vec![0x90; 14]);
+    c.memory[0].hex.0.extend([0xb8, 0x11, 0x22]);
+    c.regs.rsp = Some(STACK.into());
+    c.stubs = true;
+    let o = run(&c);
+    assert_eq!(o.result.exit, exc(13, None, None));
+    assert_eq!(o.result.regs.rip.0, 0xfffe);
+    // Two bytes earlier it fits, and the HLT after it is the segment's last byte.
+    let mut c = Case::new("t", Mode::Real16, 0xfff0, vec![0x90; 12]);
+    c.memory[0].hex.0.extend([0xb8, 0x11, 0x22, 0xf4]);
+    c.regs.rsp = Some(STACK.into());
+    let o = run(&c);
+    assert_eq!(o.result.exit, Exit::Hlt);
+    assert_eq!(o.result.regs.rax.0 & 0xffff, 0x2211);
 }

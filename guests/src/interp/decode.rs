@@ -1,7 +1,7 @@
 //! Instruction fetch, decoding and classification: each iced-x86 `Code` the interpreter models maps
 //! to one family operation ([`Op`]); decoded instructions are cached by linear address.
 
-use super::{Fault, GP0, Machine, Res, UD, addr::canonical, flags};
+use super::{Fault, GP0, Machine, Res, UD, addr::canonical, flags, mem::PAGE};
 use crate::case::Mode;
 use iced_x86::{
     Code, ConditionCode, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic as M, OpKind,
@@ -665,8 +665,12 @@ impl Machine {
         let mut fault: Option<Fault> = None;
         let mut pages = [u64::MAX; 2];
         let acc = self.acc(false);
+        // A run of bytes at a time: the checks below are made for a run's first byte, and a run
+        // ends where any of them could change (a page end, the CS limit, real mode's 64 KiB
+        // offset wrap), so each byte is checked exactly as if it were fetched alone.
         while n < 15 {
             let off = rip.wrapping_add(n as u64);
+            let mut run = 15 - n;
             let a = match self.mode {
                 Mode::Long64 => {
                     if !canonical(off) {
@@ -676,9 +680,14 @@ impl Machine {
                     off
                 }
                 _ => {
-                    if off > u64::from(self.cpu.cs.limit) {
+                    let limit = u64::from(self.cpu.cs.limit);
+                    if off > limit {
                         fault = Some(GP0);
                         break;
+                    }
+                    run = run.min((limit - off + 1).min(15) as usize);
+                    if self.mode == Mode::Real16 {
+                        run = run.min((0x1_0000 - (off & 0xffff)) as usize);
                     }
                     self.code_linear(off)
                 }
@@ -704,8 +713,9 @@ impl Machine {
             if n == 0 {
                 pages[0] = pa;
             }
-            buf[n] = self.mem.peek(pa);
-            n += 1;
+            run = run.min((PAGE - (a % PAGE)) as usize);
+            self.mem.read_ram(pa, &mut buf[n..n + run]);
+            n += run;
         }
         let mut d = Decoder::with_ip(self.mode.bitness(), &buf[..n], rip, DecoderOptions::NONE);
         let ins = d.decode();

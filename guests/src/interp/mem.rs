@@ -126,6 +126,16 @@ impl PhysMem {
         }
     }
 
+    /// Fills `out` from RAM at `pa` (one page at most; untouched pages read as zeros); no trace.
+    #[inline]
+    pub fn read_ram(&self, pa: u64, out: &mut [u8]) {
+        let o = (pa % PAGE) as usize;
+        match self.pages.get(&(pa / PAGE)) {
+            Some(p) => out.copy_from_slice(&p.data[o..o + out.len()]),
+            None => out.fill(0),
+        }
+    }
+
     /// Writes `size` (≤ 8) bytes at `pa`, all inside one page; MMIO writes land in the buffers.
     #[inline]
     pub fn write(&mut self, pa: u64, size: u32, val: u64) -> Touch {
