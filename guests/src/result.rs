@@ -193,6 +193,32 @@ pub struct Regs {
     pub rflags: Hex,
 }
 
+impl Regs {
+    /// Every register as `(name, value)`, in the order the result lists (and serialises) them.
+    pub fn fields(&self) -> [(&'static str, u64); 18] {
+        [
+            ("rax", self.rax.0),
+            ("rbx", self.rbx.0),
+            ("rcx", self.rcx.0),
+            ("rdx", self.rdx.0),
+            ("rsi", self.rsi.0),
+            ("rdi", self.rdi.0),
+            ("rsp", self.rsp.0),
+            ("rbp", self.rbp.0),
+            ("r8", self.r8.0),
+            ("r9", self.r9.0),
+            ("r10", self.r10.0),
+            ("r11", self.r11.0),
+            ("r12", self.r12.0),
+            ("r13", self.r13.0),
+            ("r14", self.r14.0),
+            ("r15", self.r15.0),
+            ("rip", self.rip.0),
+            ("rflags", self.rflags.0),
+        ]
+    }
+}
+
 /// A segment in a result.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seg {
@@ -439,8 +465,9 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
     // Render only the parts that differ (a memory dump renders to thousands of characters); the
     // paths are those of the whole result flattened, as `diff_whole` (the tests' reference) gives.
     let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
-    // Dumps whose bytes alone differ: (path, left hex, right hex), added after the JSON parts.
-    let mut hex = Vec::new();
+    // Entries rendered without JSON (differing registers, dumps whose bytes alone differ):
+    // (path, left, right), added after the JSON parts.
+    let mut direct = Vec::new();
     let mut part = |path: &str, x: Option<serde_json::Value>, y: Option<serde_json::Value>| {
         if let Some(x) = x {
             flatten(path, &x, &mut fa);
@@ -456,7 +483,13 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
         part("trace", Some(json(&a.trace)), Some(json(&b.trace)));
     }
     if ra != rb {
-        part("regs", Some(json(&ra)), Some(json(&rb)));
+        // Only the registers that differ, rendered as their JSON strings flatten to: an equal
+        // register would be dropped by `field_diffs` anyway.
+        for ((name, x), (_, y)) in ra.fields().into_iter().zip(rb.fields()) {
+            if x != y {
+                direct.push((format!("regs.{name}"), format!("{x:#x}"), format!("{y:#x}")));
+            }
+        }
     }
     if segs {
         part("segs", Some(json(&a.segs)), Some(json(&b.segs)));
@@ -471,7 +504,7 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
             if x.addr == y.addr && x.hex != y.hex {
                 // Only the bytes differ: the hex text directly, as flattening its JSON would give
                 // it (a JSON round trip of a 4 KiB dump costs more than the rest of the diff).
-                hex.push((
+                direct.push((
                     format!("memory[{i}].hex"),
                     crate::num::encode_hex(&x.hex.0),
                     crate::num::encode_hex(&y.hex.0),
@@ -486,17 +519,20 @@ pub fn diff(a: &CaseResult, b: &CaseResult, mask: &DiffMask) -> Vec<FieldDiff> {
         let steps = |r: &CaseResult| (!r.steps.is_empty()).then(|| json(&r.steps));
         part("steps", steps(a), steps(b));
     }
-    for (path, x, y) in hex {
+    for (path, x, y) in direct {
         fa.insert(path.clone(), x);
         fb.insert(path, y);
     }
-    field_diffs(&fa, &fb)
+    field_diffs(fa, fb)
 }
 
 /// The differing entries of two flattened results, in report order: exit, trace, registers (in
 /// encoding order), segments, control registers, memory, steps.
-fn field_diffs(fa: &BTreeMap<String, String>, fb: &BTreeMap<String, String>) -> Vec<FieldDiff> {
-    let mut keys: Vec<&String> = fa.keys().chain(fb.keys()).collect();
+fn field_diffs(
+    mut fa: BTreeMap<String, String>,
+    mut fb: BTreeMap<String, String>,
+) -> Vec<FieldDiff> {
+    let mut keys: Vec<String> = fa.keys().chain(fb.keys()).cloned().collect();
     keys.sort();
     keys.dedup();
     let order = |k: &str| -> usize {
@@ -512,13 +548,14 @@ fn field_diffs(fa: &BTreeMap<String, String>, fb: &BTreeMap<String, String>) -> 
         )
     };
     keys.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.cmp(b)));
+    // The values move out of the maps: a dump's hex runs to thousands of characters.
     keys.into_iter()
         .filter_map(|k| {
-            let (l, r) = (fa.get(k), fb.get(k));
+            let (l, r) = (fa.remove(&k), fb.remove(&k));
             (l != r).then(|| FieldDiff {
-                path: k.clone(),
-                left: l.cloned().unwrap_or_else(|| "(absent)".into()),
-                right: r.cloned().unwrap_or_else(|| "(absent)".into()),
+                path: k,
+                left: l.unwrap_or_else(|| "(absent)".into()),
+                right: r.unwrap_or_else(|| "(absent)".into()),
             })
         })
         .collect()
@@ -547,7 +584,7 @@ mod tests {
             flatten("", &json(r), &mut m);
             m
         };
-        field_diffs(&flat(&ma), &flat(&mb))
+        field_diffs(flat(&ma), flat(&mb))
     }
 
     /// `r` as the comparison sees it: no name, and what `mask` leaves out cleared.
