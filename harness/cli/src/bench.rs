@@ -3,7 +3,9 @@
 //! rounds, reported as medians with the harness/raw ratios. The differential loop (generate a
 //! program, run it on KVM, run it in the interpreter, compare) is measured in the same rounds,
 //! against the pooled rate for the same generated programs without the interpreter: in batches
-//! (`differential::compare_batch`, as the library's loops run) and one program at a time.
+//! (`differential::compare_batch`, as the library's loops run) and one program at a time. The
+//! three generated-program loops alternate a batch at a time, and each ratio is the median of the
+//! rounds' ratios, so a drift in the host's speed hits both sides of a ratio alike.
 
 use crate::exec::open_host;
 use crate::{EXIT_FAIL, EXIT_OK};
@@ -50,11 +52,13 @@ pub struct Figures {
     generated_pooled_cases_per_s: f64,
     /// Generated programs/s through generate + KVM + interpreter + compare, in batches.
     differential_cases_per_s: f64,
-    /// `differential_cases_per_s / generated_pooled_cases_per_s` (target >= 0.5).
+    /// Differential over pooled rate, the median of the rounds' ratios (target >= 0.5).
     differential_over_pooled: f64,
+    /// Each round's differential over pooled ratio, batched (the spread shows the host's drift).
+    differential_over_pooled_rounds: Vec<f64>,
     /// The same loop one program at a time (generate, KVM, interpreter, compare, next).
     differential_interleaved_cases_per_s: f64,
-    /// `differential_interleaved_cases_per_s / generated_pooled_cases_per_s`.
+    /// The same for the loop one program at a time.
     differential_interleaved_over_pooled: f64,
 }
 
@@ -78,9 +82,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn rate(n: u64, f: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
+    Ok(n as f64 / secs(f)?)
+}
+
+fn secs(f: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
     let t = Instant::now();
     f()?;
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Runs `kvmconf bench`.
@@ -101,6 +109,8 @@ pub fn main(a: BenchArgs) -> u8 {
     let cpuid = host.supported_cpuid();
     let mut pool = Pool::new(&host, 1);
     let mut cols: [Vec<f64>; 8] = Default::default();
+    // Per round: differential over pooled, batched and one at a time.
+    let mut ratios: [Vec<f64>; 2] = Default::default();
     let ng = (a.cases / 4).max(10);
     let check = |r: &kvmconf_guests::CaseResult| -> Result<(), String> {
         if r.exit != kvmconf_guests::Exit::Hlt || r.trace.len() != 1 {
@@ -138,37 +148,57 @@ pub fn main(a: BenchArgs) -> u8 {
                     .map(drop)
                     .map_err(|e| e.to_string())
             })?);
-            let generated: Vec<Case> = (0..ng)
-                .map(|i| case_from_seed(mode, u64::from(round), i))
-                .collect();
-            cols[5].push(rate(ng, || {
-                for c in &generated {
-                    pool.run(c).map_err(|e| e.to_string())?;
+            // The generated programs three ways, interleaved a batch at a time so that all three
+            // see the same host (its speed drifts within a round): KVM only on the pool (the
+            // programs generated beforehand, untimed), the batched differential loop, and the
+            // loop one program at a time. Which goes first rotates from batch to batch.
+            let seed = u64::from(round);
+            let (mut t_pooled, mut t_batched, mut t_single) = (0.0, 0.0, 0.0);
+            let mut i = 0;
+            while i < ng {
+                let end = (i + BATCH as u64).min(ng);
+                for k in 0..3 {
+                    match (k + i / BATCH as u64) % 3 {
+                        0 => {
+                            let pre: Vec<Case> =
+                                (i..end).map(|j| case_from_seed(mode, seed, j)).collect();
+                            t_pooled += secs(|| {
+                                for c in &pre {
+                                    pool.run(c).map_err(|e| e.to_string())?;
+                                }
+                                Ok(())
+                            })?;
+                        }
+                        1 => {
+                            t_batched += secs(|| {
+                                let batch: Vec<Case> =
+                                    (i..end).map(|j| case_from_seed(mode, seed, j)).collect();
+                                std::hint::black_box(
+                                    compare_batch(&mut pool, &batch).map_err(|e| e.to_string())?,
+                                );
+                                Ok(())
+                            })?;
+                        }
+                        _ => {
+                            t_single += secs(|| {
+                                for j in i..end {
+                                    let c = case_from_seed(mode, seed, j);
+                                    let r = pool.run(&c).map_err(|e| e.to_string())?;
+                                    std::hint::black_box(compare(&r, &c));
+                                }
+                                Ok(())
+                            })?;
+                        }
+                    }
                 }
-                Ok(())
-            })?);
-            cols[6].push(rate(ng, || {
-                let mut i = 0;
-                while i < ng {
-                    let end = (i + BATCH as u64).min(ng);
-                    let batch: Vec<Case> = (i..end)
-                        .map(|j| case_from_seed(mode, u64::from(round), j))
-                        .collect();
-                    std::hint::black_box(
-                        compare_batch(&mut pool, &batch).map_err(|e| e.to_string())?,
-                    );
-                    i = end;
-                }
-                Ok(())
-            })?);
-            cols[7].push(rate(ng, || {
-                for i in 0..ng {
-                    let c = case_from_seed(mode, u64::from(round), i);
-                    let r = pool.run(&c).map_err(|e| e.to_string())?;
-                    std::hint::black_box(compare(&r, &c));
-                }
-                Ok(())
-            })?);
+                i = end;
+            }
+            let n = ng as f64;
+            cols[5].push(n / t_pooled);
+            cols[6].push(n / t_batched);
+            cols[7].push(n / t_single);
+            ratios[0].push(t_pooled / t_batched);
+            ratios[1].push(t_pooled / t_single);
             Ok(())
         })();
         if let Err(e) = res {
@@ -180,6 +210,8 @@ pub fn main(a: BenchArgs) -> u8 {
         }
     }
     let [hf, hp, rf, rr, rm, gp, dl, di] = cols.map(median);
+    let rounds_ratios = ratios[0].clone();
+    let [dl_ratio, di_ratio] = ratios.map(median);
     let f = Figures {
         mode: mode.name().into(),
         rounds,
@@ -193,9 +225,10 @@ pub fn main(a: BenchArgs) -> u8 {
         pooled_over_raw_minimal: hp / rm,
         generated_pooled_cases_per_s: gp,
         differential_cases_per_s: dl,
-        differential_over_pooled: dl / gp,
+        differential_over_pooled: dl_ratio,
+        differential_over_pooled_rounds: rounds_ratios,
         differential_interleaved_cases_per_s: di,
-        differential_interleaved_over_pooled: di / gp,
+        differential_interleaved_over_pooled: di_ratio,
     };
     if a.json {
         println!(
@@ -231,7 +264,7 @@ pub fn main(a: BenchArgs) -> u8 {
             f.pooled_over_raw_minimal
         );
         println!(
-            "  generated programs, pooled   {:>10.0} cases/s  (KVM only, {ng} a round)",
+            "  generated programs, pooled   {:>10.0} cases/s  (KVM only, {ng} a round, alternating with the loops below)",
             gp
         );
         println!(
@@ -239,9 +272,15 @@ pub fn main(a: BenchArgs) -> u8 {
             dl
         );
         println!(
-            "  differential / pooled        {:>10.2}   (target >= 0.5)",
+            "  differential / pooled        {:>10.2}   (median of the rounds' ratios; target >= 0.5)",
             f.differential_over_pooled
         );
+        let each: Vec<String> = f
+            .differential_over_pooled_rounds
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect();
+        println!("    each round                 {:>10}", each.join(" "));
         println!(
             "  differential, one at a time  {:>10.0} cases/s  ({:.2} of pooled)",
             di, f.differential_interleaved_over_pooled
