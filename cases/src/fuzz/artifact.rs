@@ -638,6 +638,57 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A guest-target finding (a REP INSB into MMIO, which KVM's emulator stores as one write):
+    /// shrunk on the runner's pool, its smallest form checked on a fresh VM before it is written,
+    /// then replayed from the file by a new runner, as `kvmconf repro` does.
+    #[test]
+    fn guest_finding_is_shrunk_checked_on_a_fresh_vm_written_and_replayed() {
+        let host = kvmconf_harness::host_or_skip!();
+        let mut r = Runner::new(&host);
+        // mov eax, 1 (noise); mov dx, 0x510; mov edi, 0x4010; mov ecx, 3; rep insb; hlt
+        let mut case = Case::new(
+            "rep_insb",
+            kvmconf_guests::case::Mode::Prot32,
+            kvmconf_guests::r#gen::CODE,
+            vec![
+                0xb8, 1, 0, 0, 0, 0x66, 0xba, 0x10, 0x05, 0xbf, 0x10, 0x40, 0, 0, 0xb9, 3, 0, 0, 0,
+                0xf3, 0x6c, 0xf4,
+            ],
+        );
+        case.regs.rsp = Some(Hex(0x8000));
+        case.io_in = [0x11, 0x22, 0x33]
+            .map(|v| kvmconf_guests::case::IoIn {
+                port: Hex(0x510),
+                value: Hex(v),
+            })
+            .to_vec();
+        case.mmio.push(kvmconf_guests::case::MmioRegion {
+            addr: Hex(0x4000),
+            len: Hex(0x1000),
+            hex: kvmconf_guests::num::HexBytes(vec![]),
+        });
+        let x = r.guest_vs_interp(&case).expect("runs");
+        let Some(f) = x.finding else {
+            // A KVM that stores each element after its read, as the SDM says.
+            assert!(!host_has(crate::fuzz::rep_ins::ONE_WRITE));
+            return;
+        };
+        let (small, fresh) = r.shrink_verified(&f);
+        assert_eq!(fresh, Some(crate::fuzz::minimise::Fresh::Smallest));
+        assert_eq!(small.signature, f.signature);
+        let code = &small.case.memory[0].hex.0;
+        assert!(
+            code.len() < case.memory[0].hex.0.len() && !code.starts_with(&[0xb8]),
+            "the MOV EAX is gone: {code:02x?}"
+        );
+        let dir = std::env::temp_dir().join(format!("kvmconf-art-guest-{}", std::process::id()));
+        let path = write_atomic(&dir, &file_name(&small), &render(&small, &[]).unwrap()).unwrap();
+        let a = load(&path, None).expect("loads");
+        let g = replayed_finding(&mut Runner::new(&host), &a).expect("reproduces");
+        assert_eq!(g.signature, f.signature);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// SDM 3A 13.12.2 / api.rst 4.19: a PAT value with a reserved memory type is not set; the
     /// sequence oracle reports it, as a known deviation exactly where one is recorded.
     #[test]

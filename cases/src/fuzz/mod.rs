@@ -254,15 +254,40 @@ impl<'h> Runner<'h> {
     /// Shrinks a finding while it keeps its signature: the guest targets' programs with
     /// [`minimise::minimise`], a state's changes with [`state_entry::shrink`], a sequence's calls
     /// with [`ioctl_seq::shrink`]. The result's details are those of the shrunk input; targets
-    /// with nothing to shrink (`case_parser`) come back unchanged.
+    /// with nothing to shrink (`case_parser`) come back unchanged. See [`Runner::shrink_verified`].
     pub fn shrink(&mut self, f: &Finding) -> Finding {
+        self.shrink_verified(f).0
+    }
+
+    /// [`Runner::shrink`], and for the guest targets what checking the result on a fresh VM
+    /// found. Their candidates run on this runner's pooled VMs, so a shrunk program can depend on
+    /// what an earlier case left in the pool and not reproduce in `kvmconf repro`: the smallest
+    /// candidate is run again by a new runner (a fresh VM, as a replay has), and if it does not
+    /// reproduce there a shrinking step that does is kept (bisected), or the original input
+    /// ([`minimise::verify_fresh`]). `None` for the other targets, whose inputs run on a new VM
+    /// each time anyway.
+    pub fn shrink_verified(&mut self, f: &Finding) -> (Finding, Option<minimise::Fresh>) {
         let sig = f.signature.clone();
         let target = f.target;
         let same = |x: Result<Exec, KvmError>| matches!(x, Ok(Exec { finding: Some(g), .. }) if g.signature == sig);
         let mut small = f.clone();
+        let mut fresh = None;
         match (&f.input, target) {
             (Input::Case, Target::GuestVsInterp | Target::GuestEmulatedVsNative) => {
-                small.case = minimise::minimise(&f.case, &mut |c| same(self.exec_case(target, c)));
+                let steps =
+                    minimise::minimise_steps(&f.case, &mut |c| same(self.exec_case(target, c)));
+                let (host, extra, check_fds) = (self.host, self.extra.clone(), self.check_fds);
+                let (case, how) = minimise::verify_fresh(&f.case, &steps, &mut |c| {
+                    let mut r = Runner {
+                        host,
+                        pool: Pool::new(host, 4),
+                        extra: extra.clone(),
+                        check_fds,
+                    };
+                    same(r.exec_case(target, c))
+                });
+                small.case = case;
+                fresh = Some(how);
             }
             (Input::State(s), _) => {
                 small.input = Input::State(Box::new(state_entry::shrink(s, &mut |c| {
@@ -275,7 +300,7 @@ impl<'h> Runner<'h> {
                     same(self.exec_calls(&case, c))
                 }));
             }
-            _ => return small,
+            _ => return (small, None),
         }
         if let Ok(Exec {
             finding: Some(g), ..
@@ -287,7 +312,7 @@ impl<'h> Runner<'h> {
                 small.input = Input::Calls(issued);
             }
         }
-        small
+        (small, fresh)
     }
 
     /// Runs one input of `target` built from `src`.
