@@ -122,9 +122,17 @@ pub struct Artifact {
     pub body: Body,
 }
 
-/// The file name of a finding: `<target>-<hash of the signature>.toml`.
+/// The file name of a finding: `<target>-<hash of the signature>.toml`, and
+/// `<target>-<hash of the signature>-known.toml` for one a known deviation explains (written with
+/// `--keep-known`): findings are told apart by signature and known-ness, so a known one and a new
+/// one with the same signature get a file each.
 pub fn file_name(f: &Finding) -> String {
-    format!("{}-{:016x}.toml", f.target.name(), signal_of(&f.signature))
+    let known = if f.known.is_some() { "-known" } else { "" };
+    format!(
+        "{}-{:016x}{known}.toml",
+        f.target.name(),
+        signal_of(&f.signature)
+    )
 }
 
 /// The `# target:` header of a file, if it has one: `Ok(None)` without, an error (with its line)
@@ -443,6 +451,50 @@ mod tests {
             assert_eq!(back.case.memory, input.case.memory);
             assert_eq!(back.case.mode, input.case.mode);
         }
+    }
+
+    /// A known finding (written with --keep-known) and a new one with the same signature are two
+    /// files: neither write replaces the other, and each holds its own finding.
+    #[test]
+    fn known_and_new_findings_with_one_signature_get_a_file_each() {
+        let case = Case::new("c", kvmconf_guests::case::Mode::Prot32, 0x1000, vec![0xf4]);
+        let new = finding(Target::GuestVsInterp, case.clone(), Input::Case);
+        let mut known = new.clone();
+        known.known = Some("some-deviation".into());
+        known.details = vec!["the known one".into()];
+        let (a, b) = (file_name(&new), file_name(&known));
+        assert_ne!(a, b);
+        assert!(
+            b.ends_with("-known.toml") && !a.contains("-known"),
+            "{a} {b}"
+        );
+        assert_eq!(
+            a.trim_end_matches(".toml"),
+            b.trim_end_matches("-known.toml")
+        );
+        let dir = std::env::temp_dir().join(format!("kvmconf-art-names-{}", std::process::id()));
+        let pa = write_atomic(&dir, &a, &render(&new, &[]).unwrap()).unwrap();
+        let pb = write_atomic(&dir, &b, &render(&known, &[]).unwrap()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?} (no temporary file left)");
+        let (ta, tb) = (
+            std::fs::read_to_string(&pa).unwrap(),
+            std::fs::read_to_string(&pb).unwrap(),
+        );
+        assert!(
+            ta.contains("#   what broke: one") && !ta.contains("the known one"),
+            "{ta}"
+        );
+        assert!(tb.contains("#   the known one"), "{tb}");
+        // Each names its case after its own file.
+        assert!(
+            tb.contains(&format!("name = \"fuzz_{}\"", b.trim_end_matches(".toml"))),
+            "{tb}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

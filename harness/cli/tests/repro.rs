@@ -545,6 +545,8 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
     let files = files_in(&arts);
     assert_eq!(files.len(), 1, "{files:?}");
     let path = files[0].to_str().unwrap();
+    // Marked known, so a new finding with the same signature would not overwrite it.
+    assert!(path.ends_with("-known.toml"), "{path}");
     assert!(out.contains(&format!("\nwritten: {path}\n")), "{out}");
     assert!(
         out.contains(&format!("\nrepro: kvmconf repro {path}\n")),
