@@ -451,9 +451,32 @@ const MAX_OBSERVED: usize = 32;
 pub fn predict_observed(
     case: &Case,
     cap: u64,
+    take: impl FnMut(&Instruction) -> bool,
+    run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<(interp::Outcome, Vec<Mnemonic>)> {
+    let (o, substituted) = predict_observed_by(case, cap, take, run, &mut |_| {});
+    if substituted.is_empty() {
+        return None;
+    }
+    let out_of_scope = o.tainted
+        || matches!(
+            o.result.exit,
+            Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
+        );
+    (!out_of_scope).then_some((o, substituted))
+}
+
+/// The run behind [`predict_observed`], calling `before` with the machine before each instruction
+/// (what the fuzzer's model of KVM's INS records, `crate::fuzz::rep_ins`): the outcome and the
+/// mnemonics substituted, whether or not the run is in the interpreter's scope (the caller
+/// judges that, as [`predict_observed`] does).
+pub fn predict_observed_by(
+    case: &Case,
+    cap: u64,
     mut take: impl FnMut(&Instruction) -> bool,
     mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
-) -> Option<(interp::Outcome, Vec<Mnemonic>)> {
+    before: &mut dyn FnMut(&Machine),
+) -> (interp::Outcome, Vec<Mnemonic>) {
     let image = instructions(case);
     let start = Machine::new(case).cpu;
     let mut substituted: Vec<Mnemonic> = Vec::new();
@@ -461,6 +484,7 @@ pub fn predict_observed(
     let mut m = Machine::new(case);
     m.set_cap(cap);
     let o = m.run_with(|m| {
+        before(m);
         let Some(ins) = m.next_instruction() else {
             return Ok(false);
         };
@@ -486,15 +510,7 @@ pub fn predict_observed(
         m.retire(&ins, gpr, rflags, undefined, &events)
             .map(|()| true)
     });
-    if substituted.is_empty() {
-        return None;
-    }
-    let out_of_scope = o.tainted
-        || matches!(
-            o.result.exit,
-            Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
-        );
-    (!out_of_scope).then_some((o, substituted))
+    (o, substituted)
 }
 
 /// KVM's outcome of `ins`, the instruction at the machine's RIP, in the machine's state: general

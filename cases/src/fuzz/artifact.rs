@@ -122,9 +122,17 @@ pub struct Artifact {
     pub body: Body,
 }
 
-/// The file name of a finding: `<target>-<hash of the signature>.toml`.
+/// The file name of a finding: `<target>-<hash of the signature>.toml`, and
+/// `<target>-<hash of the signature>-known.toml` for one a known deviation explains (written with
+/// `--keep-known`): findings are told apart by signature and known-ness, so a known one and a new
+/// one with the same signature get a file each.
 pub fn file_name(f: &Finding) -> String {
-    format!("{}-{:016x}.toml", f.target.name(), signal_of(&f.signature))
+    let known = if f.known.is_some() { "-known" } else { "" };
+    format!(
+        "{}-{:016x}{known}.toml",
+        f.target.name(),
+        signal_of(&f.signature)
+    )
 }
 
 /// The `# target:` header of a file, if it has one: `Ok(None)` without, an error (with its line)
@@ -445,6 +453,50 @@ mod tests {
         }
     }
 
+    /// A known finding (written with --keep-known) and a new one with the same signature are two
+    /// files: neither write replaces the other, and each holds its own finding.
+    #[test]
+    fn known_and_new_findings_with_one_signature_get_a_file_each() {
+        let case = Case::new("c", kvmconf_guests::case::Mode::Prot32, 0x1000, vec![0xf4]);
+        let new = finding(Target::GuestVsInterp, case.clone(), Input::Case);
+        let mut known = new.clone();
+        known.known = Some("some-deviation".into());
+        known.details = vec!["the known one".into()];
+        let (a, b) = (file_name(&new), file_name(&known));
+        assert_ne!(a, b);
+        assert!(
+            b.ends_with("-known.toml") && !a.contains("-known"),
+            "{a} {b}"
+        );
+        assert_eq!(
+            a.trim_end_matches(".toml"),
+            b.trim_end_matches("-known.toml")
+        );
+        let dir = std::env::temp_dir().join(format!("kvmconf-art-names-{}", std::process::id()));
+        let pa = write_atomic(&dir, &a, &render(&new, &[]).unwrap()).unwrap();
+        let pb = write_atomic(&dir, &b, &render(&known, &[]).unwrap()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?} (no temporary file left)");
+        let (ta, tb) = (
+            std::fs::read_to_string(&pa).unwrap(),
+            std::fs::read_to_string(&pb).unwrap(),
+        );
+        assert!(
+            ta.contains("#   what broke: one") && !ta.contains("the known one"),
+            "{ta}"
+        );
+        assert!(tb.contains("#   the known one"), "{tb}");
+        // Each names its case after its own file.
+        assert!(
+            tb.contains(&format!("name = \"fuzz_{}\"", b.trim_end_matches(".toml"))),
+            "{tb}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn state_file_holds_only_the_changed_fields() {
         let case = state_entry::generate(&mut source_for(1, 1)).case;
@@ -635,6 +687,57 @@ mod tests {
         let g = replayed_finding(&mut r, &a).expect("reproduces");
         assert_eq!(g.signature, f.signature);
         assert!(replayed_finding(&mut Runner::new(&host), &a).is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A guest-target finding (a REP INSB into MMIO, which KVM's emulator stores as one write):
+    /// shrunk on the runner's pool, its smallest form checked on a fresh VM before it is written,
+    /// then replayed from the file by a new runner, as `kvmconf repro` does.
+    #[test]
+    fn guest_finding_is_shrunk_checked_on_a_fresh_vm_written_and_replayed() {
+        let host = kvmconf_harness::host_or_skip!();
+        let mut r = Runner::new(&host);
+        // mov eax, 1 (noise); mov dx, 0x510; mov edi, 0x4010; mov ecx, 3; rep insb; hlt
+        let mut case = Case::new(
+            "rep_insb",
+            kvmconf_guests::case::Mode::Prot32,
+            kvmconf_guests::r#gen::CODE,
+            vec![
+                0xb8, 1, 0, 0, 0, 0x66, 0xba, 0x10, 0x05, 0xbf, 0x10, 0x40, 0, 0, 0xb9, 3, 0, 0, 0,
+                0xf3, 0x6c, 0xf4,
+            ],
+        );
+        case.regs.rsp = Some(Hex(0x8000));
+        case.io_in = [0x11, 0x22, 0x33]
+            .map(|v| kvmconf_guests::case::IoIn {
+                port: Hex(0x510),
+                value: Hex(v),
+            })
+            .to_vec();
+        case.mmio.push(kvmconf_guests::case::MmioRegion {
+            addr: Hex(0x4000),
+            len: Hex(0x1000),
+            hex: kvmconf_guests::num::HexBytes(vec![]),
+        });
+        let x = r.guest_vs_interp(&case).expect("runs");
+        let Some(f) = x.finding else {
+            // A KVM that stores each element after its read, as the SDM says.
+            assert!(!host_has(crate::fuzz::rep_ins::ONE_WRITE));
+            return;
+        };
+        let (small, fresh) = r.shrink_verified(&f);
+        assert_eq!(fresh, Some(crate::fuzz::minimise::Fresh::Smallest));
+        assert_eq!(small.signature, f.signature);
+        let code = &small.case.memory[0].hex.0;
+        assert!(
+            code.len() < case.memory[0].hex.0.len() && !code.starts_with(&[0xb8]),
+            "the MOV EAX is gone: {code:02x?}"
+        );
+        let dir = std::env::temp_dir().join(format!("kvmconf-art-guest-{}", std::process::id()));
+        let path = write_atomic(&dir, &file_name(&small), &render(&small, &[]).unwrap()).unwrap();
+        let a = load(&path, None).expect("loads");
+        let g = replayed_finding(&mut Runner::new(&host), &a).expect("reproduces");
+        assert_eq!(g.signature, f.signature);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -38,6 +38,16 @@ fn instructions(case: &Case) -> Option<(usize, Vec<(usize, usize)>)> {
 
 /// Shrinks `case` while `reproduces` holds; returns the smallest case found (at worst `case`).
 pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case {
+    minimise_steps(case, reproduces)
+        .pop()
+        .unwrap_or_else(|| case.clone())
+}
+
+/// Shrinks `case` while `reproduces` holds, as [`minimise`]: every candidate it kept, in order
+/// (each smaller than the one before; the last is the smallest), with `case`'s deadline. Empty
+/// when nothing could be taken away.
+pub fn minimise_steps(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Vec<Case> {
+    let mut steps: Vec<Case> = Vec::new();
     let mut best = case.clone();
     best.timeout_ms = Some(case.deadline_ms().min(CANDIDATE_TIMEOUT_MS));
     if !reproduces(&best) {
@@ -53,6 +63,9 @@ pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case 
         *tries += 1;
         if reproduces(c) {
             *best = c.clone();
+            let mut step = c.clone();
+            step.timeout_ms = case.timeout_ms;
+            steps.push(step);
             true
         } else {
             false
@@ -189,8 +202,122 @@ pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case 
         c.io_in.clear();
         attempt(&c, &mut best, &mut tries);
     }
-    best.timeout_ms = case.timeout_ms;
-    best
+    steps
+}
+
+/// What re-running a shrunk case on a fresh VM found ([`verify_fresh`]). Shrinking runs its
+/// candidates on pooled VMs, reset between cases; a finding that depends on what the pool's VM
+/// did before does not reproduce in `kvmconf repro`, which starts from a fresh one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fresh {
+    /// The smallest candidate reproduces on a fresh VM.
+    Smallest,
+    /// It does not: step `kept` of `of` (counting from 1) does, and step `kept + 1` does not.
+    Fallback {
+        /// The step kept.
+        kept: usize,
+        /// Steps in all.
+        of: usize,
+    },
+    /// No step checked reproduces on a fresh VM (`steps` is 0 when nothing shrank): the original
+    /// input is kept, and `reproduces` says whether it does there itself.
+    Original {
+        /// Shrinking steps there were.
+        steps: usize,
+        /// Whether the original input reproduces on a fresh VM.
+        reproduces: bool,
+    },
+}
+
+impl std::fmt::Display for Fresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let original = |reproduces: bool| {
+            if reproduces {
+                "which reproduces there"
+            } else {
+                "which does not reproduce there either (it depends on the pooled VM it ran on)"
+            }
+        };
+        match self {
+            Fresh::Smallest => write!(f, "fresh VM: the minimised case reproduces on a fresh VM"),
+            Fresh::Fallback { kept, of } => write!(
+                f,
+                "fresh VM: the smallest candidate (step {of} of {of}) does not reproduce on a \
+                 fresh VM, only on the pooled one it was shrunk on; kept step {kept}, which \
+                 does (step {} does not)",
+                kept + 1
+            ),
+            Fresh::Original {
+                steps: 0,
+                reproduces,
+            } => write!(
+                f,
+                "fresh VM: nothing shrank; kept the input, {}",
+                original(*reproduces)
+            ),
+            Fresh::Original { steps, reproduces } => write!(
+                f,
+                "fresh VM: none of the {steps} shrinking steps checked reproduces on a fresh VM; \
+                 kept the original input, {}",
+                original(*reproduces)
+            ),
+        }
+    }
+}
+
+/// The case to write for a finding shrunk from `original` through `steps` (what
+/// [`minimise_steps`] kept, each smaller than the one before): the smallest if `fresh` (a run on
+/// a fresh VM) reproduces it; else a step that does, where the next one does not, found by
+/// bisection (the steps after one that lost what the finding needs on a fresh VM have usually
+/// lost it too, so this is the last that does, in about log2(steps) runs); else the original
+/// input. And what was found.
+pub fn verify_fresh(
+    original: &Case,
+    steps: &[Case],
+    fresh: &mut dyn FnMut(&Case) -> bool,
+) -> (Case, Fresh) {
+    let Some(last) = steps.last() else {
+        let reproduces = fresh(original);
+        return (
+            original.clone(),
+            Fresh::Original {
+                steps: 0,
+                reproduces,
+            },
+        );
+    };
+    if fresh(last) {
+        return (last.clone(), Fresh::Smallest);
+    }
+    // Invariant: step `hi` does not reproduce; step `lo` does (`None`: the original, unchecked).
+    let (mut lo, mut hi): (Option<usize>, usize) = (None, steps.len() - 1);
+    while hi > lo.map_or(0, |l| l + 1) {
+        let mid = lo.map_or(0, |l| l + 1) + (hi - lo.map_or(0, |l| l + 1)) / 2;
+        if fresh(&steps[mid]) {
+            lo = Some(mid);
+        } else {
+            hi = mid;
+        }
+    }
+    match lo {
+        Some(i) => (
+            steps[i].clone(),
+            Fresh::Fallback {
+                kept: i + 1,
+                of: steps.len(),
+            },
+        ),
+        None => {
+            let reproduces = fresh(original);
+            (
+                original.clone(),
+                Fresh::Original {
+                    steps: steps.len(),
+                    reproduces,
+                },
+            )
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +334,101 @@ mod tests {
         let mut repro = |c: &Case| kvmconf_guests::interp::run(c).regs.rdx.0 == 3;
         let m = minimise(&c, &mut repro);
         assert_eq!(m.memory[0].hex.0, vec![0xba, 3, 0, 0, 0, 0xf4]);
+    }
+
+    /// A shrink whose candidates ran on a "pool" that leaks RDX from one run into the next (a
+    /// stale register, as a pooled VM could leak state): the predicate of the finding, rdx = 3 at
+    /// the end, then holds for candidates that no longer set it, and only a fresh run tells.
+    #[test]
+    fn a_step_that_reproduces_only_on_the_pool_falls_back_to_the_last_fresh_one() {
+        let code = vec![0xb8, 1, 0, 0, 0, 0xb9, 2, 0, 0, 0, 0xba, 3, 0, 0, 0, 0xf4];
+        let mut c = Case::new("m", Mode::Prot32, CODE, code);
+        c.regs.rsp = Some(0x8000.into());
+        let sets_rdx = |c: &Case| c.memory[0].hex.0.windows(2).any(|w| w == [0xba, 3]);
+        let fresh = |c: &Case| kvmconf_guests::interp::run(c).regs.rdx.0 == 3;
+        let mut stale_rdx = 0u64;
+        let mut pooled = |c: &Case| {
+            let mut r = kvmconf_guests::interp::run(c);
+            if !sets_rdx(c) {
+                r.regs.rdx.0 = stale_rdx;
+            }
+            stale_rdx = r.regs.rdx.0;
+            r.regs.rdx.0 == 3
+        };
+        let steps = minimise_steps(&c, &mut pooled);
+        let last = steps.last().expect("something shrank");
+        assert!(!sets_rdx(last), "the pool let the MOV go: {last:?}");
+        assert!(!fresh(last));
+        let mut runs = 0;
+        let (kept, how) = verify_fresh(&c, &steps, &mut |c| {
+            runs += 1;
+            fresh(c)
+        });
+        assert!(fresh(&kept) && sets_rdx(&kept), "{kept:?}");
+        let i = steps
+            .iter()
+            .rposition(fresh)
+            .expect("a step reproduces fresh");
+        assert_eq!(
+            how,
+            Fresh::Fallback {
+                kept: i + 1,
+                of: steps.len()
+            }
+        );
+        assert_eq!(kept, steps[i]);
+        assert!(runs <= 2 + steps.len().ilog2() as usize, "{runs} runs");
+        assert!(
+            how.to_string().contains("does not reproduce on a fresh VM"),
+            "{how}"
+        );
+    }
+
+    #[test]
+    fn verify_fresh_keeps_the_smallest_else_bisects_else_the_original() {
+        let step = |n: u8| Case::new("m", Mode::Prot32, CODE, vec![n, 0xf4]);
+        let n_of = |c: &Case| c.memory[0].hex.0[0];
+        let original = step(0);
+        let steps: Vec<Case> = (1..=12).map(step).collect();
+        let check = |ok: &dyn Fn(u8) -> bool| {
+            let mut runs = 0;
+            let (kept, how) = verify_fresh(&original, &steps, &mut |c| {
+                runs += 1;
+                ok(n_of(c))
+            });
+            (n_of(&kept), how, runs)
+        };
+        // Every step reproduces: the smallest, after one run.
+        assert_eq!(check(&|_| true), (12, Fresh::Smallest, 1));
+        // Steps 1 to 5 do: step 5, found in a few runs.
+        let (kept, how, runs) = check(&|n| n <= 5);
+        assert_eq!((kept, how), (5, Fresh::Fallback { kept: 5, of: 12 }));
+        assert!(runs <= 5, "{runs} runs");
+        // Only step 1 does: still found.
+        let (kept, how, _) = check(&|n| n == 1);
+        assert_eq!((kept, how), (1, Fresh::Fallback { kept: 1, of: 12 }));
+        // None does: the original, checked too.
+        let (kept, how, _) = check(&|n| n == 0);
+        assert_eq!(
+            (kept, how),
+            (
+                0,
+                Fresh::Original {
+                    steps: 12,
+                    reproduces: true
+                }
+            )
+        );
+        // Nothing shrank, and the input itself depends on the pool: said so.
+        let (kept, how) = verify_fresh(&original, &[], &mut |_| false);
+        assert_eq!(kept, original);
+        assert_eq!(
+            how,
+            Fresh::Original {
+                steps: 0,
+                reproduces: false
+            }
+        );
+        assert!(how.to_string().contains("does not reproduce"), "{how}");
     }
 }

@@ -16,6 +16,7 @@
 pub mod artifact;
 pub mod ioctl_seq;
 pub mod minimise;
+pub mod rep_ins;
 pub mod state_entry;
 
 use kvmconf_guests::case::{Case, Mode, parse_cases};
@@ -253,15 +254,40 @@ impl<'h> Runner<'h> {
     /// Shrinks a finding while it keeps its signature: the guest targets' programs with
     /// [`minimise::minimise`], a state's changes with [`state_entry::shrink`], a sequence's calls
     /// with [`ioctl_seq::shrink`]. The result's details are those of the shrunk input; targets
-    /// with nothing to shrink (`case_parser`) come back unchanged.
+    /// with nothing to shrink (`case_parser`) come back unchanged. See [`Runner::shrink_verified`].
     pub fn shrink(&mut self, f: &Finding) -> Finding {
+        self.shrink_verified(f).0
+    }
+
+    /// [`Runner::shrink`], and for the guest targets what checking the result on a fresh VM
+    /// found. Their candidates run on this runner's pooled VMs, so a shrunk program can depend on
+    /// what an earlier case left in the pool and not reproduce in `kvmconf repro`: the smallest
+    /// candidate is run again by a new runner (a fresh VM, as a replay has), and if it does not
+    /// reproduce there a shrinking step that does is kept (bisected), or the original input
+    /// ([`minimise::verify_fresh`]). `None` for the other targets, whose inputs run on a new VM
+    /// each time anyway.
+    pub fn shrink_verified(&mut self, f: &Finding) -> (Finding, Option<minimise::Fresh>) {
         let sig = f.signature.clone();
         let target = f.target;
         let same = |x: Result<Exec, KvmError>| matches!(x, Ok(Exec { finding: Some(g), .. }) if g.signature == sig);
         let mut small = f.clone();
+        let mut fresh = None;
         match (&f.input, target) {
             (Input::Case, Target::GuestVsInterp | Target::GuestEmulatedVsNative) => {
-                small.case = minimise::minimise(&f.case, &mut |c| same(self.exec_case(target, c)));
+                let steps =
+                    minimise::minimise_steps(&f.case, &mut |c| same(self.exec_case(target, c)));
+                let (host, extra, check_fds) = (self.host, self.extra.clone(), self.check_fds);
+                let (case, how) = minimise::verify_fresh(&f.case, &steps, &mut |c| {
+                    let mut r = Runner {
+                        host,
+                        pool: Pool::new(host, 4),
+                        extra: extra.clone(),
+                        check_fds,
+                    };
+                    same(r.exec_case(target, c))
+                });
+                small.case = case;
+                fresh = Some(how);
             }
             (Input::State(s), _) => {
                 small.input = Input::State(Box::new(state_entry::shrink(s, &mut |c| {
@@ -274,7 +300,7 @@ impl<'h> Runner<'h> {
                     same(self.exec_calls(&case, c))
                 }));
             }
-            _ => return small,
+            _ => return (small, None),
         }
         if let Ok(Exec {
             finding: Some(g), ..
@@ -286,7 +312,7 @@ impl<'h> Runner<'h> {
                 small.input = Input::Calls(issued);
             }
         }
-        small
+        (small, fresh)
     }
 
     /// Runs one input of `target` built from `src`.
@@ -382,6 +408,10 @@ impl<'h> Runner<'h> {
         let d = diff(k, &o.result, &mask);
         let finding = (!d.is_empty()).then(|| {
             let (signature, mut known) = classify(Target::GuestVsInterp, case, k, &o.result, &d);
+            if known.is_none() {
+                // KVM's known ways of running a REP INS into MMIO, modelled on the trace.
+                known = explained_by_rep_ins(case, k);
+            }
             if known.is_none() {
                 // A mismatch the host's known instruction-class deviations (LZCNT as BSR, …)
                 // explain completely is known; anything left without them stays a finding.
@@ -678,12 +708,14 @@ pub fn code_at(case: &Case, rip: u64) -> Option<String> {
 /// Known deviation ids the fuzzer can recognise; each must exist in `cases/deviations.toml`
 /// (a unit test checks this). Instruction classes KVM's emulator refuses are reported as
 /// `class:kvm-emulator-refuses:<Code>` on every host.
-pub const KNOWN_IDS: [&str; 5] = [
+pub const KNOWN_IDS: [&str; 7] = [
     "emulator-int3-cpl0-internal-error",
     "emulator-real-mode-idt-limit",
     "pvm-cpl3-iopl-ignored",
     "pvm-pat-reserved-type-accepted",
     "pvm-cpl3-xchg-timeout",
+    rep_ins::ONE_WRITE,
+    rep_ins::REREADS,
 ];
 
 /// Whether the interpreter's run of `case` executes an XCHG whose memory operand crosses a 64-byte
@@ -741,6 +773,22 @@ fn known_if(id: &str) -> Option<String> {
     host_has(id).then(|| id.to_string())
 }
 
+/// Whether KVM's result `kvm` for `case` is the interpreter's with every REP INS run the way this
+/// host's KVM emulator runs one into MMIO ([`rep_ins::explain`]: one write per batch after its
+/// port reads with DF = 0, the rest of a batch read again after each MMIO write with DF = 1), and
+/// nothing else differs: the ids of the deviations used, when all apply to this host.
+pub fn explained_by_rep_ins(case: &Case, kvm: &CaseResult) -> Option<String> {
+    use iced_x86::Mnemonic::{Insb, Insd, Insw};
+    if !crate::differential::live_mnemonics(case)
+        .iter()
+        .any(|m| matches!(m, Insb | Insw | Insd))
+    {
+        return None;
+    }
+    let ids = rep_ins::explain(case, kvm)?;
+    ids.iter().all(|id| host_has(id)).then(|| ids.join(","))
+}
+
 /// The differential deviations of this host that name one instruction class exactly
 /// (`expect = "class: Lzcnt;"`, or the prefix form `"class: Ins"`): (id, class prefix).
 pub fn host_class_deviations() -> &'static [(String, String)] {
@@ -767,6 +815,9 @@ pub fn host_class_deviations() -> &'static [(String, String)] {
 /// undefined, or a loop without its bound), the program itself is judged with KVM's observed
 /// effect substituted for each execution of a class instruction
 /// ([`crate::differential::predict_observed`]) and must then agree with `run` of the whole case.
+/// INS is not NOPed as a class (its `class: Ins` entry, [`rep_ins::REREADS`], is for the
+/// differential tests): an INS left in the program is judged by KVM's modelled behaviour
+/// ([`rep_ins::predict_by`]), whose deviations join the ids when they were needed.
 /// `None` when no class is present, neither check can be made, or KVM and the interpreter still
 /// differ (a finding of its own).
 pub fn explained_by_known_classes(
@@ -784,9 +835,13 @@ pub fn explained_by_known_classes(
     } else {
         vec![]
     };
+    let classes: Vec<&(String, String)> = classes
+        .iter()
+        .filter(|(id, _)| id != rep_ins::REREADS)
+        .collect();
     // (id, mnemonic name) of every known class an instruction of the program belongs to: a class
-    // deviation matches its mnemonic or, written without the closing `;`, any that starts with it
-    // (`Ins`: Insb, Insw, Insd); a refusal matches its mnemonic exactly.
+    // deviation matches its mnemonic or, written without the closing `;`, any that starts with it;
+    // a refusal matches its mnemonic exactly.
     let class_of = |name: &str| -> Option<String> {
         classes
             .iter()
@@ -801,7 +856,10 @@ pub fn explained_by_known_classes(
     };
     // The program's mnemonics of known classes, and those classes' ids.
     let (mut known, mut present) = (Vec::new(), Vec::<String>::new());
+    let mut has_ins = false;
     for m in crate::differential::live_mnemonics(case) {
+        use iced_x86::Mnemonic::{Insb, Insd, Insw};
+        has_ins |= matches!(m, Insb | Insw | Insd);
         if let Some(id) = class_of(&format!("{m:?}")) {
             known.push(m);
             if !present.contains(&id) {
@@ -812,29 +870,49 @@ pub fn explained_by_known_classes(
     if present.is_empty() {
         return None;
     }
+    // The ids of `ids`, then those of the INS model that are not among them.
+    let joined = |ids: Vec<String>, ins: &[&str]| {
+        let mut all = ids;
+        for id in ins {
+            if !all.iter().any(|a| a == id) {
+                all.push(id.to_string());
+            }
+        }
+        all.join(",")
+    };
     let cap = kvmconf_guests::interp::INSTRUCTION_CAP;
     let residual = crate::differential::nop_where(case, |i| known.contains(&i.mnemonic()));
-    if let Some(o) = crate::differential::predict(&residual, cap) {
+    let predicted = if has_ins {
+        rep_ins::predict(&residual)
+    } else {
+        crate::differential::predict(&residual, cap).map(|o| (o, vec![]))
+    };
+    if let Some((o, ins)) = predicted {
         let k = run(&residual).ok()?;
-        return crate::differential::agrees(&k, &o).then(|| present.join(","));
+        return (crate::differential::agrees(&k, &o) && ins.iter().all(|id| host_has(id)))
+            .then(|| joined(present, &ins));
     }
     // Without them the program left the interpreter's scope: the class instructions set up what
     // later ones read (a flag a BSR before left undefined, a loop bound). Judge the program itself
     // instead, with KVM's observed effect substituted for each execution of a class instruction
     // (refused instructions cannot be observed: KVM stops at them).
-    let (o, substituted) = crate::differential::predict_observed(
-        case,
-        cap,
-        |i| {
-            known.contains(&i.mnemonic())
-                && classes
-                    .iter()
-                    .any(|(_, c)| format!("{:?}", i.mnemonic()).starts_with(c.as_str()))
-        },
-        &mut run,
-    )?;
+    let mut take = |i: &iced_x86::Instruction| {
+        known.contains(&i.mnemonic())
+            && classes
+                .iter()
+                .any(|(_, c)| format!("{:?}", i.mnemonic()).starts_with(c.as_str()))
+    };
+    let (o, substituted, ins) = if has_ins {
+        rep_ins::predict_by(case, |c, before| {
+            crate::differential::predict_observed_by(c, cap, &mut take, &mut run, before)
+        })
+        .filter(|(_, s, _)| !s.is_empty())?
+    } else {
+        let (o, s) = crate::differential::predict_observed(case, cap, &mut take, &mut run)?;
+        (o, s, vec![])
+    };
     let k = run(case).ok()?;
-    if !crate::differential::agrees(&k, &o) {
+    if !crate::differential::agrees(&k, &o) || !ins.iter().all(|id| host_has(id)) {
         return None;
     }
     let ids: Vec<String> = present
@@ -845,7 +923,7 @@ pub fn explained_by_known_classes(
                 .any(|m| class_of(&format!("{m:?}")).as_deref() == Some(id.as_str()))
         })
         .collect();
-    Some(ids.join(","))
+    Some(joined(ids, &ins))
 }
 
 /// The signature and known-deviation id of a mismatch. `kvm` is the side that ran under KVM's
@@ -1135,6 +1213,151 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// `case`'s code with `mov dx, 0x510; mov edi, 0x4010; mov ecx, 3; rep insb` before its final
+    /// HLT, three answers for port 0x510 and 0x4000 as MMIO.
+    fn with_rep_insb(mut c: Case) -> Case {
+        let code = &mut c.memory[0].hex.0;
+        assert_eq!(code.pop(), Some(0xf4));
+        code.extend([
+            0x66, 0xba, 0x10, 0x05, 0xbf, 0x10, 0x40, 0, 0, 0xb9, 3, 0, 0, 0, 0xf3, 0x6c, 0xf4,
+        ]);
+        c.io_in = [0x11, 0x22, 0x33]
+            .map(|v| kvmconf_guests::case::IoIn {
+                port: 0x510.into(),
+                value: v.into(),
+            })
+            .to_vec();
+        c.mmio.push(kvmconf_guests::case::MmioRegion {
+            addr: DATA.into(),
+            len: 0x1000.into(),
+            hex: kvmconf_guests::num::HexBytes(vec![]),
+        });
+        c.dump.push(kvmconf_guests::case::Dump {
+            addr: DATA.into(),
+            len: 0x20.into(),
+        });
+        c.validate().expect("a valid case");
+        c
+    }
+
+    /// A fake KVM's REP INSB into MMIO: each run of byte reads, each followed by its MMIO write
+    /// to the next address, becomes the reads and then one write of them all (`plus` added to
+    /// its value).
+    fn merge_rep_insb(trace: &[Event], plus: u64) -> Vec<Event> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < trace.len() {
+            let mut n = 0;
+            while let (Some(Event::IoIn(r)), Some(Event::MmioWrite(w))) =
+                (trace.get(i + 2 * n), trace.get(i + 2 * n + 1))
+            {
+                let at = trace.get(i + 1).and_then(|e| match e {
+                    Event::MmioWrite(f) => f.addr,
+                    _ => None,
+                });
+                if r.size != 1
+                    || w.value != r.value
+                    || w.addr.map(|a| a.0) != at.map(|a| a.0 + n as u64)
+                    || n == 8
+                {
+                    break;
+                }
+                n += 1;
+            }
+            if n < 2 {
+                out.push(trace[i]);
+                i += 1;
+                continue;
+            }
+            let Event::MmioWrite(first) = trace[i + 1] else {
+                unreachable!("checked above")
+            };
+            let mut v = 0u64;
+            for k in 0..n {
+                out.push(trace[i + 2 * k]);
+                if let Event::IoIn(r) = trace[i + 2 * k] {
+                    v |= r.value.0 << (8 * k);
+                }
+            }
+            out.push(Event::mmio_write(
+                first.addr.expect("mmio").0,
+                n as u8,
+                v + plus,
+            ));
+            i += 2 * n;
+        }
+        out
+    }
+
+    #[test]
+    fn a_rep_ins_with_a_known_class_is_judged_by_kvms_modelled_ins() {
+        let one_write = rep_ins::ONE_WRITE;
+        let on_host = host_has(one_write);
+        let ins_class = (rep_ins::REREADS.to_string(), "Ins".to_string());
+        // The LZCNT NOPed leaves the program in scope (the residual check): KVM's LZCNT flips
+        // RSI and its REP INSB makes one write.
+        let c = with_rep_insb(lzcnt_and_bswap());
+        let classes = vec![
+            ("dev-lzcnt".to_string(), "Lzcnt".to_string()),
+            ins_class.clone(),
+        ];
+        let kvm = |bswap_too: bool, plus: u64| {
+            let mut inner = fake(bswap_too);
+            move |c: &Case| {
+                let mut r = inner(c)?;
+                r.trace = merge_rep_insb(&r.trace, plus);
+                Ok(r)
+            }
+        };
+        let want = on_host.then(|| format!("dev-lzcnt,{one_write}"));
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, kvm(false, 0)),
+            want
+        );
+        // Something else differs too (the BSWAP), or the merged write holds another value: the
+        // INS is not NOPed as a class, so neither is explained.
+        assert_eq!(explained_by_known_classes(&c, &classes, kvm(true, 0)), None);
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, kvm(false, 1)),
+            None
+        );
+        // Without the LZCNT the CMOVA reads an undefined flag (the observed-effect check).
+        let c = with_rep_insb(bsr_lzcnt_cmova());
+        let kvm = |flip: Option<iced_x86::Mnemonic>, plus: u64| {
+            let mut inner = lzcnt_as_bsr(0xf8, flip);
+            move |c: &Case| {
+                let mut r = inner(c)?;
+                r.trace = merge_rep_insb(&r.trace, plus);
+                Ok(r)
+            }
+        };
+        assert_eq!(explained_by_known_classes(&c, &classes, kvm(None, 0)), want);
+        assert_eq!(
+            explained_by_known_classes(&c, &classes, kvm(Some(iced_x86::Mnemonic::Cmova), 0)),
+            None
+        );
+        assert_eq!(explained_by_known_classes(&c, &classes, kvm(None, 1)), None);
+    }
+
+    #[test]
+    fn a_rep_ins_alone_is_known_only_when_kvms_model_explains_all_of_it() {
+        let c = with_rep_insb(Case::new(
+            "rep_insb",
+            Mode::Long64,
+            kvmconf_guests::r#gen::CODE,
+            vec![0xf4],
+        ));
+        let sdm = kvmconf_guests::interp::run(&c);
+        let mut k = sdm.clone();
+        k.trace = merge_rep_insb(&sdm.trace, 0);
+        assert_ne!(k.trace, sdm.trace, "the fake merges the writes");
+        let want = host_has(rep_ins::ONE_WRITE).then(|| rep_ins::ONE_WRITE.to_string());
+        assert_eq!(explained_by_rep_ins(&c, &k), want);
+        k.regs.rbp.0 ^= 1;
+        assert_eq!(explained_by_rep_ins(&c, &k), None);
+        assert_eq!(explained_by_rep_ins(&c, &sdm), None);
     }
 
     #[test]

@@ -214,25 +214,32 @@ fn write_finding(
     dir: &std::path::Path,
     minimise: bool,
 ) -> std::io::Result<PathBuf> {
-    let (small, note) = match runner {
+    let (small, note, fresh) = match runner {
         Some(r) if minimise => {
-            let small = r.shrink(f);
+            let (small, fresh) = r.shrink_verified(f);
             let note = shrink_note(f, &small);
-            (small, note)
+            (small, note, fresh)
         }
-        Some(_) => (f.clone(), "minimised: no (--no-minimise)".to_string()),
+        Some(_) => (f.clone(), "minimised: no (--no-minimise)".to_string(), None),
         None => (
             f.clone(),
             "minimised: no (case_parser inputs are not shrunk)".to_string(),
+            None,
         ),
     };
-    let notes = [
+    let mut notes = vec![
         format!(
             "replay: kvmconf fuzz --target {} --seed {seed} --index {index}",
             f.target.name()
         ),
         note,
     ];
+    if let Some(fresh) = fresh {
+        if fresh != kvmconf_cases::fuzz::minimise::Fresh::Smallest {
+            eprintln!("note: {} (input {index}): {fresh}", f.signature);
+        }
+        notes.push(fresh.to_string());
+    }
     let text = artifact::render(&small, &notes).map_err(std::io::Error::other)?;
     artifact::write_atomic(dir, &artifact::file_name(&small), &text)
 }

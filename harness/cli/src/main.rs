@@ -21,6 +21,33 @@ pub const EXIT_FAIL: u8 = 1;
 pub const EXIT_BAD_INPUT: u8 = 2;
 /// Exit code: no usable /dev/kvm.
 pub const EXIT_NO_KVM: u8 = 3;
+/// Exit code: whoever read standard output (or error) went away, as `kvmconf … | head -1` does:
+/// 128 + SIGPIPE, what a shell reports for a command that signal ended.
+pub const EXIT_BROKEN_PIPE: i32 = 128 + 13;
+
+/// Makes a print into a closed pipe end the process quietly with [`EXIT_BROKEN_PIPE`]. Rust
+/// ignores SIGPIPE, so such a write fails with EPIPE and `println!` panics; restoring the signal's
+/// default action would take `unsafe`, which this crate forbids, so the panic is caught instead.
+fn exit_quietly_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if is_broken_pipe_panic(info.payload()) {
+            std::process::exit(EXIT_BROKEN_PIPE);
+        }
+        default(info);
+    }));
+}
+
+/// Whether a panic is std's report of a print into a closed pipe (`failed printing to stdout:
+/// Broken pipe (os error 32)`; EPIPE is 32 on Linux).
+fn is_broken_pipe_panic(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    msg.starts_with("failed printing to std") && msg.ends_with("(os error 32)")
+}
 
 /// kvmconf: KVM API conformance and fuzzing.
 #[derive(Parser)]
@@ -50,6 +77,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    exit_quietly_on_broken_pipe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -72,4 +100,26 @@ fn main() -> ExitCode {
         Command::Repro(a) => repro::main(a),
     };
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_print_into_a_closed_pipe_counts_as_a_broken_pipe() {
+        let msg = |s: &str| -> Box<dyn std::any::Any + Send> { Box::new(s.to_string()) };
+        assert!(is_broken_pipe_panic(&*msg(
+            "failed printing to stdout: Broken pipe (os error 32)"
+        )));
+        assert!(is_broken_pipe_panic(&*msg(
+            "failed printing to stderr: Broken pipe (os error 32)"
+        )));
+        // Another print failure, or a panic of ours that mentions a pipe, is still a panic.
+        assert!(!is_broken_pipe_panic(&*msg(
+            "failed printing to stdout: No space left on device (os error 28)"
+        )));
+        assert!(!is_broken_pipe_panic(&*msg("Broken pipe (os error 32)")));
+        assert!(!is_broken_pipe_panic(&*Box::new(32u32)));
+    }
 }

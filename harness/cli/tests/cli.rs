@@ -12,6 +12,44 @@ fn kvmconf(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
 
 const HELLO_JSON: &str = r#"{"name":"hello64","mode":"long64","regs":{"rip":"0x1000"},"memory":[{"addr":"0x1000","hex":"b048e6f1f4"}]}"#;
 
+/// `kvmconf … | head` (a reader that goes away): kvmconf ends quietly at its next print, with
+/// exit status 141 (128 + SIGPIPE, what a shell shows for a command that signal ended) and no
+/// panic. The read end is closed before kvmconf writes, so the first print meets the closed pipe
+/// whatever the output's size. Neither command needs /dev/kvm.
+#[test]
+fn printing_into_a_closed_pipe_exits_141_without_a_panic() {
+    let arts = std::env::temp_dir().join(format!("kvmconf-cli-pipe-{}", std::process::id()));
+    let arts = arts.to_str().unwrap().to_string();
+    let fuzz = [
+        "fuzz",
+        "--target",
+        "case_parser",
+        "--cases",
+        "200",
+        "--seed",
+        "1",
+        "--stats-every",
+        "0",
+        "--artifacts",
+        arts.as_str(),
+    ];
+    for args in [&["run", "--list"][..], &fuzz[..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmconf"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kvmconf starts");
+        drop(child.stdout.take());
+        let o = child.wait_with_output().expect("kvmconf finishes");
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&arts);
+}
+
 #[test]
 fn exec_seed_hello_prints_one_result_with_six_outs() {
     need_kvm!();

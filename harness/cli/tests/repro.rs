@@ -545,6 +545,8 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
     let files = files_in(&arts);
     assert_eq!(files.len(), 1, "{files:?}");
     let path = files[0].to_str().unwrap();
+    // Marked known, so a new finding with the same signature would not overwrite it.
+    assert!(path.ends_with("-known.toml"), "{path}");
     assert!(out.contains(&format!("\nwritten: {path}\n")), "{out}");
     assert!(
         out.contains(&format!("\nrepro: kvmconf repro {path}\n")),
@@ -566,6 +568,11 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
         bytes.len() == 2 && bytes[1] < bytes[0],
         "shrunk program: {t}"
     );
+    // The shrunk program was run again on a fresh VM before it was written, and reproduced.
+    assert!(
+        t.contains("# fresh VM: the minimised case reproduces on a fresh VM\n"),
+        "{t}"
+    );
     let r = kvmconf(&["repro", path]);
     let rout = text(&r.stdout);
     assert!(
@@ -585,6 +592,7 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
     assert_eq!(files[0].file_name(), Path::new(path).file_name());
     let t = std::fs::read_to_string(&files[0]).unwrap();
     assert!(t.contains("# minimised: no (--no-minimise)\n"), "{t}");
+    assert!(!t.contains("# fresh VM"), "{t}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
