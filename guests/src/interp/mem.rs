@@ -181,11 +181,45 @@ impl PhysMem {
                     None => out.resize(out.len() + n, 0),
                 }
             } else {
-                out.extend((0..n as u64).map(|i| self.peek(a.wrapping_add(i))));
+                self.dump_mmio(a, n, &mut out);
             }
             a = a.wrapping_add(n as u64);
         }
         out
+    }
+
+    /// Appends `n` bytes from `pa` on a page that is not RAM, as [`PhysMem::peek`] reads each:
+    /// runs of an MMIO buffer copied at once, 0xff where no region lies.
+    fn dump_mmio(&self, pa: u64, n: usize, out: &mut Vec<u8>) {
+        let mut k = 0;
+        while k < n {
+            let x = pa.wrapping_add(k as u64);
+            match self
+                .mmio
+                .iter()
+                .find(|(s, buf)| x >= *s && x < *s + buf.len() as u64)
+            {
+                Some((s, buf)) => {
+                    let o = (x - s) as usize;
+                    // Up to the region's end, or to where another region starts (peek takes the
+                    // first region in the list that holds a byte).
+                    let next = self
+                        .mmio
+                        .iter()
+                        .filter(|(t, _)| *t > x)
+                        .map(|(t, _)| t - x)
+                        .min()
+                        .unwrap_or(u64::MAX);
+                    let m = (buf.len() - o).min(n - k).min(next as usize);
+                    out.extend_from_slice(&buf[o..o + m]);
+                    k += m;
+                }
+                None => {
+                    out.push(0xff);
+                    k += 1;
+                }
+            }
+        }
     }
 
     /// One byte as the harness reads it for a dump: RAM, MMIO buffer, or 0xff; no trace.
@@ -229,7 +263,14 @@ mod tests {
         let case = Case::new("t", Mode::Prot32, 0x1000, vec![0xf4]);
         let l = Layout::for_case(&case);
         let ram = l.ram_size;
-        let mut m = PhysMem::new(l, vec![(ram + 0x10, vec![7, 8, 9])]);
+        let mut m = PhysMem::new(
+            l,
+            vec![
+                (ram + 0x10, vec![7, 8, 9]),
+                (ram + 0x13, vec![10; 0x1800]),
+                (ram + 0x3000, (0..=255).collect()),
+            ],
+        );
         for (i, a) in [0x0ffe_u64, 0x1000, 0x2fff, 0x5555, ram - 2]
             .into_iter()
             .enumerate()
@@ -240,6 +281,9 @@ mod tests {
             (0x0ff0_u64, 0x2020_u64),
             (0x5555, 1),
             (ram - 4, 0x20),
+            (ram + 0x11, 0x1000),
+            (ram + 0x1000, 0x2400),
+            (ram + 0x2fff, 0x102),
             (0, 0),
         ] {
             let want: Vec<u8> = (0..len).map(|i| m.peek(pa + i)).collect();
