@@ -70,14 +70,6 @@ struct Element {
     write: Option<u64>,
 }
 
-fn mask(size: u64) -> u64 {
-    if size >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (size * 8)) - 1
-    }
-}
-
 /// Records every INS the interpreter reaches; call it before each instruction (`at_end` once the
 /// run has finished).
 #[derive(Default)]
@@ -228,7 +220,8 @@ fn model(
     cursor: usize,
 ) -> Option<Modelled> {
     let size = r.size;
-    let read = |i: usize| answers.get(i).map_or(mask(size), |v| v & mask(size));
+    let all = kvmconf_guests::interp::flags::mask(size as u32);
+    let read = |i: usize| answers.get(i).map_or(all, |v| v & all);
     let mut out = Modelled::default();
     let (mut cur, mut done, mut rdi, mut rcx) = (cursor, 0usize, r.rdi, r.count);
     let step = |rdi: u64, by: u64| (rdi & !r.am) | (rdi.wrapping_add(by) & r.am);
