@@ -289,17 +289,18 @@ pub fn verify_fresh(
     if fresh(last) {
         return (last.clone(), Fresh::Smallest);
     }
-    // Invariant: step `hi` does not reproduce; step `lo` does (`None`: the original, unchecked).
-    let (mut lo, mut hi): (Option<usize>, usize) = (None, steps.len() - 1);
-    while hi > lo.map_or(0, |l| l + 1) {
-        let mid = lo.map_or(0, |l| l + 1) + (hi - lo.map_or(0, |l| l + 1)) / 2;
+    // Invariant: step `hi` does not reproduce; step `good - 1` does (`good` 0: none known to,
+    // the original unchecked).
+    let (mut good, mut hi) = (0usize, steps.len() - 1);
+    while good < hi {
+        let mid = good + (hi - good) / 2;
         if fresh(&steps[mid]) {
-            lo = Some(mid);
+            good = mid + 1;
         } else {
             hi = mid;
         }
     }
-    match lo {
+    match good.checked_sub(1) {
         Some(i) => (
             steps[i].clone(),
             Fresh::Fallback {
