@@ -478,11 +478,11 @@ pub fn predict_observed_by(
     before: &mut dyn FnMut(&Machine),
 ) -> (interp::Outcome, Vec<Mnemonic>) {
     let image = instructions(case);
-    let start = Machine::new(case).cpu;
-    let mut substituted: Vec<Mnemonic> = Vec::new();
-    let mut observed = 0usize;
     let mut m = Machine::new(case);
     m.set_cap(cap);
+    let start = m.cpu.clone();
+    let mut substituted: Vec<Mnemonic> = Vec::new();
+    let mut observed = 0usize;
     let o = m.run_with(|m| {
         before(m);
         let Some(ins) = m.next_instruction() else {
