@@ -110,13 +110,13 @@ pub fn check_id(rel: &Path) -> String {
 pub fn compare_snapshot(snapshots: &Path, rel: &Path, text: &str, result: &CaseResult) -> Outcome {
     let path = snapshots.join(snapshot_file(rel));
     if !path.exists() {
-        return Err(Fail::Failed(format!(
+        return Err(Fail::failed(format!(
             "no snapshot {} (record it: INSTA_UPDATE=always cargo nextest run -p kvmconf-cases \
              --test corpus)",
             path.display()
         )));
     }
-    let want = crate::snapshot::read(&path).map_err(Fail::Failed)?;
+    let want = crate::snapshot::read(&path).map_err(Fail::failed)?;
     let mut got = serde_json::to_value(result).expect("results serialize");
     crate::snapshot::redact(&mut got, &redactions(text));
     let diffs = crate::snapshot::field_diffs(&want, &got);
@@ -132,7 +132,7 @@ pub fn compare_snapshot(snapshots: &Path, rel: &Path, text: &str, result: &CaseR
     if diffs.len() > SHOWN {
         lines.push(format!("… {} more fields", diffs.len() - SHOWN));
     }
-    Err(Fail::Failed(format!(
+    Err(Fail::failed(format!(
         "result differs from the snapshot {} in {} fields: {}",
         path.display(),
         diffs.len(),
@@ -144,7 +144,7 @@ pub fn compare_snapshot(snapshots: &Path, rel: &Path, text: &str, result: &CaseR
 /// snapshot in `snapshots`.
 pub fn check(host: &Host, snapshots: &Path, file: &CorpusFile) -> Outcome {
     let [case] = file.cases.as_slice() else {
-        return Err(Fail::Failed(format!(
+        return Err(Fail::failed(format!(
             "{}: {} cases, wanted 1",
             file.rel.display(),
             file.cases.len()
@@ -215,7 +215,8 @@ mod tests {
             panic!("a changed rax must fail");
         };
         assert!(
-            m.contains("in 1 fields: regs.rax: wanted 0xa, got 0x99"),
+            m.text
+                .contains("in 1 fields: regs.rax: wanted 0xa, got 0x99"),
             "{m}"
         );
     }

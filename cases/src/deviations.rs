@@ -113,17 +113,17 @@ pub fn judge(check: &str, outcome: &Outcome, devs: &[Deviation], fp: &Fingerprin
             None => Verdict::Pass,
         },
         Err(Fail::Skip(r)) => Verdict::Skip(r.clone()),
-        Err(Fail::Failed(m)) => match applicable.iter().find(|d| m.contains(&d.expect)) {
+        Err(Fail::Failed(f)) => match applicable.iter().find(|d| f.text.contains(&d.expect)) {
             Some(d) => Verdict::KnownDeviation {
                 id: d.id.clone(),
-                message: m.clone(),
+                message: f.text.clone(),
             },
             None => Verdict::Fail(match applicable.first() {
                 Some(d) => format!(
-                    "{m}\n(known deviation {} applies to this host but expects a failure containing {:?})",
+                    "{f}\n(known deviation {} applies to this host but expects a failure containing {:?})",
                     d.id, d.expect
                 ),
-                None => m.clone(),
+                None => f.text.clone(),
             }),
         },
     }
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn judge_distinguishes_pass_fail_known_fixed_and_wrong_reason() {
         let d = [dev()];
-        let fail = |m: &str| Err(Fail::Failed(m.into()));
+        let fail = |m: &str| Err(Fail::failed(m));
         assert_eq!(
             judge("harness.x_a", &Ok(()), &d, &fp("kvm_intel")),
             Verdict::Pass

@@ -260,7 +260,7 @@ impl Mismatch {
 
     /// Judges this mismatch as a failure of the check `check` against the known deviations.
     pub fn judge(&self, check: &str, what: &str, devs: &[Deviation], fp: &Fingerprint) -> Verdict {
-        judge(check, &Err(Fail::Failed(self.message(what))), devs, fp)
+        judge(check, &Err(Fail::failed(self.message(what))), devs, fp)
     }
 }
 

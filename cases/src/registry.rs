@@ -56,13 +56,78 @@ impl Area {
     }
 }
 
+/// A failed expectation as data: the field that was looked at, what was wanted and what came.
+/// Known deviations match on these parts (`cases/deviations.toml`, `[[deviation.when]]`), never
+/// on the sentence: [`Failure::text`] is for the report.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Failure {
+    /// What was looked at (`exit`, `rax`, `KVM_SET_MSRS of [PAT …]: number of MSRs set`); empty
+    /// when the check only gives a reason.
+    pub field: String,
+    /// What was wanted, rendered (`Hlt`, `0x1f80`), when the failure compares a value.
+    pub wanted: Option<String>,
+    /// What came, rendered the same way.
+    pub got: Option<String>,
+    /// The sentence for the report.
+    pub text: String,
+}
+
+impl Failure {
+    /// A failure with only a reason (no field compared).
+    pub fn reason(text: impl Into<String>) -> Failure {
+        Failure {
+            text: text.into(),
+            ..Failure::default()
+        }
+    }
+
+    /// `field: wanted W, got G`, with `note` appended to the report's sentence.
+    pub fn field(
+        field: impl Into<String>,
+        wanted: impl Into<String>,
+        got: impl Into<String>,
+        note: &str,
+    ) -> Failure {
+        let (field, wanted, got) = (field.into(), wanted.into(), got.into());
+        Failure {
+            text: format!("{field}: wanted {wanted}, got {got}{note}"),
+            field,
+            wanted: Some(wanted),
+            got: Some(got),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
 /// Why a check did not pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fail {
     /// The documented behaviour did not happen: what was wanted and what came.
-    Failed(String),
+    Failed(Failure),
     /// A documented-optional requirement is absent on this host.
     Skip(String),
+}
+
+impl Fail {
+    /// A failure with only a reason (see [`Failure::reason`]).
+    pub fn failed(text: impl Into<String>) -> Fail {
+        Fail::Failed(Failure::reason(text))
+    }
+
+    /// A failure of `field` (see [`Failure::field`]).
+    pub fn field(
+        field: impl Into<String>,
+        wanted: impl Into<String>,
+        got: impl Into<String>,
+        note: &str,
+    ) -> Fail {
+        Fail::Failed(Failure::field(field, wanted, got, note))
+    }
 }
 
 impl fmt::Display for Fail {
@@ -76,13 +141,13 @@ impl fmt::Display for Fail {
 
 impl From<kvmconf_harness::watchdog::WatchdogError> for Fail {
     fn from(e: kvmconf_harness::watchdog::WatchdogError) -> Fail {
-        Fail::Failed(format!("watchdog error: {e}"))
+        Fail::failed(format!("watchdog error: {e}"))
     }
 }
 
 impl From<kvmconf_harness::KvmError> for Fail {
     fn from(e: kvmconf_harness::KvmError) -> Fail {
-        Fail::Failed(format!("harness error: {e}"))
+        Fail::failed(format!("harness error: {e}"))
     }
 }
 
@@ -113,23 +178,24 @@ impl fmt::Debug for Check {
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
         if !$cond {
-            return Err($crate::registry::Fail::Failed(format!($($fmt)+)));
+            return Err($crate::registry::Fail::failed(format!($($fmt)+)));
         }
     };
 }
 
-/// Fails with "what: wanted W, got G" unless `got == want` (values shown with `{:#x?}`).
+/// Fails with "what: wanted W, got G" unless `got == want` (values shown with `{:#x?}`): the
+/// failure's field is `what`, its wanted and got parts the rendered values.
 #[macro_export]
 macro_rules! ensure_eq {
     ($got:expr, $want:expr, $($what:tt)+) => {{
         match (&$got, &$want) {
             (g, w) => if g != w {
-            return Err($crate::registry::Fail::Failed(format!(
-                "{}: wanted {:#x?}, got {:#x?}",
+            return Err($crate::registry::Fail::field(
                 format!($($what)+),
-                w,
-                g
-            )));
+                format!("{:#x?}", w),
+                format!("{:#x?}", g),
+                "",
+            ));
         }}
     }};
 }
@@ -148,7 +214,7 @@ pub fn require_cap(host: &Host, cap: u32, name: &str) -> Outcome {
 /// Maps a kvm-ioctls error to a failure naming the ioctl.
 pub fn ioctl(name: &'static str) -> impl Fn(kvm_ioctls::Error) -> Fail {
     move |e| {
-        Fail::Failed(format!(
+        Fail::failed(format!(
             "{name} failed: {} (errno {})",
             std::io::Error::from_raw_os_error(e.errno()),
             e.errno()

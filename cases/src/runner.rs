@@ -32,7 +32,7 @@ fn catching(f: impl FnOnce() -> Outcome) -> Outcome {
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_string()))
             .unwrap_or_else(|| "panic".into());
-        Err(Fail::Failed(format!("panicked: {msg}")))
+        Err(Fail::failed(format!("panicked: {msg}")))
     })
 }
 
@@ -177,7 +177,7 @@ pub fn run_item(
         } => {
             let outcome = match file.as_ref() {
                 Ok(f) => catching(|| corpus::check(host, snapshots, f)),
-                Err(e) => Err(Fail::Failed(e.clone())),
+                Err(e) => Err(Fail::failed(e.clone())),
             };
             corpus::judge(rel, &outcome, devs, fp)
         }

@@ -40,7 +40,7 @@ impl Guest {
         for (addr, bytes) in &model.image {
             vm.mem
                 .write(*addr, bytes)
-                .map_err(|e| Fail::Failed(format!("loading the image: {e}")))?;
+                .map_err(|e| Fail::failed(format!("loading the image: {e}")))?;
         }
         vm.vcpu.prepare_thread()?;
         vm.vcpu.set_state(&model.cpu)?;
@@ -75,7 +75,7 @@ impl Guest {
     /// KVM_RUN once; any failure (including the deadline) fails the check.
     pub fn run(&mut self) -> Result<KvmExit, Fail> {
         self.try_run().map_err(|errno| {
-            Fail::Failed(if errno == libc::EINTR {
+            Fail::failed(if errno == libc::EINTR {
                 format!("KVM_RUN: the guest made no exit within {RUN_LIMIT:?}")
             } else {
                 format!(
@@ -123,7 +123,7 @@ impl Guest {
         self.vm
             .mem
             .read(addr, &mut b)
-            .map_err(|e| Fail::Failed(format!("reading guest memory at {addr:#x}: {e}")))?;
+            .map_err(|e| Fail::failed(format!("reading guest memory at {addr:#x}: {e}")))?;
         Ok(b)
     }
 
@@ -138,7 +138,7 @@ impl Guest {
         self.vm
             .mem
             .write(addr, data)
-            .map_err(|e| Fail::Failed(format!("writing guest memory at {addr:#x}: {e}")))
+            .map_err(|e| Fail::failed(format!("writing guest memory at {addr:#x}: {e}")))
     }
 
     /// The I/O data of the last KVM_EXIT_IO: `size * count` bytes at `data_offset`.
@@ -146,7 +146,7 @@ impl Guest {
         let area = self.vm.vcpu.run_area();
         let (at, n) = (data_offset as usize, usize::from(size) * count as usize);
         area.get(at..at + n).map(<[u8]>::to_vec).ok_or_else(|| {
-            Fail::Failed(format!(
+            Fail::failed(format!(
                 "KVM_EXIT_IO data_offset {data_offset:#x} + {n} bytes lies outside the {:#x}-byte kvm_run mapping",
                 area.len()
             ))
@@ -160,7 +160,7 @@ impl Guest {
         let len = area.len();
         area.get_mut(at..at + data.len())
             .ok_or_else(|| {
-                Fail::Failed(format!(
+                Fail::failed(format!(
                     "KVM_EXIT_IO data_offset {data_offset:#x} lies outside the {len:#x}-byte mapping"
                 ))
             })?
@@ -196,7 +196,7 @@ impl Guest {
 fn ensure_in_handlers(at: u64) -> Result<(), Fail> {
     let end = HANDLERS + 256 * HANDLER_STRIDE;
     if at < HANDLERS || at >= end || (at - HANDLERS) % HANDLER_STRIDE != 5 {
-        return Err(Fail::Failed(format!(
+        return Err(Fail::failed(format!(
             "HLT at rip {:#x}: wanted the HLT of a hand-written handler in {HANDLERS:#x}..{end:#x}",
             at + 1
         )));
@@ -239,7 +239,7 @@ pub fn expect_exit(got: &KvmExit, want: &KvmExit, what: &str) -> Result<(), Fail
     if got == want {
         Ok(())
     } else {
-        Err(Fail::Failed(format!(
+        Err(Fail::failed(format!(
             "{what}: wanted {want:?}, got {}",
             describe(got)
         )))

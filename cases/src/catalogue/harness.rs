@@ -22,7 +22,7 @@ pub fn program(
     mode: Mode,
     build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> Result<Vec<u8>, Fail> {
-    assemble(mode.bitness(), CODE, build).map_err(|e| Fail::Failed(format!("test program: {e}")))
+    assemble(mode.bitness(), CODE, build).map_err(|e| Fail::failed(format!("test program: {e}")))
 }
 
 /// A case running `code` at [`CODE`] with a stack at [`STACK`].
@@ -78,7 +78,7 @@ fn check_hello(r: &CaseResult, end: u64) -> Outcome {
 fn seed_hello_real16(host: &Host) -> Outcome {
     let text = include_str!("../../corpus/seed_hello.toml");
     let cases = kvmconf_guests::case::parse_cases("cases/corpus/seed_hello.toml", text)
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     let c = &cases[0].case;
     ensure_eq!(c.mode, Mode::Real16, "mode");
     let r = run(host, c)?;

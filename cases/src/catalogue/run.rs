@@ -75,7 +75,7 @@ fn io_exit(e: &KvmExit, input: bool, size: u8, port: u16) -> Result<(u32, u64), 
             count,
             data_offset,
         } if i == input && s == size && p == port => Ok((count, data_offset)),
-        _ => Err(Fail::Failed(format!(
+        _ => Err(Fail::failed(format!(
             "exit: wanted IO {} {size} bytes on port {port:#x}, got {}",
             if input { "in" } else { "out" },
             describe(e)
@@ -184,8 +184,8 @@ fn serve_string_io(
             out.extend(g.io_data(size, count, off)?);
         }
     }
-    Err(Fail::Failed(
-        "string I/O did not reach the HLT within 64 exits".into(),
+    Err(Fail::failed(
+        "string I/O did not reach the HLT within 64 exits",
     ))
 }
 
@@ -306,7 +306,7 @@ fn mmio_exit(e: &KvmExit, write: bool, len: u32) -> Result<(u64, [u8; 8]), Fail>
             len: l,
             write: w,
         } if w == write && l == len => Ok((addr, data)),
-        _ => Err(Fail::Failed(format!(
+        _ => Err(Fail::failed(format!(
             "exit: wanted MMIO {} {len} bytes, got {}",
             if write { "write" } else { "read" },
             describe(e)
@@ -409,7 +409,7 @@ fn mmio_fetch_internal_error(host: &Host) -> Outcome {
             );
             Ok(())
         }
-        other => Err(Fail::Failed(format!(
+        other => Err(Fail::failed(format!(
             "exit after jumping into MMIO: wanted InternalError (emulation), got {}",
             describe(&other)
         ))),
@@ -482,7 +482,7 @@ fn fail_entry_cs_l_and_d(host: &Host) -> Outcome {
             "KVM_EXIT_INTERNAL_ERROR suberror (KVM_INTERNAL_ERROR_EMULATION = 1) for the invalid state"
         ),
         other => {
-            return Err(Fail::Failed(format!(
+            return Err(Fail::failed(format!(
                 "exit with CS.L = CS.D = 1 in IA-32e mode (accepted by KVM_SET_SREGS): wanted \
                  FailEntry (hardware_entry_failure_reason {}) or InternalError, got {}",
                 entry_failure_reason(module.as_deref())
@@ -640,7 +640,7 @@ fn signal_interrupts_spin(host: &Host) -> Outcome {
     let mut g = spin_guest(host)?;
     let start = Instant::now();
     let d = Deadline::arm(Duration::from_millis(30))
-        .map_err(|e| Fail::Failed(format!("watchdog: {e}")))?;
+        .map_err(|e| Fail::failed(format!("watchdog: {e}")))?;
     let r = g.vm.vcpu.run_once();
     drop(d);
     let took = start.elapsed();
@@ -661,7 +661,7 @@ fn signal_interrupts_spin(host: &Host) -> Outcome {
 /// Makes the watchdog signal pending (blocked in this thread) before KVM_RUN starts.
 fn signal_pending() -> Result<Deadline, Fail> {
     let d = Deadline::arm(Duration::from_nanos(1))
-        .map_err(|e| Fail::Failed(format!("watchdog: {e}")))?;
+        .map_err(|e| Fail::failed(format!("watchdog: {e}")))?;
     ensure!(
         watchdog::wait_pending(Duration::from_secs(1)),
         "the watchdog signal was not pending within 1 s of an expired deadline"
@@ -697,7 +697,7 @@ fn signal_mask_blocks(host: &Host) -> Outcome {
         a.hlt()
     })?;
     raw_vcpu::set_signal_mask(g.vcpu(), &[watchdog::signal()], &[])
-        .map_err(|e| Fail::Failed(format!("KVM_SET_SIGNAL_MASK failed: errno {e}")))?;
+        .map_err(|e| Fail::failed(format!("KVM_SET_SIGNAL_MASK failed: errno {e}")))?;
     let d = signal_pending()?;
     let r = g.vm.vcpu.run_once();
     drop(d);
@@ -765,7 +765,7 @@ fn single_step(host: &Host, mode: Mode) -> Outcome {
                 pcs.push(pc);
             }
             other => {
-                return Err(Fail::Failed(format!(
+                return Err(Fail::failed(format!(
                     "{mode:?} single-step: wanted Debug, got {} after pcs {pcs:x?}",
                     describe(&other)
                 )));
@@ -811,7 +811,7 @@ fn sw_bp_exit(host: &Host) -> Outcome {
             ensure_eq!(pc, CODE + 1, "pc of the KVM_EXIT_DEBUG for INT3 (the INT3)");
             Ok(())
         }
-        other => Err(Fail::Failed(format!(
+        other => Err(Fail::failed(format!(
             "INT3 with KVM_GUESTDBG_USE_SW_BP: wanted Debug, got {}",
             describe(&other)
         ))),
@@ -862,7 +862,7 @@ fn hw_bp_exec(host: &Host) -> Outcome {
             ensure!(status & 1 != 0, "dr6 {status:#x} lacks B0");
             Ok(())
         }
-        other => Err(Fail::Failed(format!(
+        other => Err(Fail::failed(format!(
             "execute breakpoint on DR0: wanted Debug, got {}",
             describe(&other)
         ))),
@@ -900,7 +900,7 @@ fn msr_exit(e: &KvmExit, write: bool) -> Result<(u32, u32, u64), Fail> {
             index,
             data,
         } if w == write => Ok((reason, index, data)),
-        _ => Err(Fail::Failed(format!(
+        _ => Err(Fail::failed(format!(
             "exit: wanted {}, got {}",
             if write { "X86_WRMSR" } else { "X86_RDMSR" },
             describe(e)
@@ -1067,9 +1067,15 @@ fn msr_filter_default_deny_empty(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_X86_MSR_FILTER, "X86_MSR_FILTER")?;
     let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
     match vm.set_msr_filter(MsrFilterDefaultAction::DENY, &[]) {
-        Ok(()) => Err(Fail::Failed("KVM_X86_SET_MSR_FILTER with KVM_MSR_FILTER_DEFAULT_DENY and no ranges: wanted an error, got success".into())),
+        Ok(()) => Err(Fail::failed(
+            "KVM_X86_SET_MSR_FILTER with KVM_MSR_FILTER_DEFAULT_DENY and no ranges: wanted an error, got success",
+        )),
         Err(e) => {
-            ensure_eq!(e.errno(), libc::EINVAL, "errno of KVM_X86_SET_MSR_FILTER(DEFAULT_DENY, no ranges)");
+            ensure_eq!(
+                e.errno(),
+                libc::EINVAL,
+                "errno of KVM_X86_SET_MSR_FILTER(DEFAULT_DENY, no ranges)"
+            );
             Ok(())
         }
     }
@@ -1080,7 +1086,7 @@ fn msr_filter_default_deny_empty(host: &Host) -> Outcome {
 
 fn interrupt(g: &Guest, irq: u32) -> Outcome {
     raw_vcpu::interrupt(g.vcpu(), irq).map_err(|e| {
-        Fail::Failed(format!(
+        Fail::failed(format!(
             "KVM_INTERRUPT({irq:#x}) failed: {} (errno {e})",
             std::io::Error::from_raw_os_error(e)
         ))
@@ -1218,7 +1224,10 @@ const WINDOW_ATTEMPTS: u32 = 100;
 fn every_attempt(host: &Host, once: fn(&Host) -> Outcome) -> Outcome {
     for k in 1..=WINDOW_ATTEMPTS {
         once(host).map_err(|f| match f {
-            Fail::Failed(m) => Fail::Failed(format!("attempt {k}/{WINDOW_ATTEMPTS}: {m}")),
+            Fail::Failed(mut m) => {
+                m.text = format!("attempt {k}/{WINDOW_ATTEMPTS}: {}", m.text);
+                Fail::Failed(m)
+            }
             skip => skip,
         })?;
     }

@@ -69,7 +69,7 @@ pub fn expect_errno(got: Option<i32>, want: i32, what: &str) -> Outcome {
     if got == Some(want) {
         return Ok(());
     }
-    Err(Fail::Failed(format!(
+    Err(Fail::failed(format!(
         "{what}: wanted {}, got {}",
         errno_name(Some(want)),
         errno_name(got)
@@ -247,7 +247,7 @@ fn cpuid_full(host: &Host, emulated: bool) -> Result<CpuidReply, Fail> {
     let r = raw::cpuid(host.kvm(), emulated, 256);
     let name = cpuid_name(emulated);
     if let Some(e) = r.errno {
-        return Err(Fail::Failed(format!(
+        return Err(Fail::failed(format!(
             "{name} with room for 256 entries: wanted success, got {}",
             errno_name(Some(e))
         )));
@@ -385,9 +385,7 @@ fn supported_cpuid_leaf0_max_leaf_covers_entries(host: &Host) -> Outcome {
     let full = cpuid_full(host, false)?;
     let find = |f: u32| full.entries.iter().find(|e| e.function == f);
     let Some(l0) = find(0) else {
-        return Err(Fail::Failed(
-            "KVM_GET_SUPPORTED_CPUID: no entry for leaf 0".into(),
-        ));
+        return Err(Fail::failed("KVM_GET_SUPPORTED_CPUID: no entry for leaf 0"));
     };
     let max_basic = l0.eax;
     ensure!(
@@ -404,7 +402,7 @@ fn supported_cpuid_leaf0_max_leaf_covers_entries(host: &Host) -> Outcome {
             );
         } else if (0x8000_0000..0x9000_0000).contains(&f) {
             let Some(max_ext) = ext else {
-                return Err(Fail::Failed(format!(
+                return Err(Fail::failed(format!(
                     "entry for extended leaf {f:#x} but no leaf 0x80000000"
                 )));
             };
@@ -425,9 +423,7 @@ fn supported_cpuid_vendor_string_present(host: &Host) -> Outcome {
     require_cpuid(host, false)?;
     let full = cpuid_full(host, false)?;
     let Some(l0) = full.entries.iter().find(|e| e.function == 0) else {
-        return Err(Fail::Failed(
-            "KVM_GET_SUPPORTED_CPUID: no entry for leaf 0".into(),
-        ));
+        return Err(Fail::failed("KVM_GET_SUPPORTED_CPUID: no entry for leaf 0"));
     };
     let mut v = Vec::new();
     for r in [l0.ebx, l0.edx, l0.ecx] {
@@ -475,7 +471,7 @@ fn msr_list_full(host: &Host, feature: bool) -> Result<Vec<u32>, Fail> {
     let name = list_name(feature);
     let r = raw::msr_index_list(host.kvm(), feature, 4096);
     if r.errno.is_some() {
-        return Err(Fail::Failed(format!(
+        return Err(Fail::failed(format!(
             "{name} with room for 4096 indices: wanted success, got {}",
             errno_name(r.errno)
         )));
@@ -546,7 +542,7 @@ fn feature_msrs_readable_with_system_get_msrs(host: &Host) -> Outcome {
         })
         .collect();
     let mut msrs = kvm_bindings::Msrs::from_entries(&entries)
-        .map_err(|e| Fail::Failed(format!("building kvm_msrs: {e:?}")))?;
+        .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
     let n = host
         .kvm()
         .get_msrs(&mut msrs)
@@ -563,7 +559,7 @@ fn feature_msrs_readable_with_system_get_msrs(host: &Host) -> Outcome {
             index,
             ..Default::default()
         }])
-        .map_err(|e| Fail::Failed(format!("building kvm_msrs: {e:?}")))?;
+        .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
         let n = host
             .kvm()
             .get_msrs(&mut one)
@@ -577,9 +573,7 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_GET_MSR_FEATURES, "GET_MSR_FEATURES")?;
     let list = msr_list_full(host, true)?;
     let Some(&first) = list.first() else {
-        return Err(Fail::Failed(
-            "KVM_GET_MSR_FEATURE_INDEX_LIST is empty".into(),
-        ));
+        return Err(Fail::failed("KVM_GET_MSR_FEATURE_INDEX_LIST is empty"));
     };
     // 0xdeadbeef is no MSR at all, let alone a feature MSR.
     let bogus = 0xdead_beef;
@@ -601,7 +595,7 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
             ..Default::default()
         },
     ])
-    .map_err(|e| Fail::Failed(format!("building kvm_msrs: {e:?}")))?;
+    .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
     let n = host
         .kvm()
         .get_msrs(&mut msrs)
@@ -675,7 +669,7 @@ fn create_vm_invalid_type_einval(host: &Host) -> Outcome {
     for t in bad {
         match host.kvm().create_vm_with_type(t) {
             Ok(_) => {
-                return Err(Fail::Failed(format!(
+                return Err(Fail::failed(format!(
                     "KVM_CREATE_VM type {t:#x} (KVM_CAP_VM_TYPES {types:#x}): wanted EINVAL, got a VM"
                 )));
             }

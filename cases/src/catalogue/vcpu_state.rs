@@ -40,7 +40,7 @@ const OUT: u64 = 0x10000;
 
 fn einval_or_fail(what: &str, r: Result<(), i32>) -> Outcome {
     match r {
-        Ok(()) => Err(Fail::Failed(format!("{what}: wanted EINVAL, got success"))),
+        Ok(()) => Err(Fail::failed(format!("{what}: wanted EINVAL, got success"))),
         Err(e) => {
             ensure_eq!(e, libc::EINVAL, "{what}: errno (EINVAL = {})", libc::EINVAL);
             Ok(())
@@ -469,7 +469,7 @@ fn xsave_round_trip(host: &Host) -> Outcome {
     b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
     let want = xsave_from(&b);
     raw_vcpu::set_xsave(g.vm.fd(), g.vcpu(), &want).map_err(|e| {
-        Fail::Failed(format!(
+        Fail::failed(format!(
             "KVM_SET_XSAVE failed: {} (errno {e})",
             std::io::Error::from_raw_os_error(e)
         ))
@@ -497,7 +497,7 @@ fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
     bv |= 0x2;
     b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
     raw_vcpu::set_xsave(g.vm.fd(), g.vcpu(), &xsave_from(&b))
-        .map_err(|e| Fail::Failed(format!("KVM_SET_XSAVE failed: errno {e}")))?;
+        .map_err(|e| Fail::failed(format!("KVM_SET_XSAVE failed: errno {e}")))?;
     let got = run_store_xmm(&mut g, 3)?;
     ensure_eq!(
         hex(&got[..16]),
@@ -569,7 +569,7 @@ fn xcr0(v: &VcpuFd) -> Result<u64, Fail> {
         .iter()
         .find(|x| x.xcr == 0)
         .map(|x| x.value)
-        .ok_or_else(|| Fail::Failed(format!("KVM_GET_XCRS reports no XCR0: {x:x?}")))
+        .ok_or_else(|| Fail::failed(format!("KVM_GET_XCRS reports no XCR0: {x:x?}")))
 }
 
 fn xcrs_round_trip(host: &Host) -> Outcome {
@@ -1349,7 +1349,7 @@ fn custom_cpuid(host: &Host) -> Vec<kvm_cpuid_entry2> {
 
 fn set_cpuid(v: &VcpuFd, entries: &[kvm_cpuid_entry2]) -> Outcome {
     let c = CpuId::from_entries(entries)
-        .map_err(|e| Fail::Failed(format!("building kvm_cpuid2: {e:?}")))?;
+        .map_err(|e| Fail::failed(format!("building kvm_cpuid2: {e:?}")))?;
     v.set_cpuid2(&c).map_err(ioctl("KVM_SET_CPUID2"))
 }
 

@@ -72,7 +72,7 @@ fn load(vm: &mut TestVm, c: &Case) -> Result<GuestModel, Fail> {
     for (a, b) in &model.image {
         vm.mem
             .write(*a, b)
-            .map_err(|e| Fail::Failed(format!("loading the case: {e}")))?;
+            .map_err(|e| Fail::failed(format!("loading the case: {e}")))?;
     }
     vm.set_layout(model.layout.clone());
     Ok(model)
@@ -116,7 +116,7 @@ fn ensure_reads(vm: &mut TestVm, gpa: u64, want: u32, what: &str) -> Outcome {
             ensure_eq!(v, want, "{what}: guest read of {gpa:#x}");
             Ok(())
         }
-        Err(t) => Err(Fail::Failed(format!(
+        Err(t) => Err(Fail::failed(format!(
             "{what}: guest read of {gpa:#x}: wanted {want:#x} from a memslot, got exits {t:?}"
         ))),
     }
@@ -125,7 +125,7 @@ fn ensure_reads(vm: &mut TestVm, gpa: u64, want: u32, what: &str) -> Outcome {
 /// Fails unless a guest read of `gpa` is MMIO (no memslot there).
 fn ensure_unmapped(vm: &mut TestVm, gpa: u64, what: &str) -> Outcome {
     match guest_read32(vm, gpa)? {
-        Ok(v) => Err(Fail::Failed(format!(
+        Ok(v) => Err(Fail::failed(format!(
             "{what}: guest read of {gpa:#x}: wanted an MMIO exit (no memslot), got {v:#x} from memory"
         ))),
         Err(t) => {
@@ -144,12 +144,12 @@ fn slot_errno(r: Result<(), RawError>) -> Result<Option<i32>, Fail> {
     match r {
         Ok(()) => Ok(None),
         Err(RawError::Ioctl { errno, .. }) => Ok(Some(errno)),
-        Err(e) => Err(Fail::Failed(e.to_string())),
+        Err(e) => Err(Fail::failed(e.to_string())),
     }
 }
 
 fn map(vm: &TestVm, s: Slot) -> Outcome {
-    raw::map_in(vm, s).map_err(|e| Fail::Failed(format!("{e} ({s:x?})")))
+    raw::map_in(vm, s).map_err(|e| Fail::failed(format!("{e} ({s:x?})")))
 }
 
 /// The standard extra slot: id [`EXTRA_SLOT`], 64 KiB at [`EXTRA_GPA`] backed at [`BACKING`].
@@ -168,7 +168,7 @@ fn vm_with_extra(host: &Host, flags: u32) -> Result<TestVm, Fail> {
     let vm = test_vm(host, Mode::Prot32, false)?;
     vm.mem
         .write(BACKING, &PATTERN.to_le_bytes())
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     map(&vm, extra(flags))?;
     Ok(vm)
 }
@@ -201,7 +201,7 @@ fn create_vcpu_recommended_count_succeeds(host: &Host) -> Outcome {
     let mut vcpus = Vec::new();
     for id in 0..n {
         vcpus.push(vm.create_vcpu(id).map_err(|e| {
-            Fail::Failed(format!(
+            Fail::failed(format!(
                 "KVM_CREATE_VCPU id {id} of the recommended {n}: {e}"
             ))
         })?);
@@ -214,7 +214,7 @@ fn create_vcpu_last_valid_id_succeeds(host: &Host) -> Outcome {
     let vm = new_vm(host)?;
     let v = vm
         .create_vcpu(last)
-        .map_err(|e| Fail::Failed(format!("KVM_CREATE_VCPU id {last} (max_vcpu_id - 1): {e}")))?;
+        .map_err(|e| Fail::failed(format!("KVM_CREATE_VCPU id {last} (max_vcpu_id - 1): {e}")))?;
     v.get_regs()
         .map_err(ioctl("KVM_GET_REGS on the new vCPU"))?;
     Ok(())
@@ -226,7 +226,7 @@ fn create_vcpu_id_out_of_range_einval(host: &Host) -> Outcome {
     for id in [max, max + 1, 1 << 32, u64::from(u32::MAX)] {
         match vm.create_vcpu(id) {
             Ok(_) => {
-                return Err(Fail::Failed(format!(
+                return Err(Fail::failed(format!(
                     "KVM_CREATE_VCPU id {id:#x} (max_vcpu_id {max}): wanted EINVAL, got a vCPU"
                 )));
             }
@@ -266,7 +266,7 @@ fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
     // One fd per vCPU, the VM's, /dev/kvm's and the process's own.
     let need = max + 64;
     let limit =
-        kvmconf_harness::rlimit::raise_open_files(need).map_err(|e| Fail::Failed(e.to_string()))?;
+        kvmconf_harness::rlimit::raise_open_files(need).map_err(|e| Fail::failed(e.to_string()))?;
     ensure!(
         limit.soft >= need,
         "RLIMIT_NOFILE: wanted a hard limit of at least {need} for {max} vCPU fds, got {}",
@@ -277,7 +277,7 @@ fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
     let mut vcpus = Vec::with_capacity(ids.len());
     for (n, &id) in ids.iter().enumerate() {
         vcpus.push(vm.create_vcpu(id).map_err(|e| {
-            Fail::Failed(format!(
+            Fail::failed(format!(
                 "KVM_CREATE_VCPU id {id} (vCPU {} of KVM_CAP_MAX_VCPUS = {max}, ids spread over \
                  [0, {max_id})): {e}",
                 n + 1
@@ -288,7 +288,7 @@ fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
     if let Some(extra) = (0..max_id).find(|id| ids.binary_search(id).is_err()) {
         match vm.create_vcpu(extra) {
             Ok(_) => {
-                return Err(Fail::Failed(format!(
+                return Err(Fail::failed(format!(
                     "KVM_CREATE_VCPU id {extra} with KVM_CAP_MAX_VCPUS = {max} vCPUs already \
                      created: wanted EINVAL, got a vCPU"
                 )));
@@ -306,7 +306,7 @@ fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
         (&vcpus[vcpus.len() - 1], ids[ids.len() - 1]),
     ] {
         v.get_regs().map_err(|e| {
-            Fail::Failed(format!(
+            Fail::failed(format!(
                 "KVM_GET_REGS on vCPU id {id} after the rejected creation: {e}"
             ))
         })?;
@@ -322,8 +322,8 @@ fn create_vcpu_duplicate_id_eexist(host: &Host) -> Outcome {
     first.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
     match vm.create_vcpu(1) {
         Ok(_) => {
-            return Err(Fail::Failed(
-                "second KVM_CREATE_VCPU id 1: wanted EEXIST, got a vCPU".into(),
+            return Err(Fail::failed(
+                "second KVM_CREATE_VCPU id 1: wanted EEXIST, got a vCPU",
             ));
         }
         Err(e) => expect_errno(Some(e.errno()), libc::EEXIST, "second KVM_CREATE_VCPU id 1")?,
@@ -352,7 +352,7 @@ fn memslot_add_guest_reads_backing(host: &Host) -> Outcome {
     let mut b = [0u8; 4];
     vm.mem
         .read(BACKING + 0x104, &mut b)
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     ensure_eq!(
         u32::from_le_bytes(b),
         0xcafe_f00d,
@@ -402,7 +402,7 @@ fn memslot_overlap_with_ram_eexist(host: &Host) -> Outcome {
     };
     vm.mem
         .write(0x8000, &PATTERN.to_le_bytes())
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     expect_rejected(&vm, s, libc::EEXIST, "slot over the VM's RAM slot")?;
     ensure_reads(&mut vm, 0x8000, PATTERN, "RAM after the rejected overlap")
 }
@@ -416,7 +416,7 @@ fn memslot_misaligned_einval(host: &Host, what: &str, tweak: fn(&mut Slot)) -> O
     // The same id is still free: a well-formed slot is accepted.
     vm.mem
         .write(BACKING, &PATTERN.to_le_bytes())
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     map(&vm, extra(0))?;
     ensure_reads(
         &mut vm,
@@ -501,7 +501,7 @@ fn memslot_last_valid_id_succeeds(host: &Host) -> Outcome {
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     vm.mem
         .write(BACKING, &PATTERN.to_le_bytes())
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     let mut s = extra(0);
     s.slot = n - 1;
     map(&vm, s)?;
@@ -537,7 +537,7 @@ fn memslot_delete_with_size_zero(host: &Host) -> Outcome {
     // The id and the range are free again.
     vm.mem
         .write(BACKING + 0x1000, &0x7777_7777u32.to_le_bytes())
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     let mut again = extra(0);
     again.offset = BACKING + 0x1000;
     map(&vm, again)?;
@@ -652,7 +652,7 @@ fn memslot_readonly_write_exits_mmio(host: &Host) -> Outcome {
     ensure!(
         vm.mem
             .equals(BACKING + 0x10, 0x20, None)
-            .map_err(|e| Fail::Failed(e.to_string()))?,
+            .map_err(|e| Fail::failed(e.to_string()))?,
         "the read-only slot's backing memory changed under guest writes"
     );
     ensure_reads(
@@ -742,7 +742,7 @@ fn dirty_log_reads_only(host: &Host, cpl: u8) -> Outcome {
     let mut image = vec![0u8; 0x1000];
     vm.mem
         .read(CODE, &mut image)
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     let r = kvmconf_harness::run::execute(&mut vm, &model, &c)?;
     ensure_eq!(r.exit, Exit::Hlt, "cpl{cpl} exit");
     let mut got = Vec::new();
@@ -755,7 +755,7 @@ fn dirty_log_reads_only(host: &Host, cpl: u8) -> Outcome {
     let mut after = vec![0u8; 0x1000];
     vm.mem
         .read(CODE, &mut after)
-        .map_err(|e| Fail::Failed(e.to_string()))?;
+        .map_err(|e| Fail::failed(e.to_string()))?;
     ensure_eq!(
         got.iter().map(|p| format!("{p:#x}")).collect::<Vec<_>>(),
         want.iter().map(|p| format!("{p:#x}")).collect::<Vec<_>>(),
@@ -827,7 +827,7 @@ fn chip(vm: &VmFd, id: u32) -> Result<kvm_irqchip, Fail> {
         ..Default::default()
     };
     vm.get_irqchip(&mut c)
-        .map_err(|e| Fail::Failed(format!("KVM_GET_IRQCHIP chip {id}: {e}")))?;
+        .map_err(|e| Fail::failed(format!("KVM_GET_IRQCHIP chip {id}: {e}")))?;
     Ok(c)
 }
 
@@ -852,8 +852,8 @@ fn create_irqchip_twice_eexist(host: &Host) -> Outcome {
     vm.set_irqchip(&c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
     match vm.create_irq_chip() {
         Ok(()) => {
-            return Err(Fail::Failed(
-                "second KVM_CREATE_IRQCHIP: wanted EEXIST, got success".into(),
+            return Err(Fail::failed(
+                "second KVM_CREATE_IRQCHIP: wanted EEXIST, got success",
             ));
         }
         Err(e) => expect_errno(Some(e.errno()), libc::EEXIST, "second KVM_CREATE_IRQCHIP")?,
@@ -972,7 +972,7 @@ fn set_pit2_flags_roundtrip(host: &Host) -> Outcome {
 // ---- KVM_IOEVENTFD ----
 
 fn eventfd() -> Result<EventFd, Fail> {
-    EventFd::new(EFD_NONBLOCK).map_err(|e| Fail::Failed(format!("eventfd: {e}")))
+    EventFd::new(EFD_NONBLOCK).map_err(|e| Fail::failed(format!("eventfd: {e}")))
 }
 
 /// The eventfd counter (0 when nothing was signalled); reading resets it.
@@ -1123,7 +1123,7 @@ fn irqfd_signal_raises_pic_irr(host: &Host) -> Outcome {
     let e = eventfd()?;
     vm.register_irqfd(&e, 5).map_err(ioctl("KVM_IRQFD"))?;
     e.write(1)
-        .map_err(|err| Fail::Failed(format!("eventfd write: {err}")))?;
+        .map_err(|err| Fail::failed(format!("eventfd write: {err}")))?;
     ensure!(
         wait_irr(&vm, 5, Duration::from_millis(200))?,
         "PIC1 IRR bit 5 within 200 ms of signalling the irqfd for GSI 5: wanted set, got {:#04x}",
@@ -1140,7 +1140,7 @@ fn irqfd_deassign_stops_injection(host: &Host) -> Outcome {
     vm.unregister_irqfd(&e, 6)
         .map_err(ioctl("KVM_IRQFD (KVM_IRQFD_FLAG_DEASSIGN)"))?;
     e.write(1)
-        .map_err(|err| Fail::Failed(format!("eventfd write: {err}")))?;
+        .map_err(|err| Fail::failed(format!("eventfd write: {err}")))?;
     ensure!(
         !wait_irr(&vm, 6, Duration::from_millis(30))?,
         "PIC1 IRR after signalling a deassigned irqfd for GSI 6: wanted bit 6 clear, got {:#04x}",
@@ -1327,7 +1327,7 @@ fn ring(vm: &mut TestVm) -> Result<Vec<(u64, u32, u32, u64)>, Fail> {
             u64::from_le_bytes(e.data),
         ));
         if out.len() > 1000 {
-            return Err(Fail::Failed("coalesced MMIO ring never empties".into()));
+            return Err(Fail::failed("coalesced MMIO ring never empties"));
         }
     }
     Ok(out)
@@ -1445,7 +1445,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 fn read_stats(mut f: std::fs::File) -> Result<Stats, Fail> {
     let mut file = Vec::new();
     f.read_to_end(&mut file)
-        .map_err(|e| Fail::Failed(format!("reading the stats fd: {e}")))?;
+        .map_err(|e| Fail::failed(format!("reading the stats fd: {e}")))?;
     ensure!(
         file.len() >= 24,
         "stats fd: wanted at least the 24-byte header, got {} bytes",
@@ -1616,7 +1616,7 @@ fn ensure_id(got: &str, suffix: &str, what: &str) -> Outcome {
 fn stats_vm(host: &Host) -> Result<(VmFd, Stats), Fail> {
     require_cap(host, KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD")?;
     let vm = new_vm(host)?;
-    let s = read_stats(raw::vm_stats_fd(&vm).map_err(|e| Fail::Failed(e.to_string()))?)?;
+    let s = read_stats(raw::vm_stats_fd(&vm).map_err(|e| Fail::failed(e.to_string()))?)?;
     Ok((vm, s))
 }
 
@@ -1641,7 +1641,7 @@ fn stats_fd_vcpu_header_and_id(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD")?;
     let vm = new_vm(host)?;
     let vcpu = vm.create_vcpu(3).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    let s = read_stats(raw::vcpu_stats_fd(&vcpu).map_err(|e| Fail::Failed(e.to_string()))?)?;
+    let s = read_stats(raw::vcpu_stats_fd(&vcpu).map_err(|e| Fail::failed(e.to_string()))?)?;
     s.check_layout("vCPU stats")?;
     s.check_descs("vCPU stats")?;
     ensure_id(&s.id(), "/vcpu-3", "vCPU stats id string")?;
@@ -1652,7 +1652,7 @@ fn stats_fd_vcpu_cumulative_do_not_decrease(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let read = |vm: &TestVm| -> Result<Stats, Fail> {
-        read_stats(raw::vcpu_stats_fd(vm.vcpu.fd()).map_err(|e| Fail::Failed(e.to_string()))?)
+        read_stats(raw::vcpu_stats_fd(vm.vcpu.fd()).map_err(|e| Fail::failed(e.to_string()))?)
     };
     let before = read(&vm)?;
     run32(&mut vm, "outs", out_program(&[1, 2, 3]))?;
