@@ -158,7 +158,7 @@ pub fn check(host: &Host, snapshots: &Path, file: &CorpusFile) -> Outcome {
 pub fn reproduced<'a>(rel: &Path, devs: &'a [Deviation], fp: &Fingerprint) -> Vec<&'a Deviation> {
     let path = format!("cases/corpus/{}", rel.display());
     devs.iter()
-        .filter(|d| d.on_host(fp) && d.reproducer.contains(&path))
+        .filter(|d| d.on_host(fp) && d.cases.contains(&path))
         .collect()
 }
 

@@ -482,13 +482,16 @@ fn fail_entry_cs_l_and_d(host: &Host) -> Outcome {
             "KVM_EXIT_INTERNAL_ERROR suberror (KVM_INTERNAL_ERROR_EMULATION = 1) for the invalid state"
         ),
         other => {
-            return Err(Fail::failed(format!(
-                "exit with CS.L = CS.D = 1 in IA-32e mode (accepted by KVM_SET_SREGS): wanted \
-                 FailEntry (hardware_entry_failure_reason {}) or InternalError, got {}",
-                entry_failure_reason(module.as_deref())
-                    .map_or("non-zero".to_string(), |r| format!("{r:#x}")),
-                describe(other)
-            )));
+            return Err(Fail::field(
+                "exit with CS.L = CS.D = 1 in IA-32e mode (accepted by KVM_SET_SREGS)",
+                format!(
+                    "FailEntry (hardware_entry_failure_reason {}) or InternalError",
+                    entry_failure_reason(module.as_deref())
+                        .map_or("non-zero".to_string(), |r| format!("{r:#x}"))
+                ),
+                describe(other),
+                "",
+            ));
         }
     }
     let r = g.regs()?;
@@ -811,10 +814,12 @@ fn sw_bp_exit(host: &Host) -> Outcome {
             ensure_eq!(pc, CODE + 1, "pc of the KVM_EXIT_DEBUG for INT3 (the INT3)");
             Ok(())
         }
-        other => Err(Fail::failed(format!(
-            "INT3 with KVM_GUESTDBG_USE_SW_BP: wanted Debug, got {}",
-            describe(&other)
-        ))),
+        other => Err(Fail::field(
+            "INT3 with KVM_GUESTDBG_USE_SW_BP",
+            "Debug",
+            describe(&other),
+            "",
+        )),
     }
 }
 

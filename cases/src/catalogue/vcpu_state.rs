@@ -4,7 +4,7 @@
 
 use crate::catalogue::fixture::{Guest, expect_exit};
 use crate::catalogue::harness::{CODE, case, program};
-use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
+use crate::registry::{Area, Check, Fail, Failure, Outcome, Part, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
 use kvm_bindings::{
@@ -812,11 +812,21 @@ fn msrs_tsc_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     set_msrs_all(g.vcpu(), &[(MSR_TSC, TSC_SET)])?;
     let t = get_msr(g.vcpu(), MSR_TSC)?;
-    ensure!(
-        (TSC_SET..TSC_SET + TSC_SLACK).contains(&t),
-        "IA32_TSC read after setting IA32_TSC to {TSC_SET:#x}: wanted a value in [{TSC_SET:#x}, +{TSC_SLACK:#x}), got {t:#x}"
-    );
-    Ok(())
+    in_tsc_window("IA32_TSC read", t)
+}
+
+/// Fails unless `v`, read as `what` after IA32_TSC was set to [`TSC_SET`], lies in the window of
+/// [`TSC_SLACK`] above it.
+fn in_tsc_window(what: &str, v: u64) -> Outcome {
+    if (TSC_SET..TSC_SET + TSC_SLACK).contains(&v) {
+        return Ok(());
+    }
+    Err(Fail::field(
+        format!("{what} after setting IA32_TSC to {TSC_SET:#x}"),
+        format!("a value in [{TSC_SET:#x}, +{TSC_SLACK:#x})"),
+        format!("{v:#x}"),
+        "",
+    ))
 }
 
 fn rdtsc_matches_msr(host: &Host, cpl: u8) -> Outcome {
@@ -830,10 +840,7 @@ fn rdtsc_matches_msr(host: &Host, cpl: u8) -> Outcome {
     g.run_to_hlt()?;
     let guest = g.read_u64(OUT)?;
     let after = get_msr(g.vcpu(), MSR_TSC)?;
-    ensure!(
-        (TSC_SET..TSC_SET + TSC_SLACK).contains(&guest),
-        "cpl{cpl} RDTSC after setting IA32_TSC to {TSC_SET:#x}: wanted a value in [{TSC_SET:#x}, +{TSC_SLACK:#x}), got {guest:#x}"
-    );
+    in_tsc_window(&format!("cpl{cpl} RDTSC"), guest)?;
     ensure!(
         guest <= after,
         "cpl{cpl} RDTSC {guest:#x} is past IA32_TSC read after the exit ({after:#x})"
@@ -1358,45 +1365,40 @@ fn cpuid_diffs(
     want: &[kvm_cpuid_entry2],
     got: impl Fn(&kvm_cpuid_entry2) -> Option<[u32; 4]>,
     expect: impl Fn(&kvm_cpuid_entry2) -> ([u32; 4], [u32; 4]),
-) -> Vec<String> {
+) -> Vec<Part> {
     let mut d = Vec::new();
     for w in want {
         let Some(r) = got(w) else {
-            d.push(format!(
-                "{what} lacks leaf {:#x}.{:#x}",
-                w.function, w.index
-            ));
+            d.push(Part {
+                field: format!("{what} leaf {:#x}.{:#x}", w.function, w.index),
+                wanted: "present".into(),
+                got: "absent".into(),
+            });
             continue;
         };
         let (e, m) = expect(w);
         for (k, name) in ["eax", "ebx", "ecx", "edx"].iter().enumerate() {
             if r[k] & !m[k] != e[k] & !m[k] {
-                d.push(format!(
-                    "{what} leaf {:#x}.{:#x} {name}: wanted {:#x}, got {:#x}{}",
-                    w.function,
-                    w.index,
-                    e[k],
-                    r[k],
-                    if m[k] != 0 {
-                        format!(" (bits {:#x} not compared)", m[k])
+                d.push(Part {
+                    field: format!("{what} leaf {:#x}.{:#x} {name}", w.function, w.index),
+                    wanted: format!("{:#x}", e[k]),
+                    got: if m[k] != 0 {
+                        format!("{:#x} (bits {:#x} not compared)", r[k], m[k])
                     } else {
-                        String::new()
-                    }
-                ));
+                        format!("{:#x}", r[k])
+                    },
+                });
             }
         }
     }
     d
 }
 
-fn report_diffs(d: Vec<String>) -> Outcome {
-    ensure!(
-        d.is_empty(),
-        "{} difference(s):\n  {}",
-        d.len(),
-        d.iter().take(12).cloned().collect::<Vec<_>>().join("\n  ")
-    );
-    Ok(())
+fn report_diffs(d: Vec<Part>) -> Outcome {
+    if d.is_empty() {
+        return Ok(());
+    }
+    Err(Fail::Failed(Failure::parts(d, 12)))
 }
 
 fn cpuid2_round_trip(host: &Host) -> Outcome {
@@ -1419,11 +1421,11 @@ fn cpuid2_round_trip(host: &Host) -> Outcome {
         |w| ([w.eax, w.ebx, w.ecx, w.edx], dynamic_mask(w)),
     );
     if got.len() != want.len() {
-        d.push(format!(
-            "KVM_GET_CPUID2 entry count: wanted {}, got {}",
-            want.len(),
-            got.len()
-        ));
+        d.push(Part {
+            field: "KVM_GET_CPUID2 entry count".into(),
+            wanted: want.len().to_string(),
+            got: got.len().to_string(),
+        });
     }
     report_diffs(d)
 }
