@@ -4,8 +4,10 @@
 
 mod baseline;
 mod bench;
+mod emit_c;
 mod exec;
 mod fuzz;
+mod procstat;
 mod report;
 mod repro;
 mod run;
