@@ -6,8 +6,8 @@
 
 mod bench;
 
+use crate::common::{self, EXIT_BAD_INPUT, EXIT_FAIL, EXIT_HARNESS, EXIT_OK, open_host};
 use crate::procstat::{Figure, ThreadUse, rss_kib};
-use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_NO_KVM, EXIT_OK};
 use kvmconf_cases::fuzz::{
     Exec, Finding, Input, Runner, Target, artifact, gen_guest, interpret_guest,
     ioctl_seq::fd_count, kcov_status, source_for,
@@ -497,11 +497,10 @@ pub fn main(a: FuzzArgs) -> u8 {
         );
         return EXIT_BAD_INPUT;
     };
-    if target.needs_kvm()
-        && let Err(e) = Host::open()
+    if (target.needs_kvm() || a.bench)
+        && let Err(code) = open_host("fuzz")
     {
-        eprintln!("SKIP: requirement not met: {e}");
-        return EXIT_NO_KVM;
+        return code;
     }
     let seed = a.seed.unwrap_or_else(clock_seed);
     if a.bench {
@@ -608,26 +607,19 @@ pub fn main(a: FuzzArgs) -> u8 {
             }
         }
     }
-    if s.panics > 0 || s.errors > 0 || s.unique_new > 0 {
-        EXIT_FAIL
-    } else {
-        EXIT_OK
-    }
+    common::outcome(s.unique_new > 0, s.panics > 0 || s.errors > 0)
 }
 
 /// `kvmconf fuzz --index`: runs input `index` of run `seed` and prints its result; a finding is
 /// then written as the live loop writes it (shrunk unless `--no-minimise`, a known one only with
-/// `--keep-known`). Exit code as for a run: 1 for a new finding (or a file that cannot be
-/// written), 0 otherwise.
+/// `--keep-known`). Exit code as for a run: 1 for a new finding, 0 otherwise; 4 for a harness
+/// error, 2 when the finding cannot be written to `--artifacts`.
 fn replay(target: Target, seed: u64, index: u64, a: &FuzzArgs) -> u8 {
     let mut src = source_for(seed, index);
     let host = if target.needs_kvm() {
-        match Host::open() {
+        match open_host("fuzz") {
             Ok(h) => Some(h),
-            Err(e) => {
-                eprintln!("SKIP: requirement not met: {e}");
-                return EXIT_NO_KVM;
-            }
+            Err(code) => return code,
         }
     } else {
         None
@@ -642,7 +634,7 @@ fn replay(target: Target, seed: u64, index: u64, a: &FuzzArgs) -> u8 {
     let f = match out {
         Err(e) => {
             println!("harness error: {e}");
-            return EXIT_FAIL;
+            return EXIT_HARNESS;
         }
         Ok(x) if x.rejected => {
             println!("input {index} of seed {seed} is out of the oracle's scope (rejected)");
@@ -697,8 +689,11 @@ fn replay(target: Target, seed: u64, index: u64, a: &FuzzArgs) -> u8 {
             verdict
         }
         Err(e) => {
-            eprintln!("cannot write artifact for {}: {e}", f.signature);
-            EXIT_FAIL
+            eprintln!(
+                "kvmconf fuzz: --artifacts: cannot write artifact for {}: {e}",
+                f.signature
+            );
+            EXIT_BAD_INPUT
         }
     }
 }

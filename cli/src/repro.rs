@@ -6,9 +6,8 @@
 //! [`crate::emit_c`]) that sets up the same VM, runs it, serves I/O and MMIO like the harness, and
 //! prints EXPECTED (the reference interpreter's result) and GOT lines.
 
+use crate::common::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_HARNESS, EXIT_OK, open_host};
 use crate::emit_c::emit_c;
-use crate::exec::open_host;
-use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK};
 use kvmconf_cases::fuzz::artifact::{self, Body};
 use kvmconf_cases::fuzz::{Exec, Runner, Target, data_as_mmio};
 use std::path::PathBuf;
@@ -28,10 +27,9 @@ pub struct ReproArgs {
     emit_c: Option<PathBuf>,
 }
 
-/// Exit code of `kvmconf repro`: the file reproduced a finding (new or a known deviation).
+/// Exit code of `kvmconf repro`: the file reproduced a finding (new or a known deviation). A
+/// harness error ([`EXIT_HARNESS`]) means it neither reproduced nor not.
 const EXIT_REPRODUCED: u8 = EXIT_FAIL;
-/// Exit code of `kvmconf repro`: the harness failed, so the file neither reproduced nor not.
-const EXIT_HARNESS: u8 = 4;
 
 /// Runs `kvmconf repro`.
 pub fn main(a: ReproArgs) -> u8 {
@@ -86,7 +84,7 @@ pub fn main(a: ReproArgs) -> u8 {
         );
         return EXIT_OK;
     }
-    let host = match open_host() {
+    let host = match open_host("repro") {
         Ok(h) => h,
         Err(code) => return code,
     };

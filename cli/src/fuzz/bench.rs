@@ -2,8 +2,8 @@
 //! case rate and the interpreter alone, each with one and two threads, in interleaved rounds.
 
 use super::{Config, FuzzArgs, run};
+use crate::common::{EXIT_HARNESS, EXIT_OK};
 use crate::procstat::{Figure, ThreadUse, cpu_ticks};
-use crate::{EXIT_FAIL, EXIT_OK};
 use kvmconf_cases::fuzz::{Target, source_for};
 use kvmconf_guests::case::Case;
 use kvmconf_harness::{Host, Pool};
@@ -173,7 +173,7 @@ pub fn bench(a: &FuzzArgs, seed: u64) -> u8 {
                     Ok(f) => figs.entry((wi, threads)).or_default().push(f),
                     Err(e) => {
                         eprintln!("kvmconf fuzz --bench: {}: {e}", w.label());
-                        return EXIT_FAIL;
+                        return EXIT_HARNESS;
                     }
                 }
             }
