@@ -110,6 +110,9 @@ impl When {
             return false;
         }
         let refused = matches!(s.culprit, Culprit::Refused { .. });
+        if matches!(s.culprit, Culprit::Faulted { .. }) && self.kvm_exit.is_none() {
+            return false;
+        }
         let listed = matches!(s.culprit, Culprit::Refused { listed: true, .. });
         self.class.as_ref().is_none_or(|c| {
             s.culprit

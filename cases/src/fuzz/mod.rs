@@ -454,40 +454,47 @@ impl<'h> Runner<'h> {
             result_signal(case.mode, case.cpl, &native),
             result_signal(case.mode, case.cpl, &emulated),
         ));
-        let strip = |r: &CaseResult| {
-            let mut r = r.clone();
-            r.trace
-                .retain(|e| !matches!(e, Event::MmioRead(_) | Event::MmioWrite(_)));
-            r
-        };
-        if agree(&strip(&native), &strip(&emulated), 0) {
+        if agree(&without_mmio(&native), &without_mmio(&emulated), 0) {
             return Ok(Exec {
                 signal,
                 rejected: false,
                 finding: None,
             });
         }
-        // Flags an instruction leaves undefined may differ between the CPU and the emulator.
-        let undefined = Machine::new(case).run().undefined;
-        let mask = DiffMask {
-            rflags_ignore: undefined,
-            ..DiffMask::default()
-        };
-        let d = diff(&strip(&native), &strip(&emulated), &mask);
-        let finding = (!d.is_empty()).then(|| {
-            let (signature, known) =
-                classify(Target::GuestEmulatedVsNative, case, &emulated, &native, &d);
-            Finding {
-                target: Target::GuestEmulatedVsNative,
-                signature,
-                known,
-                case: case.clone(),
-                input: Input::Case,
-                details: d
-                    .iter()
-                    .map(|f| format!("{f} (native != emulated)"))
-                    .collect(),
-            }
+        let d = paths_differ(case, &native, &emulated);
+        if d.is_empty() {
+            return Ok(Exec {
+                signal,
+                rejected: false,
+                finding: None,
+            });
+        }
+        let (signature, mut known) =
+            classify(Target::GuestEmulatedVsNative, case, &emulated, &native, &d);
+        if known.is_none() {
+            // The host's known instruction-class deviations of KVM's emulator (LZCNT as BSR, …)
+            // explain it when the rest of the program agrees on both paths, when the native run
+            // of the program as KVM's emulator runs it is the emulated run, or when each path
+            // agrees with the interpreter or differs from it only by known deviations
+            // (guest_vs_interp's own judgement of each run).
+            let classes = host_class_deviations(case.mode, case.cpl);
+            known = classes_explain_paths(case, &classes, |c| self.pool.run(c)).or_else(|| {
+                lzcnt_tzcnt_explain_paths(case, &emulated, &classes, |c| self.pool.run(c))
+            });
+        }
+        if known.is_none() {
+            known = self.each_path_explained(case, &native, &emu, &emulated)?;
+        }
+        let finding = Some(Finding {
+            target: Target::GuestEmulatedVsNative,
+            signature,
+            known,
+            case: case.clone(),
+            input: Input::Case,
+            details: d
+                .iter()
+                .map(|f| format!("{f} (native != emulated)"))
+                .collect(),
         });
         Ok(Exec {
             signal,
@@ -495,6 +502,130 @@ impl<'h> Runner<'h> {
             finding,
         })
     }
+}
+
+impl Runner<'_> {
+    /// The known deviations that explain both runs of an emulated-versus-native pair against the
+    /// interpreter: each run agrees with it or is a known `guest_vs_interp` finding, and at least
+    /// one is known (their ids, joined). `None` when either run is out of the interpreter's scope
+    /// or differs from it in a way no known deviation explains.
+    fn each_path_explained(
+        &mut self,
+        case: &Case,
+        native: &CaseResult,
+        emu: &Case,
+        emulated: &CaseResult,
+    ) -> Result<Option<String>, KvmError> {
+        let mut ids: Vec<String> = Vec::new();
+        for (c, k) in [(case, native), (emu, emulated)] {
+            let Some(o) = interpret_guest(c) else {
+                return Ok(None);
+            };
+            match self.judge_guest(c, &o, k)?.finding {
+                None => {}
+                Some(Finding {
+                    known: Some(id), ..
+                }) => ids.push(id),
+                Some(_) => return Ok(None),
+            }
+        }
+        Ok((!ids.is_empty()).then(|| ids.join(",")))
+    }
+}
+
+/// A result without its MMIO accesses: the one trace shape the native and the emulated path may
+/// differ in (the emulated path's data accesses are MMIO exits).
+fn without_mmio(r: &CaseResult) -> CaseResult {
+    let mut r = r.clone();
+    r.trace
+        .retain(|e| !matches!(e, Event::MmioRead(_) | Event::MmioWrite(_)));
+    r
+}
+
+/// The fields in which the native run of `case` and its run with the data region as MMIO differ,
+/// MMIO accesses and the RFLAGS bits the program leaves undefined (which may differ between the
+/// CPU and KVM's emulator) left out.
+fn paths_differ(
+    case: &Case,
+    native: &CaseResult,
+    emulated: &CaseResult,
+) -> Vec<kvmconf_guests::result::FieldDiff> {
+    let mask = DiffMask {
+        rflags_ignore: Machine::new(case).run().undefined,
+        ..DiffMask::default()
+    };
+    diff(&without_mmio(native), &without_mmio(emulated), &mask)
+}
+
+/// Whether known instruction-class deviations of this host's emulator explain a mismatch between
+/// the native and the emulated run of `case` completely: with every instruction of those classes
+/// NOPed, both paths (`run`, the data region in RAM and as MMIO) agree. The ids of the classes
+/// present, or `None` when none is, when the residual leaves the interpreter's scope or ends
+/// otherwise than the original (NOPing removed a loop bound or a pointer's set-up: what it would
+/// run checks nothing the program asked for), or when the paths still differ.
+pub fn classes_explain_paths(
+    case: &Case,
+    classes: &[(String, String)],
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<String> {
+    let (mut ids, mut known) = (Vec::<String>::new(), Vec::new());
+    for m in crate::oracle::code::live_mnemonics(case) {
+        let name = format!("{m:?}");
+        if let Some((id, _)) = classes
+            .iter()
+            .find(|(_, c)| crate::registry::glob(c, &name))
+        {
+            known.push(m);
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+    }
+    if ids.is_empty() {
+        return None;
+    }
+    let original = Machine::new(case).run();
+    let cap = kvmconf_guests::interp::INSTRUCTION_CAP;
+    let residual = crate::oracle::code::nop_where(case, |i| known.contains(&i.mnemonic()));
+    let predicted = crate::differential::predict(&residual, cap)?;
+    if predicted.result.exit.kind() != original.result.exit.kind() {
+        return None;
+    }
+    let emu = data_as_mmio(&residual)?;
+    let (native, emulated) = (run(&residual).ok()?, run(&emu).ok()?);
+    paths_differ(&residual, &native, &emulated)
+        .is_empty()
+        .then(|| ids.join(","))
+}
+
+/// Whether this host's LZCNT-as-BSR / TZCNT-as-BSF deviations explain a mismatch between the
+/// native and the emulated run of `case` completely: the native run of the program with those
+/// instructions written as BSR/BSF ([`crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf`]) equals the
+/// emulated run `emulated`. The ids of those deviations, or `None` (neither is a known class of
+/// this host, the program has neither instruction, or the runs still differ).
+pub fn lzcnt_tzcnt_explain_paths(
+    case: &Case,
+    emulated: &CaseResult,
+    classes: &[(String, String)],
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for m in crate::oracle::code::live_mnemonics(case) {
+        if !matches!(m, iced_x86::Mnemonic::Lzcnt | iced_x86::Mnemonic::Tzcnt) {
+            continue;
+        }
+        let (id, _) = classes
+            .iter()
+            .find(|(_, c)| crate::registry::glob(c, &format!("{m:?}")))?;
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+    let as_kvm = crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(case)?;
+    let native = run(&as_kvm).ok()?;
+    paths_differ(case, &native, emulated)
+        .is_empty()
+        .then(|| ids.join(","))
 }
 
 /// `case` with its RAM image at [`DATA`] turned into an MMIO region of the same contents (`None`
@@ -857,7 +988,20 @@ pub fn classify(
         );
         return (format!("{head}:emulation-failure:{code}"), Some(known));
     }
-    let s = oracle::symptom(case, Culprit::Unknown, kvm, reference);
+    // A fault the reference does not take is pinned on the faulting instruction.
+    let culprit = match kvm.exit {
+        Exit::Exception { .. }
+            if oracle::ExitSig::of(&kvm.exit) != oracle::ExitSig::of(&reference.exit) =>
+        {
+            crate::oracle::code::decode_at(case, kvm.regs.rip.0).map_or(Culprit::Unknown, |i| {
+                Culprit::Faulted {
+                    mnemonic: i.mnemonic(),
+                }
+            })
+        }
+        _ => Culprit::Unknown,
+    };
+    let s = oracle::symptom(case, culprit, kvm, reference);
     let known = crate::deviations::explain_here(&s).map(|d| d.id.clone());
     let sig = if case.mode == Mode::Real16
         && matches!(kvm.exit, Exit::Timeout { .. })

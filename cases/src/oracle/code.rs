@@ -90,3 +90,35 @@ pub fn boundaries(case: &Case) -> Option<(usize, Vec<(usize, usize)>)> {
     }
     Some((i, out))
 }
+
+/// `case` with every LZCNT and TZCNT of its code image turned into the BSR and BSF of the same
+/// operands, length and address (the F3 prefix that selects LZCNT/TZCNT becomes an override of
+/// the segment the operand uses anyway, which changes nothing): how a host whose emulator runs
+/// them as BSR/BSF (SDM 2 LZCNT, TZCNT: on a CPU without ABM/BMI1 the same bytes are BSR/BSF)
+/// executes the program. `None` when the image has neither.
+pub fn lzcnt_tzcnt_as_bsr_bsf(case: &Case) -> Option<Case> {
+    use iced_x86::Register;
+    let i = code_index(case)?;
+    let mut c = case.clone();
+    let mut changed = false;
+    for ins in instructions(case) {
+        if !matches!(ins.mnemonic(), Mnemonic::Lzcnt | Mnemonic::Tzcnt) {
+            continue;
+        }
+        let off = (ins.ip() - CODE) as usize;
+        let bytes = &mut c.memory[i].hex.0[off..off + ins.len()];
+        let Some(f3) = bytes.iter().position(|&b| b == 0xf3) else {
+            continue;
+        };
+        bytes[f3] = match ins.memory_segment() {
+            Register::ES => 0x26,
+            Register::CS => 0x2e,
+            Register::SS => 0x36,
+            Register::FS => 0x64,
+            Register::GS => 0x65,
+            _ => 0x3e,
+        };
+        changed = true;
+    }
+    changed.then_some(c)
+}

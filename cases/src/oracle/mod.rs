@@ -58,6 +58,13 @@ pub enum Culprit {
         /// The other mnemonics left in the minimised program.
         context: Vec<Mnemonic>,
     },
+    /// KVM's run stopped with an exception at this instruction, where the reference's ended
+    /// otherwise (a driver that does not minimise pins a fault this way). Only a condition that
+    /// also names KVM's exit matches it: the instruction faulted, which says nothing of its result.
+    Faulted {
+        /// Its mnemonic.
+        mnemonic: Mnemonic,
+    },
     /// Several instructions, none singled out.
     Several(Vec<Mnemonic>),
     /// Nothing could be pinned (the minimised program has no live instruction, or a harness
@@ -81,7 +88,9 @@ impl Culprit {
     /// The mnemonic a deviation's `class` matches: the refused one or the one singled out.
     pub fn mnemonic(&self) -> Option<Mnemonic> {
         match self {
-            Culprit::Refused { mnemonic, .. } | Culprit::One { mnemonic, .. } => Some(*mnemonic),
+            Culprit::Refused { mnemonic, .. }
+            | Culprit::One { mnemonic, .. }
+            | Culprit::Faulted { mnemonic } => Some(*mnemonic),
             _ => None,
         }
     }
@@ -106,6 +115,7 @@ impl Culprit {
                     .collect::<Vec<_>>()
                     .join("+")
             ),
+            Culprit::Faulted { mnemonic } => format!("{mnemonic:?} faulted"),
             Culprit::Several(ms) => ms
                 .iter()
                 .map(|m| format!("{m:?}"))
@@ -154,8 +164,9 @@ impl Symptom {
 
 /// The symptom of a mismatch of `case` pinned on `culprit`, KVM's result `kvm` against the
 /// reference's `reference`, with the models of KVM's behaviour that explain it: a split-locked
-/// XCHG at CPL3 that outlasted the deadline (`split_locked_xchg`), and KVM's ways of running a
-/// REP INS into MMIO (`crate::fuzz::rep_ins`, named by their deviation ids).
+/// XCHG at CPL3 that outlasted the deadline (`split_locked_xchg`), a CPL3 run as if IOPL were 0
+/// (`iopl_ignored`), and KVM's ways of running a REP INS into MMIO (`crate::fuzz::rep_ins`, named
+/// by their deviation ids).
 pub fn symptom(case: &Case, culprit: Culprit, kvm: &CaseResult, reference: &CaseResult) -> Symptom {
     let mut s = Symptom::new(case, culprit, &kvm.exit, &reference.exit);
     if case.cpl == 3
@@ -165,6 +176,15 @@ pub fn symptom(case: &Case, culprit: Culprit, kvm: &CaseResult, reference: &Case
     {
         s.models.push(SPLIT_LOCKED_XCHG.into());
     }
+    if case.cpl == 3 && case.iopl.is_some_and(|i| i > 0) {
+        let mut without = case.clone();
+        without.iopl = None;
+        if crate::differential::predict(&without, kvmconf_guests::interp::INSTRUCTION_CAP)
+            .is_some_and(|o| crate::differential::agrees(kvm, &o))
+        {
+            s.models.push(IOPL_IGNORED.into());
+        }
+    }
     if has_ins(case)
         && let Some(ids) = crate::fuzz::rep_ins::explain(case, kvm)
     {
@@ -172,6 +192,10 @@ pub fn symptom(case: &Case, culprit: Culprit, kvm: &CaseResult, reference: &Case
     }
     s
 }
+
+/// The model name of a CPL3 run whose RFLAGS.IOPL was not applied: KVM's result is the
+/// interpreter's for the same case with IOPL 0.
+pub const IOPL_IGNORED: &str = "iopl_ignored";
 
 /// The model name of a split-locked XCHG that outlasted the deadline.
 pub const SPLIT_LOCKED_XCHG: &str = "split_locked_xchg";
