@@ -6,7 +6,7 @@
 
 use crate::common::{self, EXIT_OK, stdout_error};
 use kvmconf_guests::interp;
-use kvmconf_guests::result::{CaseResult, DiffMask, diff};
+use kvmconf_guests::result::CaseResult;
 use kvmconf_harness::{Pool, run_fresh};
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,18 +44,33 @@ pub enum Oracle {
     Both,
 }
 
-/// Compares a KVM result with the interpreter's for the same case; returns the diff lines
-/// (`path: kvm != interp`), empty when they agree. Only the RFLAGS bits the interpreter reports as
-/// undefined at the end are masked.
+/// The fields in which KVM's result differs from the interpreter's for `case` (the differential
+/// oracle's comparison, undefined flags masked), one line each.
 pub fn oracle_diff(kvm: &CaseResult, case: &kvmconf_guests::case::Case) -> Vec<String> {
-    let (model, undefined) = interp::run_with_undefined(case);
-    let mask = DiffMask {
-        rflags_ignore: undefined,
-        ..DiffMask::default()
-    };
-    diff(kvm, &model, &mask)
+    kvmconf_cases::differential::compare(kvm, case)
         .iter()
         .map(ToString::to_string)
+        .collect()
+}
+
+/// The oracle's judgement of a mismatching case, one line a mismatch: each minimised and pinned
+/// on its culprit ([`kvmconf_cases::differential::explain`]), then the known deviation of this
+/// host that explains it or `unexplained`.
+fn verdict_lines(
+    host: &kvmconf_harness::Host,
+    kvm: &CaseResult,
+    case: &kvmconf_guests::case::Case,
+) -> Vec<String> {
+    let mut pool = Pool::new(host, 1);
+    kvmconf_cases::differential::explain(case, kvm, |c| pool.run(c))
+        .iter()
+        .map(|m| {
+            let class = m.symptom.culprit.describe();
+            match kvmconf_cases::deviations::explain_here(&m.symptom) {
+                Some(d) => format!("class {class}: known deviation {}", d.id),
+                None => format!("class {class}: unexplained"),
+            }
+        })
         .collect()
 }
 
@@ -115,6 +130,9 @@ pub fn main(a: ExecArgs) -> u8 {
                         );
                         for line in d {
                             eprintln!("  {line}");
+                        }
+                        for line in verdict_lines(&host, &r, &c.case) {
+                            eprintln!("  verdict: {line}");
                         }
                         differ = true;
                     }
