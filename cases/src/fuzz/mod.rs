@@ -411,11 +411,9 @@ impl<'h> Runner<'h> {
             if known.is_none() {
                 // A mismatch the host's known instruction-class deviations (LZCNT as BSR, …)
                 // explain completely is known; anything left without them stays a finding.
-                known = explained_by_known_classes(
-                    case,
-                    &host_class_deviations(case.mode, case.cpl),
-                    |c| self.pool.run(c),
-                );
+                let classes = host_class_deviations(case.mode, case.cpl);
+                known = explained_by_known_classes(case, &classes, |c| self.pool.run(c))
+                    .or_else(|| lzcnt_tzcnt_explain_interp(case, k, &classes));
             }
             Finding {
                 target: Target::GuestVsInterp,
@@ -609,6 +607,49 @@ pub fn lzcnt_tzcnt_explain_paths(
     classes: &[(String, String)],
     mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
 ) -> Option<String> {
+    let ids = lzcnt_tzcnt_ids(case, classes)?;
+    let as_kvm = crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(case)?;
+    let native = run(&as_kvm).ok()?;
+    paths_differ(case, &native, emulated)
+        .is_empty()
+        .then(|| ids.join(","))
+}
+
+/// Whether this host's LZCNT-as-BSR / TZCNT-as-BSF deviations explain KVM's result `kvm` for
+/// `case` (a program the interpreter predicts: it reads no undefined flag): the interpreter's run
+/// of the program with those instructions written as BSR/BSF
+/// ([`crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf`]) agrees with it, or reads a flag that BSR/BSF
+/// leave undefined. In the second case KVM's known behaviour makes the program's outcome
+/// undefined (an ADC after an LZCNT reads the CF that LZCNT defines and BSR does not; some CPUs
+/// keep the CF of the instruction before, itself undefined), so, as for any program that reads an
+/// undefined flag, nothing else in it can be judged: the mismatch is that deviation's. The ids of
+/// those deviations, or `None` (neither is a known class here, the rewritten program leaves the
+/// interpreter's scope otherwise, or it still differs).
+pub fn lzcnt_tzcnt_explain_interp(
+    case: &Case,
+    kvm: &CaseResult,
+    classes: &[(String, String)],
+) -> Option<String> {
+    let ids = lzcnt_tzcnt_ids(case, classes)?;
+    let as_kvm = crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(case)?;
+    let mut m = Machine::new(&as_kvm);
+    m.set_cap(kvmconf_guests::interp::INSTRUCTION_CAP);
+    let o = m.run();
+    if o.tainted {
+        return Some(ids.join(","));
+    }
+    if matches!(
+        o.result.exit,
+        Exit::Timeout { .. } | Exit::UnsupportedInstruction { .. }
+    ) {
+        return None;
+    }
+    crate::differential::agrees(kvm, &o).then(|| ids.join(","))
+}
+
+/// The ids of this host's class deviations (`classes`, see [`host_class_deviations`]) for every
+/// LZCNT and TZCNT of `case`; `None` when one of them has none (or the case has neither).
+fn lzcnt_tzcnt_ids(case: &Case, classes: &[(String, String)]) -> Option<Vec<String>> {
     let mut ids: Vec<String> = Vec::new();
     for m in crate::oracle::code::live_mnemonics(case) {
         if !matches!(m, iced_x86::Mnemonic::Lzcnt | iced_x86::Mnemonic::Tzcnt) {
@@ -621,11 +662,7 @@ pub fn lzcnt_tzcnt_explain_paths(
             ids.push(id.clone());
         }
     }
-    let as_kvm = crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(case)?;
-    let native = run(&as_kvm).ok()?;
-    paths_differ(case, &native, emulated)
-        .is_empty()
-        .then(|| ids.join(","))
+    (!ids.is_empty()).then_some(ids)
 }
 
 /// `case` with its RAM image at [`DATA`] turned into an MMIO region of the same contents (`None`
@@ -1155,6 +1192,137 @@ mod tests {
             }
             Ok(r)
         }
+    }
+
+    /// A fake KVM that runs every LZCNT as BSR (the rewrite model) and flips RDI while an
+    /// instruction `flip_with` names is live.
+    fn as_bsr(
+        flip_with: Option<iced_x86::Mnemonic>,
+    ) -> impl FnMut(&Case) -> Result<CaseResult, KvmError> {
+        move |c: &Case| {
+            let k = crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(c).unwrap_or_else(|| c.clone());
+            let mut r = kvmconf_guests::interp::run(&k);
+            if crate::differential::live_mnemonics(c)
+                .iter()
+                .any(|m| Some(*m) == flip_with)
+            {
+                r.regs.rdi.0 ^= 1;
+            }
+            Ok(r)
+        }
+    }
+
+    /// long64: mov eax, 0x80000000; lzcnt edx, eax; adc esi, 0; hlt: the ADC reads the CF that
+    /// LZCNT defines (SDM 2 LZCNT) and BSR leaves undefined (SDM 2 BSR).
+    fn lzcnt_adc() -> Case {
+        let code = vec![
+            0xb8, 0, 0, 0, 0x80, 0xf3, 0x0f, 0xbd, 0xd0, 0x83, 0xd6, 0x00, 0xf4,
+        ];
+        Case::new("lzcnt_adc", Mode::Long64, kvmconf_guests::r#gen::CODE, code)
+    }
+
+    #[test]
+    fn lzcnt_tzcnt_rewrite_keeps_length_and_operands_and_selects_bsr_bsf() {
+        // lzcnt edx, eax; tzcnt ecx, [ebp+8] (prot32: SS is the default segment); hlt.
+        let code = vec![0xf3, 0x0f, 0xbd, 0xd0, 0xf3, 0x0f, 0xbc, 0x4d, 0x08, 0xf4];
+        let c = Case::new("rw", Mode::Prot32, kvmconf_guests::r#gen::CODE, code);
+        let r = crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(&c).expect("has both");
+        let (a, b) = (
+            crate::oracle::code::instructions(&c),
+            crate::oracle::code::instructions(&r),
+        );
+        assert_eq!(a.len(), b.len());
+        let names: Vec<String> = b.iter().map(|i| format!("{:?}", i.mnemonic())).collect();
+        assert_eq!(names, ["Bsr", "Bsf", "Hlt"]);
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(
+                (x.ip(), x.len(), x.op0_register()),
+                (y.ip(), y.len(), y.op0_register())
+            );
+            assert_eq!(x.memory_segment(), y.memory_segment(), "{x} / {y}");
+        }
+        // The F3 became the override of the segment the operand uses: SS for [ebp+8].
+        assert_eq!(r.memory[0].hex.0[4], 0x36);
+        assert!(
+            crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(&bsr_lzcnt_cmova_without_lzcnt()).is_none()
+        );
+    }
+
+    fn bsr_lzcnt_cmova_without_lzcnt() -> Case {
+        crate::oracle::code::nop_where(&bsr_lzcnt_cmova(), |i| {
+            i.mnemonic() == iced_x86::Mnemonic::Lzcnt
+        })
+    }
+
+    #[test]
+    fn lzcnt_as_bsr_model_explains_kvm_only_when_nothing_else_differs() {
+        let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
+        let c = lzcnt_and_bswap();
+        let k = as_bsr(None)(&c).unwrap();
+        assert_ne!(
+            k,
+            kvmconf_guests::interp::run(&c),
+            "the model changes the result"
+        );
+        assert_eq!(
+            lzcnt_tzcnt_explain_interp(&c, &k, &classes).as_deref(),
+            Some("dev-lzcnt")
+        );
+        let mut other = k.clone();
+        other.regs.rdi.0 ^= 1;
+        assert_eq!(lzcnt_tzcnt_explain_interp(&c, &other, &classes), None);
+        let none = vec![("dev-tzcnt".to_string(), "Tzcnt".to_string())];
+        assert_eq!(lzcnt_tzcnt_explain_interp(&c, &k, &none), None);
+        // An ADC after the LZCNT reads the CF BSR leaves undefined: the outcome is undefined under
+        // the model, so the mismatch is the deviation's whatever KVM gives.
+        let c = lzcnt_adc();
+        assert!(!kvmconf_guests::interp::Machine::new(&c).run().tainted);
+        let mut k = as_bsr(None)(&c).unwrap();
+        k.regs.rsi.0 = 0x1234;
+        assert_eq!(
+            lzcnt_tzcnt_explain_interp(&c, &k, &classes).as_deref(),
+            Some("dev-lzcnt")
+        );
+    }
+
+    #[test]
+    fn paths_differing_by_a_known_class_only_are_explained() {
+        let classes = vec![("dev-lzcnt".to_string(), "Lzcnt".to_string())];
+        let mut c = lzcnt_and_bswap();
+        c.memory.push(kvmconf_guests::case::MemInit {
+            addr: kvmconf_guests::Hex(DATA),
+            hex: kvmconf_guests::num::HexBytes(vec![0; 16]),
+        });
+        // KVM's two paths through a fake: the emulated one (data as MMIO) runs LZCNT as BSR.
+        let paths = |flip: Option<iced_x86::Mnemonic>| {
+            move |x: &Case| {
+                if x.mmio.is_empty() {
+                    Ok(kvmconf_guests::interp::run(x))
+                } else {
+                    as_bsr(flip)(x)
+                }
+            }
+        };
+        let emu = data_as_mmio(&c).expect("a data image");
+        let emulated = paths(None)(&emu).unwrap();
+        assert_eq!(
+            classes_explain_paths(&c, &classes, paths(None)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        assert_eq!(
+            lzcnt_tzcnt_explain_paths(&c, &emulated, &classes, paths(None)).as_deref(),
+            Some("dev-lzcnt")
+        );
+        // A second difference on the emulated path (BSWAP) is not explained either way.
+        let emulated = paths(Some(iced_x86::Mnemonic::Bswap))(&emu).unwrap();
+        assert_eq!(
+            classes_explain_paths(&c, &classes, paths(Some(iced_x86::Mnemonic::Bswap))),
+            None
+        );
+        assert_eq!(
+            lzcnt_tzcnt_explain_paths(&c, &emulated, &classes, paths(None)),
+            None
+        );
     }
 
     #[test]
