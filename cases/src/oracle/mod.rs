@@ -4,6 +4,12 @@
 //! judges against the known deviations with [`crate::deviations::explain`].
 
 pub mod code;
+pub mod compare;
+pub mod explain;
+pub mod known;
+pub mod predict;
+pub mod refusals;
+pub mod shrink;
 
 use iced_x86::Mnemonic;
 use kvmconf_guests::case::{Case, Mode};
@@ -79,7 +85,7 @@ impl Culprit {
         let name = format!("{mnemonic:?}");
         Culprit::Refused {
             mnemonic,
-            listed: crate::differential::refusals()
+            listed: refusals::refusals()
                 .iter()
                 .any(|r| r.mnemonic == name && r.mode == case.mode.name()),
         }
