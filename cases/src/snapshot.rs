@@ -27,32 +27,7 @@ pub fn redact(v: &mut Value, fields: &[String]) {
     }
 }
 
-/// Flattens a JSON value into dotted paths (`regs.rax`, `trace[0].io_out.port`) and their values.
-pub fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, x, out);
-            }
-        }
-        Value::Array(a) if !a.is_empty() => {
-            for (i, x) in a.iter().enumerate() {
-                flatten(&format!("{prefix}[{i}]"), x, out);
-            }
-        }
-        Value::String(s) => {
-            out.insert(prefix.into(), s.clone());
-        }
-        other => {
-            out.insert(prefix.into(), other.to_string());
-        }
-    }
-}
+pub use kvmconf_guests::result::flatten;
 
 /// The fields in which `a` and `b` differ, in path order: (path, value in `a`, value in `b`),
 /// `(absent)` for a field one side lacks.

@@ -404,7 +404,9 @@ pub struct DiffMask {
     pub skip_steps: bool,
 }
 
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+/// Flattens a JSON value into dotted paths (`regs.rax`, `trace[0].io_out.port`) and their values
+/// (strings as they are, an empty array as `[]`): the one flattener of results and snapshots.
+pub fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
@@ -424,11 +426,11 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
                 out.insert(prefix.to_string(), "[]".into());
             }
         }
+        serde_json::Value::String(x) => {
+            out.insert(prefix.to_string(), x.clone());
+        }
         other => {
-            out.insert(
-                prefix.to_string(),
-                other.to_string().trim_matches('"').into(),
-            );
+            out.insert(prefix.to_string(), other.to_string());
         }
     }
 }
