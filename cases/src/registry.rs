@@ -1,7 +1,7 @@
 //! The one registry of conformance checks: each [`Check`] runs under `cargo nextest` (one test
 //! each, via libtest-mimic) and under `kvmconf run`, with no second copy anywhere.
 
-use kvmconf_harness::Host;
+use kvmconf_harness::{Errno, Host, IoctlFailure};
 use std::fmt;
 
 /// The area a check belongs to.
@@ -151,6 +151,22 @@ impl From<kvmconf_harness::KvmError> for Fail {
     }
 }
 
+macro_rules! ioctl_fail {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Fail {
+            fn from(e: $t) -> Fail {
+                Fail::failed(e.to_string())
+            }
+        }
+    )*};
+}
+// `KVM_… failed: <strerror> (errno N)`, the text `ioctl("KVM_…")` gives.
+ioctl_fail!(
+    kvmconf_harness::SystemError,
+    kvmconf_harness::VmError,
+    kvmconf_harness::VcpuError
+);
+
 /// What a check returns.
 pub type Outcome = Result<(), Fail>;
 
@@ -211,14 +227,12 @@ pub fn require_cap(host: &Host, cap: u32, name: &str) -> Outcome {
     }
 }
 
-/// Maps a kvm-ioctls error to a failure naming the ioctl.
-pub fn ioctl(name: &'static str) -> impl Fn(kvm_ioctls::Error) -> Fail {
-    move |e| {
-        Fail::failed(format!(
-            "{name} failed: {} (errno {})",
-            std::io::Error::from_raw_os_error(e.errno()),
-            e.errno()
-        ))
+/// Maps a typed harness error to a failure naming the ioctl as the check calls it
+/// (`"{name} failed: <strerror> (errno N)"`); an error that is no ioctl's is shown as it is.
+pub fn ioctl<E: IoctlFailure>(name: &'static str) -> impl Fn(E) -> Fail {
+    move |e| match e.errno() {
+        Some(n) => Fail::failed(format!("{name} failed: {}", Errno(n))),
+        None => Fail::failed(format!("{name} failed: {e}")),
     }
 }
 

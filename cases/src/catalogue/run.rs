@@ -9,19 +9,19 @@ use crate::catalogue::vcpu_state::{MSR_UNKNOWN, hex};
 use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
-use kvm_bindings::{
+use kvmconf_guests::case::{Case, MmioRegion, Mode};
+use kvmconf_guests::num::{Hex, HexBytes};
+use kvmconf_harness::Host;
+use kvmconf_harness::abi::{
     KVM_CAP_GUEST_DEBUG_HW_BPS, KVM_CAP_IRQCHIP, KVM_CAP_SET_GUEST_DEBUG, KVM_CAP_SYNC_REGS,
     KVM_CAP_USER_NMI, KVM_CAP_X86_MSR_FILTER, KVM_CAP_X86_USER_SPACE_MSR, KVM_GUESTDBG_ENABLE,
     KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP, KVM_GUESTDBG_USE_SW_BP,
     KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, KVM_SYNC_X86_EVENTS,
     KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, kvm_enable_cap, kvm_guest_debug,
 };
-use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
-use kvmconf_guests::case::{Case, MmioRegion, Mode};
-use kvmconf_guests::num::{Hex, HexBytes};
+use kvmconf_harness::abi::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
 use kvmconf_harness::exit::{KvmExit, off};
 use kvmconf_harness::watchdog::{self, Deadline};
-use kvmconf_harness::{Host, raw_vcpu};
 use std::time::{Duration, Instant};
 
 const MMIO: u64 = 0xd000_0000;
@@ -448,7 +448,7 @@ fn fail_entry_cs_l_and_d(host: &Host) -> Outcome {
     let mut bad = before;
     bad.cs.l = 1;
     bad.cs.db = 1;
-    if let Err(e) = g.vcpu().set_sregs(&bad) {
+    if let Err(e) = g.vcpu().try_set_sregs(&bad) {
         crate::catalogue::system::expect_errno(
             Some(e.errno()),
             libc::EINVAL,
@@ -530,7 +530,7 @@ fn if_flag_reported(host: &Host) -> Outcome {
         let mut g = guest(host, Mode::Long64, |a| a.hlt())?;
         set_rflags(&g, rflags)?;
         g.run_to_hlt()?;
-        let got = g.vm.vcpu.fd_mut().get_kvm_run().if_flag;
+        let got = g.vm.vcpu.kvm_run().if_flag;
         ensure_eq!(
             got,
             want,
@@ -550,7 +550,7 @@ fn cr8_out(host: &Host) -> Outcome {
     let e = g.run()?;
     io_exit(&e, false, 1, 0x80)?;
     ensure_eq!(
-        g.vm.vcpu.fd_mut().get_kvm_run().cr8,
+        g.vm.vcpu.kvm_run().cr8,
         5u64,
         "kvm_run.cr8 after the guest's mov cr8, 5"
     );
@@ -562,7 +562,7 @@ fn cr8_in(host: &Host) -> Outcome {
         a.mov(rax, cr8)?;
         a.hlt()
     })?;
-    g.vm.vcpu.fd_mut().get_kvm_run().cr8 = 7;
+    g.vm.vcpu.kvm_run().cr8 = 7;
     g.run_to_hlt()?;
     ensure_eq!(
         g.regs()?.rax,
@@ -575,15 +575,17 @@ fn cr8_in(host: &Host) -> Outcome {
 fn apic_base_field(host: &Host) -> Outcome {
     let mut g = guest(host, Mode::Long64, |a| a.hlt())?;
     g.run_to_hlt()?;
-    let mut m = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+    let mut m = kvmconf_harness::abi::Msrs::from_entries(&[kvmconf_harness::abi::kvm_msr_entry {
         index: MSR_APIC_BASE,
         ..Default::default()
     }])
     .expect("one entry");
-    g.vcpu().get_msrs(&mut m).map_err(ioctl("KVM_GET_MSRS"))?;
+    g.vcpu()
+        .try_get_msrs(&mut m)
+        .map_err(ioctl("KVM_GET_MSRS"))?;
     let msr = m.as_slice()[0].data;
     ensure_eq!(
-        g.vm.vcpu.fd_mut().get_kvm_run().apic_base,
+        g.vm.vcpu.kvm_run().apic_base,
         msr,
         "kvm_run.apic_base vs KVM_GET_MSRS(IA32_APIC_BASE)"
     );
@@ -696,7 +698,9 @@ fn signal_mask_blocks(host: &Host) -> Outcome {
         a.out(0x80, al)?;
         a.hlt()
     })?;
-    raw_vcpu::set_signal_mask(g.vcpu(), &[watchdog::signal()], &[])
+    g.vcpu()
+        .try_set_signal_mask(&[watchdog::signal()], &[])
+        .map_err(|e| e.errno())
         .map_err(|e| Fail::failed(format!("KVM_SET_SIGNAL_MASK failed: errno {e}")))?;
     let d = signal_pending()?;
     let r = g.vm.vcpu.run_once();
@@ -716,10 +720,10 @@ fn set_debug(g: &Guest, control: u32, debugreg: [u64; 8]) -> Outcome {
     let d = kvm_guest_debug {
         control,
         pad: 0,
-        arch: kvm_bindings::kvm_guest_debug_arch { debugreg },
+        arch: kvmconf_harness::abi::kvm_guest_debug_arch { debugreg },
     };
     g.vcpu()
-        .set_guest_debug(&d)
+        .try_set_guest_debug(&d)
         .map_err(ioctl("KVM_SET_GUEST_DEBUG"))
 }
 
@@ -878,8 +882,7 @@ fn enable_user_msr(g: &Guest, mask: u32) -> Outcome {
         ..Default::default()
     };
     cap.args[0] = u64::from(mask);
-    g.vm.fd()
-        .enable_cap(&cap)
+    g.vm.try_enable_cap(&cap)
         .map_err(ioctl("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR)"))
 }
 
@@ -991,17 +994,16 @@ fn user_msr_wrmsr(host: &Host) -> Outcome {
 
 fn deny_star_read(g: &Guest) -> Outcome {
     let bitmap = [0u8];
-    g.vm.fd()
-        .set_msr_filter(
-            MsrFilterDefaultAction::ALLOW,
-            &[MsrFilterRange {
-                flags: MsrFilterRangeFlags::READ,
-                base: MSR_STAR,
-                msr_count: 1,
-                bitmap: &bitmap,
-            }],
-        )
-        .map_err(ioctl("KVM_X86_SET_MSR_FILTER"))
+    g.vm.try_set_msr_filter(
+        MsrFilterDefaultAction::ALLOW,
+        &[MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ,
+            base: MSR_STAR,
+            msr_count: 1,
+            bitmap: &bitmap,
+        }],
+    )
+    .map_err(ioctl("KVM_X86_SET_MSR_FILTER"))
 }
 
 fn msr_filter_exit(host: &Host) -> Outcome {
@@ -1040,13 +1042,13 @@ fn msr_filter_gp(host: &Host) -> Outcome {
 fn msr_filter_allows_others(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_X86_MSR_FILTER, "X86_MSR_FILTER")?;
     let mut g = rdmsr_guest(host, MSR_LSTAR)?;
-    let m = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+    let m = kvmconf_harness::abi::Msrs::from_entries(&[kvmconf_harness::abi::kvm_msr_entry {
         index: MSR_LSTAR,
         data: 0xffff_8000_0000_1230,
         ..Default::default()
     }])
     .expect("one entry");
-    g.vcpu().set_msrs(&m).map_err(ioctl("KVM_SET_MSRS"))?;
+    g.vcpu().try_set_msrs(&m).map_err(ioctl("KVM_SET_MSRS"))?;
     deny_star_read(&g)?;
     g.run_to_hlt()?;
     ensure_eq!(
@@ -1065,8 +1067,8 @@ fn msr_filter_allows_others(host: &Host) -> Outcome {
 
 fn msr_filter_default_deny_empty(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_X86_MSR_FILTER, "X86_MSR_FILTER")?;
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    match vm.set_msr_filter(MsrFilterDefaultAction::DENY, &[]) {
+    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    match vm.try_set_msr_filter(MsrFilterDefaultAction::DENY, &[]) {
         Ok(()) => Err(Fail::failed(
             "KVM_X86_SET_MSR_FILTER with KVM_MSR_FILTER_DEFAULT_DENY and no ranges: wanted an error, got success",
         )),
@@ -1085,12 +1087,15 @@ fn msr_filter_default_deny_empty(host: &Host) -> Outcome {
 // KVM_INTERRUPT, KVM_NMI, request_interrupt_window
 
 fn interrupt(g: &Guest, irq: u32) -> Outcome {
-    raw_vcpu::interrupt(g.vcpu(), irq).map_err(|e| {
-        Fail::failed(format!(
-            "KVM_INTERRUPT({irq:#x}) failed: {} (errno {e})",
-            std::io::Error::from_raw_os_error(e)
-        ))
-    })
+    g.vcpu()
+        .try_interrupt(irq)
+        .map_err(|e| e.errno())
+        .map_err(|e| {
+            Fail::failed(format!(
+                "KVM_INTERRUPT({irq:#x}) failed: {} (errno {e})",
+                std::io::Error::from_raw_os_error(e)
+            ))
+        })
 }
 
 /// `mov ebx, 1; sti; mov ebx, 2; mov ebx, 3; hlt` with IF = 0 and the hand-written IDT.
@@ -1134,7 +1139,7 @@ fn kvm_interrupt_delivered(host: &Host) -> Outcome {
 fn kvm_interrupt_invalid_einval(host: &Host) -> Outcome {
     let g = guest(host, Mode::Long64, |a| a.hlt())?;
     ensure_eq!(
-        raw_vcpu::interrupt(g.vcpu(), 256),
+        g.vcpu().try_interrupt(256).map_err(|e| e.errno()),
         Err(libc::EINVAL),
         "KVM_INTERRUPT(256), not a vector (EINVAL = {})",
         libc::EINVAL
@@ -1144,11 +1149,12 @@ fn kvm_interrupt_invalid_einval(host: &Host) -> Outcome {
 
 fn kvm_interrupt_irqchip_enxio(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IRQCHIP, "IRQCHIP")?;
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-    let v = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    vm.try_create_irqchip()
+        .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+    let v = vm.try_create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
     ensure_eq!(
-        raw_vcpu::interrupt(&v, 0x40),
+        v.try_interrupt(0x40).map_err(|e| e.errno()),
         Err(libc::ENXIO),
         "KVM_INTERRUPT with the PIC in the kernel (ENXIO = {})",
         libc::ENXIO
@@ -1162,15 +1168,15 @@ fn irq_window_immediate_once(host: &Host) -> Outcome {
         a.hlt()
     })?;
     set_rflags(&g, 0x202)?;
-    g.vm.vcpu.fd_mut().get_kvm_run().request_interrupt_window = 1;
+    g.vm.vcpu.kvm_run().request_interrupt_window = 1;
     let e = g.run()?;
-    g.vm.vcpu.fd_mut().get_kvm_run().request_interrupt_window = 0;
+    g.vm.vcpu.kvm_run().request_interrupt_window = 0;
     expect_exit(
         &e,
         &KvmExit::IrqWindowOpen,
         "exit with request_interrupt_window and IF = 1",
     )?;
-    let run = g.vm.vcpu.fd_mut().get_kvm_run();
+    let run = g.vm.vcpu.kvm_run();
     ensure_eq!(
         run.ready_for_interrupt_injection,
         1u8,
@@ -1182,9 +1188,9 @@ fn irq_window_immediate_once(host: &Host) -> Outcome {
 
 fn irq_window_after_sti_shadow_once(host: &Host) -> Outcome {
     let (mut g, after_shadow) = sti_guest(host)?;
-    g.vm.vcpu.fd_mut().get_kvm_run().request_interrupt_window = 1;
+    g.vm.vcpu.kvm_run().request_interrupt_window = 1;
     let e = g.run()?;
-    g.vm.vcpu.fd_mut().get_kvm_run().request_interrupt_window = 0;
+    g.vm.vcpu.kvm_run().request_interrupt_window = 0;
     expect_exit(
         &e,
         &KvmExit::IrqWindowOpen,
@@ -1198,10 +1204,7 @@ fn irq_window_after_sti_shadow_once(host: &Host) -> Outcome {
     );
     ensure_eq!(r.rbx, 2u64, "rbx: the instruction in the STI shadow ran");
     ensure_eq!(
-        g.vm.vcpu
-            .fd_mut()
-            .get_kvm_run()
-            .ready_for_interrupt_injection,
+        g.vm.vcpu.kvm_run().ready_for_interrupt_injection,
         1u8,
         "ready_for_interrupt_injection"
     );
@@ -1250,7 +1253,7 @@ fn kvm_nmi_delivered(host: &Host) -> Outcome {
     })?);
     let mut g = Guest::boot(host, &c)?;
     set_rflags(&g, 0x2)?; // IF = 0 does not block NMIs
-    g.vcpu().nmi().map_err(ioctl("KVM_NMI"))?;
+    g.vcpu().try_nmi().map_err(ioctl("KVM_NMI"))?;
     g.run_to_hlt()?;
     ensure_eq!(
         g.stub_vector()?,
@@ -1264,8 +1267,8 @@ fn kvm_nmi_delivered(host: &Host) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // KVM_TRANSLATE
 
-fn translate(g: &Guest, la: u64) -> Result<kvm_bindings::kvm_translation, Fail> {
-    g.vcpu().translate_gva(la).map_err(ioctl("KVM_TRANSLATE"))
+fn translate(g: &Guest, la: u64) -> Result<kvmconf_harness::abi::kvm_translation, Fail> {
+    g.vcpu().try_translate(la).map_err(ioctl("KVM_TRANSLATE"))
 }
 
 fn translate_mapped(host: &Host) -> Outcome {
@@ -1302,11 +1305,11 @@ fn sync_regs_filled(host: &Host) -> Outcome {
         a.mov(ebx, 0x1234u32)?;
         a.hlt()
     })?;
-    g.vm.vcpu.fd_mut().get_kvm_run().kvm_valid_regs =
+    g.vm.vcpu.kvm_run().kvm_valid_regs =
         u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS);
     g.run_to_hlt()?;
     let (regs, sregs) = (g.regs()?, g.sregs()?);
-    let s = g.vm.vcpu.fd().sync_regs();
+    let s = g.vm.vcpu.sync_regs();
     g.vm.vcpu.clear_sync_regs();
     ensure_eq!(s.regs.rbx, regs.rbx, "kvm_run.s.regs.rbx vs KVM_GET_REGS");
     ensure_eq!(s.regs.rip, regs.rip, "kvm_run.s.regs.rip vs KVM_GET_REGS");
@@ -1337,7 +1340,7 @@ fn sync_regs_dirty(host: &Host) -> Outcome {
     let mut r = g.regs()?;
     r.rax = 0x77;
     r.rbx = 0xabcd;
-    let run = g.vm.vcpu.fd_mut().get_kvm_run();
+    let run = g.vm.vcpu.kvm_run();
     run.s.regs.regs = r;
     run.kvm_dirty_regs = u64::from(KVM_SYNC_X86_REGS);
     let e = g.run()?;
@@ -1360,7 +1363,7 @@ fn sync_regs_invalid(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SYNC_REGS, "SYNC_REGS")?;
     for field in ["kvm_valid_regs", "kvm_dirty_regs"] {
         let mut g = guest(host, Mode::Long64, |a| a.hlt())?;
-        let run = g.vm.vcpu.fd_mut().get_kvm_run();
+        let run = g.vm.vcpu.kvm_run();
         if field == "kvm_valid_regs" {
             run.kvm_valid_regs = 1 << 3;
         } else {
@@ -1368,7 +1371,7 @@ fn sync_regs_invalid(host: &Host) -> Outcome {
         }
         let r = g.try_run();
         g.vm.vcpu.clear_sync_regs();
-        let run = g.vm.vcpu.fd_mut().get_kvm_run();
+        let run = g.vm.vcpu.kvm_run();
         run.kvm_valid_regs = 0;
         run.kvm_dirty_regs = 0;
         ensure!(

@@ -4,15 +4,15 @@
 
 use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
-use kvm_bindings::{
+use kvmconf_harness::Host;
+use kvmconf_harness::abi::{
     KVM_CAP_CHECK_EXTENSION_VM, KVM_CAP_COALESCED_MMIO, KVM_CAP_EXT_CPUID, KVM_CAP_EXT_EMUL_CPUID,
     KVM_CAP_GET_MSR_FEATURES, KVM_CAP_IOEVENTFD, KVM_CAP_IRQCHIP, KVM_CAP_IRQFD,
     KVM_CAP_MAX_VCPU_ID, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_MEMSLOTS, KVM_CAP_NR_VCPUS,
     KVM_CAP_READONLY_MEM, KVM_CAP_SET_TSS_ADDR, KVM_CAP_USER_MEMORY, KVM_CAP_VM_TYPES,
     KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2, kvm_msr_entry, kvm_run,
 };
-use kvmconf_harness::Host;
-use kvmconf_harness::raw::{self, CpuidReply, Level};
+use kvmconf_harness::kvm::CpuidReply;
 use std::collections::{BTreeMap, BTreeSet};
 
 const PAGE: usize = 4096;
@@ -37,22 +37,25 @@ pub const CATALOGUE_CAPS: &[(u32, &str)] = &[
     (KVM_CAP_COALESCED_MMIO, "COALESCED_MMIO"),
     (KVM_CAP_SET_TSS_ADDR, "SET_TSS_ADDR"),
     (KVM_CAP_CHECK_EXTENSION_VM, "CHECK_EXTENSION_VM"),
-    (kvm_bindings::KVM_CAP_ADJUST_CLOCK, "ADJUST_CLOCK"),
-    (kvm_bindings::KVM_CAP_PIT2, "PIT2"),
-    (kvm_bindings::KVM_CAP_PIT_STATE2, "PIT_STATE2"),
+    (kvmconf_harness::abi::KVM_CAP_ADJUST_CLOCK, "ADJUST_CLOCK"),
+    (kvmconf_harness::abi::KVM_CAP_PIT2, "PIT2"),
+    (kvmconf_harness::abi::KVM_CAP_PIT_STATE2, "PIT_STATE2"),
     (
-        kvm_bindings::KVM_CAP_SET_IDENTITY_MAP_ADDR,
+        kvmconf_harness::abi::KVM_CAP_SET_IDENTITY_MAP_ADDR,
         "SET_IDENTITY_MAP_ADDR",
     ),
-    (kvm_bindings::KVM_CAP_COALESCED_PIO, "COALESCED_PIO"),
+    (kvmconf_harness::abi::KVM_CAP_COALESCED_PIO, "COALESCED_PIO"),
     (
-        kvm_bindings::KVM_CAP_MULTI_ADDRESS_SPACE,
+        kvmconf_harness::abi::KVM_CAP_MULTI_ADDRESS_SPACE,
         "MULTI_ADDRESS_SPACE",
     ),
-    (kvm_bindings::KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD"),
-    (kvm_bindings::KVM_CAP_ENABLE_CAP_VM, "ENABLE_CAP_VM"),
     (
-        kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+        kvmconf_harness::abi::KVM_CAP_BINARY_STATS_FD,
+        "BINARY_STATS_FD",
+    ),
+    (kvmconf_harness::abi::KVM_CAP_ENABLE_CAP_VM, "ENABLE_CAP_VM"),
+    (
+        kvmconf_harness::abi::KVM_CAP_X86_USER_SPACE_MSR,
         "X86_USER_SPACE_MSR",
     ),
 ];
@@ -79,10 +82,10 @@ pub fn expect_errno(got: Option<i32>, want: i32, what: &str) -> Outcome {
 // ---- KVM_GET_API_VERSION ----
 
 fn api_version_is_12(host: &Host) -> Outcome {
-    ensure_eq!(host.kvm().get_api_version(), 12, "KVM_GET_API_VERSION");
+    ensure_eq!(host.api_version(), 12, "KVM_GET_API_VERSION");
     let again = kvmconf_harness::Host::open()?;
     ensure_eq!(
-        again.kvm().get_api_version(),
+        again.api_version(),
         12,
         "KVM_GET_API_VERSION on a second /dev/kvm handle"
     );
@@ -189,13 +192,13 @@ fn check_extension_nr_memslots_positive(host: &Host) -> Outcome {
 
 fn check_extension_on_vm_fd_matches_the_api(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_CHECK_EXTENSION_VM, "CHECK_EXTENSION_VM")?;
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
     ensure_eq!(
-        vm.check_extension_raw(libc::c_ulong::from(UNKNOWN_CAP)),
+        vm.check_extension_raw(UNKNOWN_CAP),
         0,
         "KVM_CHECK_EXTENSION on a VM fd for an unassigned capability"
     );
-    let v = vm.check_extension_raw(libc::c_ulong::from(KVM_CAP_USER_MEMORY));
+    let v = vm.check_extension_raw(KVM_CAP_USER_MEMORY);
     ensure!(
         v > 0,
         "KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) on a VM fd: wanted > 0, got {v}"
@@ -206,8 +209,7 @@ fn check_extension_on_vm_fd_matches_the_api(host: &Host) -> Outcome {
 // ---- KVM_GET_VCPU_MMAP_SIZE ----
 
 fn mmap_size(host: &Host) -> Result<usize, Fail> {
-    host.kvm()
-        .get_vcpu_mmap_size()
+    host.try_vcpu_mmap_size()
         .map_err(ioctl("KVM_GET_VCPU_MMAP_SIZE"))
 }
 
@@ -244,7 +246,7 @@ fn vcpu_mmap_size_fits_kvm_run(host: &Host) -> Outcome {
 
 /// Asks with a buffer of `KVM_MAX_CPUID_ENTRIES` (the kernel's limit, 256) and returns the reply.
 fn cpuid_full(host: &Host, emulated: bool) -> Result<CpuidReply, Fail> {
-    let r = raw::cpuid(host.kvm(), emulated, 256);
+    let r = host.cpuid(emulated, 256);
     let name = cpuid_name(emulated);
     if let Some(e) = r.errno {
         return Err(Fail::failed(format!(
@@ -283,7 +285,7 @@ fn cpuid_short_buffer_e2big(host: &Host, emulated: bool) -> Outcome {
         if nent >= n {
             continue;
         }
-        let r = raw::cpuid(host.kvm(), emulated, nent);
+        let r = host.cpuid(emulated, nent);
         expect_errno(
             r.errno,
             libc::E2BIG,
@@ -303,7 +305,7 @@ fn cpuid_exact_buffer_succeeds(host: &Host, emulated: bool) -> Outcome {
         n,
         "{name}: entries filled vs nent"
     );
-    let exact = raw::cpuid(host.kvm(), emulated, n);
+    let exact = host.cpuid(emulated, n);
     ensure_eq!(
         errno_name(exact.errno),
         "success",
@@ -469,7 +471,7 @@ fn require_list(host: &Host, feature: bool) -> Outcome {
 
 fn msr_list_full(host: &Host, feature: bool) -> Result<Vec<u32>, Fail> {
     let name = list_name(feature);
-    let r = raw::msr_index_list(host.kvm(), feature, 4096);
+    let r = host.msr_index_list(feature, 4096);
     if r.errno.is_some() {
         return Err(Fail::failed(format!(
             "{name} with room for 4096 indices: wanted success, got {}",
@@ -489,7 +491,7 @@ fn msr_list_short_buffer_e2big_reports_count(host: &Host, feature: bool) -> Outc
     let mut sizes = vec![0, n - 1];
     sizes.dedup();
     for cap in sizes {
-        let r = raw::msr_index_list(host.kvm(), feature, cap);
+        let r = host.msr_index_list(feature, cap);
         expect_errno(
             r.errno,
             libc::E2BIG,
@@ -501,7 +503,7 @@ fn msr_list_short_buffer_e2big_reports_count(host: &Host, feature: bool) -> Outc
             "{name} with room for {cap}: nmsrs adjusted to the actual number of MSRs"
         );
     }
-    let exact = raw::msr_index_list(host.kvm(), feature, n);
+    let exact = host.msr_index_list(feature, n);
     ensure_eq!(
         errno_name(exact.errno),
         "success",
@@ -541,11 +543,10 @@ fn feature_msrs_readable_with_system_get_msrs(host: &Host) -> Outcome {
             ..Default::default()
         })
         .collect();
-    let mut msrs = kvm_bindings::Msrs::from_entries(&entries)
+    let mut msrs = kvmconf_harness::abi::Msrs::from_entries(&entries)
         .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
     let n = host
-        .kvm()
-        .get_msrs(&mut msrs)
+        .try_get_msrs(&mut msrs)
         .map_err(ioctl("KVM_GET_MSRS (system)"))?;
     ensure_eq!(
         n,
@@ -555,14 +556,13 @@ fn feature_msrs_readable_with_system_get_msrs(host: &Host) -> Outcome {
     );
     // One at a time as well: each index alone reads.
     for &index in &list {
-        let mut one = kvm_bindings::Msrs::from_entries(&[kvm_msr_entry {
+        let mut one = kvmconf_harness::abi::Msrs::from_entries(&[kvm_msr_entry {
             index,
             ..Default::default()
         }])
         .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
         let n = host
-            .kvm()
-            .get_msrs(&mut one)
+            .try_get_msrs(&mut one)
             .map_err(ioctl("KVM_GET_MSRS (system)"))?;
         ensure_eq!(n, 1, "system KVM_GET_MSRS of feature MSR {index:#x} alone");
     }
@@ -581,7 +581,7 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
         !list.contains(&bogus),
         "{bogus:#x} is listed as a feature MSR"
     );
-    let mut msrs = kvm_bindings::Msrs::from_entries(&[
+    let mut msrs = kvmconf_harness::abi::Msrs::from_entries(&[
         kvm_msr_entry {
             index: first,
             ..Default::default()
@@ -597,8 +597,7 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
     ])
     .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
     let n = host
-        .kvm()
-        .get_msrs(&mut msrs)
+        .try_get_msrs(&mut msrs)
         .map_err(ioctl("KVM_GET_MSRS (system)"))?;
     ensure_eq!(
         n,
@@ -611,14 +610,17 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
 // ---- unknown ioctls ----
 
 fn unknown_ioctl_on_dev_kvm_enotty(host: &Host) -> Outcome {
-    let e = raw::unassigned_ioctl(Level::System(host.kvm()));
+    let e = host.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
-        (e != 0).then_some(e),
+        e,
         libc::ENOTTY,
-        &format!("unassigned ioctl {:#x} on /dev/kvm", raw::UNASSIGNED_IOCTL),
+        &format!(
+            "unassigned ioctl {:#x} on /dev/kvm",
+            kvmconf_harness::ioctl::UNASSIGNED_IOCTL
+        ),
     )?;
     ensure_eq!(
-        host.kvm().get_api_version(),
+        host.api_version(),
         12,
         "KVM_GET_API_VERSION after the rejected ioctl"
     );
@@ -626,29 +628,35 @@ fn unknown_ioctl_on_dev_kvm_enotty(host: &Host) -> Outcome {
 }
 
 fn unknown_ioctl_on_vm_fd_enotty(host: &Host) -> Outcome {
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    let e = raw::unassigned_ioctl(Level::Vm(&vm));
+    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    let e = vm.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
-        (e != 0).then_some(e),
+        e,
         libc::ENOTTY,
-        &format!("unassigned ioctl {:#x} on a VM fd", raw::UNASSIGNED_IOCTL),
+        &format!(
+            "unassigned ioctl {:#x} on a VM fd",
+            kvmconf_harness::ioctl::UNASSIGNED_IOCTL
+        ),
     )?;
-    vm.create_vcpu(0)
+    vm.try_create_vcpu(0)
         .map_err(ioctl("KVM_CREATE_VCPU after the rejected ioctl"))?;
     Ok(())
 }
 
 fn unknown_ioctl_on_vcpu_fd_enotty(host: &Host) -> Outcome {
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    let before = vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
-    let e = raw::unassigned_ioctl(Level::Vcpu(&vcpu));
+    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    let vcpu = vm.try_create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let before = vcpu.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let e = vcpu.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
-        (e != 0).then_some(e),
+        e,
         libc::ENOTTY,
-        &format!("unassigned ioctl {:#x} on a vCPU fd", raw::UNASSIGNED_IOCTL),
+        &format!(
+            "unassigned ioctl {:#x} on a vCPU fd",
+            kvmconf_harness::ioctl::UNASSIGNED_IOCTL
+        ),
     )?;
-    let after = vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let after = vcpu.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
     ensure_eq!(
         format!("{after:?}"),
         format!("{before:?}"),
@@ -667,7 +675,7 @@ fn create_vm_invalid_type_einval(host: &Host) -> Outcome {
         bad.push(u64::from(t));
     }
     for t in bad {
-        match host.kvm().create_vm_with_type(t) {
+        match host.try_create_vm_with_type(t) {
             Ok(_) => {
                 return Err(Fail::failed(format!(
                     "KVM_CREATE_VM type {t:#x} (KVM_CAP_VM_TYPES {types:#x}): wanted EINVAL, got a VM"
@@ -681,8 +689,7 @@ fn create_vm_invalid_type_einval(host: &Host) -> Outcome {
         }
     }
     // The system fd still works.
-    host.kvm()
-        .create_vm()
+    host.try_create_vm()
         .map_err(ioctl("KVM_CREATE_VM type 0 after the rejected ones"))?;
     Ok(())
 }

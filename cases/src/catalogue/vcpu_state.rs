@@ -7,18 +7,17 @@ use crate::catalogue::harness::{CODE, case, program};
 use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
-use kvm_bindings::{
+use kvmconf_guests::case::Mode;
+use kvmconf_guests::layout::{Layout, cr0, cr4};
+use kvmconf_harness::Host;
+use kvmconf_harness::Vcpu;
+use kvmconf_harness::abi::{
     CpuId, KVM_CAP_INTR_SHADOW, KVM_CAP_IRQCHIP, KVM_CAP_X86_SMM, KVM_MAX_CPUID_ENTRIES,
     KVM_MP_STATE_HALTED, KVM_MP_STATE_RUNNABLE, KVM_VCPUEVENT_VALID_NMI_PENDING,
     KVM_VCPUEVENT_VALID_SHADOW, KVM_VCPUEVENT_VALID_SMM, Msrs, kvm_cpuid_entry2, kvm_lapic_state,
     kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcrs,
 };
-use kvm_ioctls::VcpuFd;
-use kvmconf_guests::case::Mode;
-use kvmconf_guests::layout::{Layout, cr0, cr4};
-use kvmconf_harness::Host;
 use kvmconf_harness::exit::KvmExit;
-use kvmconf_harness::raw_vcpu;
 
 // MSR indices (SDM 4 / AMD APM 2).
 const MSR_TSC: u32 = 0x10;
@@ -198,10 +197,10 @@ fn regs_rflags_fixed_bit(host: &Host) -> Outcome {
 
 fn regs_fresh_reset_state(host: &Host) -> Outcome {
     let vm = fresh_vm(host)?;
-    let r = vm.vcpu.fd().get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let r = vm.vcpu.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
     ensure_eq!(r.rip, 0xfff0u64, "rip of a new vCPU");
     ensure_eq!(r.rflags, 0x2u64, "rflags of a new vCPU");
-    let s = vm.vcpu.fd().get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+    let s = vm.vcpu.try_get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
     ensure_eq!(s.cs.selector, 0xf000u16, "cs.selector of a new vCPU");
     ensure_eq!(s.cs.base, 0xffff_0000u64, "cs.base of a new vCPU");
     ensure_eq!(s.cr0, 0x6000_0010u64, "cr0 of a new vCPU");
@@ -223,7 +222,9 @@ fn sregs_round_trip(host: &Host, mode: Mode) -> Outcome {
     set.idt.base = 0x7000;
     set.fs.base = 0x1234_5000;
     set.gs.base = 0x5678_9000;
-    g.vcpu().set_sregs(&set).map_err(ioctl("KVM_SET_SREGS"))?;
+    g.vcpu()
+        .try_set_sregs(&set)
+        .map_err(ioctl("KVM_SET_SREGS"))?;
     no_diff(
         &format!("{mode:?} KVM_GET_SREGS after KVM_SET_SREGS"),
         sregs_diff(&g.sregs()?, &set),
@@ -242,7 +243,7 @@ fn sregs_cr8_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let mut s = g.sregs()?;
     s.cr8 = 0x9;
-    g.vcpu().set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))?;
+    g.vcpu().try_set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))?;
     ensure_eq!(
         g.sregs()?.cr8,
         0x9u64,
@@ -255,7 +256,7 @@ fn sregs_interrupt_bitmap_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let mut s = g.sregs()?;
     s.interrupt_bitmap = [0, 1 << (0x51 - 64), 0, 0];
-    g.vcpu().set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))?;
+    g.vcpu().try_set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))?;
     ensure_eq!(
         g.sregs()?.interrupt_bitmap,
         [0u64, 1 << (0x51 - 64), 0, 0],
@@ -273,7 +274,7 @@ fn sregs_rejected(host: &Host, mode: Mode, what: &str, mutate: impl Fn(&mut kvm_
     mutate(&mut bad);
     einval_or_fail(
         &format!("KVM_SET_SREGS with {what}"),
-        g.vcpu().set_sregs(&bad).map_err(|e| e.errno()),
+        g.vcpu().try_set_sregs(&bad).map_err(|e| e.errno()),
     )?;
     no_diff(
         &format!("sregs re-read after the rejected KVM_SET_SREGS ({what})"),
@@ -336,7 +337,7 @@ fn pattern(seed: u8) -> [u8; 16] {
 
 fn fpu_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
-    let mut f = g.vcpu().get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    let mut f = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
     f.fcw = 0x027f;
     f.fsw = 0x3800;
     f.ftwx = 0x81;
@@ -349,8 +350,8 @@ fn fpu_round_trip(host: &Host) -> Outcome {
     for (i, x) in f.xmm.iter_mut().enumerate() {
         *x = pattern(0x40 + i as u8);
     }
-    g.vcpu().set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
-    let got = g.vcpu().get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    g.vcpu().try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
+    let got = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
     ensure_eq!(got.fcw, f.fcw, "fcw");
     ensure_eq!(got.fsw, f.fsw, "fsw");
     ensure_eq!(got.ftwx, f.ftwx, "ftwx");
@@ -369,15 +370,15 @@ fn fpu_round_trip(host: &Host) -> Outcome {
 
 fn fpu_mxcsr_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
-    let mut f = g.vcpu().get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    let mut f = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
     ensure_eq!(
         f.mxcsr,
         0x1f80u32,
         "mxcsr of a new vCPU (SDM 1 10.2.3.1: 0x1f80 after reset)"
     );
     f.mxcsr = 0x7f81; // round toward zero, IE flag
-    g.vcpu().set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
-    let got = g.vcpu().get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    g.vcpu().try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
+    let got = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
     ensure_eq!(got.mxcsr, 0x7f81u32, "mxcsr after KVM_SET_FPU");
     Ok(())
 }
@@ -410,10 +411,10 @@ fn run_store_xmm(g: &mut Guest, cpl: u8) -> Result<Vec<u8>, Fail> {
 
 fn fpu_guest_reads_xmm(host: &Host, cpl: u8) -> Outcome {
     let mut g = store_xmm_guest(host, cpl)?;
-    let mut f = g.vcpu().get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    let mut f = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
     f.xmm[0] = pattern(1);
     f.xmm[1] = pattern(2);
-    g.vcpu().set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
+    g.vcpu().try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
     let got = run_store_xmm(&mut g, cpl)?;
     ensure_eq!(
         hex(&got[..16]),
@@ -440,12 +441,12 @@ fn fpu_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
 const XSAVE_XMM0: usize = 160;
 const XSAVE_XSTATE_BV: usize = 512;
 
-fn xsave_bytes(x: &kvm_bindings::kvm_xsave) -> Vec<u8> {
+fn xsave_bytes(x: &kvmconf_harness::abi::kvm_xsave) -> Vec<u8> {
     x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
-fn xsave_from(bytes: &[u8]) -> kvm_bindings::kvm_xsave {
-    let mut x = kvm_bindings::kvm_xsave::default();
+fn xsave_from(bytes: &[u8]) -> kvmconf_harness::abi::kvm_xsave {
+    let mut x = kvmconf_harness::abi::kvm_xsave::default();
     for (w, c) in x.region.iter_mut().zip(bytes.chunks(4)) {
         *w = u32::from_le_bytes(c.try_into().expect("4 bytes"));
     }
@@ -454,7 +455,7 @@ fn xsave_from(bytes: &[u8]) -> kvm_bindings::kvm_xsave {
 
 fn xsave_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
-    let mut b = xsave_bytes(&g.vcpu().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+    let mut b = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
     b[0..2].copy_from_slice(&0x037eu16.to_le_bytes()); // fcw
     for i in 0..2 {
         b[XSAVE_XMM0 + 16 * i..XSAVE_XMM0 + 16 * (i + 1)].copy_from_slice(&pattern(9 + i as u8));
@@ -468,13 +469,16 @@ fn xsave_round_trip(host: &Host) -> Outcome {
     bv |= 0x3;
     b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
     let want = xsave_from(&b);
-    raw_vcpu::set_xsave(g.vm.fd(), g.vcpu(), &want).map_err(|e| {
-        Fail::failed(format!(
-            "KVM_SET_XSAVE failed: {} (errno {e})",
-            std::io::Error::from_raw_os_error(e)
-        ))
-    })?;
-    let got = xsave_bytes(&g.vcpu().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+    g.vcpu()
+        .try_set_xsave(&want)
+        .map_err(|e| e.errno())
+        .map_err(|e| {
+            Fail::failed(format!(
+                "KVM_SET_XSAVE failed: {} (errno {e})",
+                std::io::Error::from_raw_os_error(e)
+            ))
+        })?;
+    let got = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
     ensure_eq!(hex(&got[0..2]), hex(&b[0..2]), "fcw (xsave bytes 0..2)");
     ensure_eq!(
         hex(&got[XSAVE_XMM0..XSAVE_XMM0 + 32]),
@@ -486,7 +490,7 @@ fn xsave_round_trip(host: &Host) -> Outcome {
 
 fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
     let mut g = store_xmm_guest(host, 3)?;
-    let mut b = xsave_bytes(&g.vcpu().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+    let mut b = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
     b[XSAVE_XMM0..XSAVE_XMM0 + 16].copy_from_slice(&pattern(0x21));
     b[XSAVE_XMM0 + 16..XSAVE_XMM0 + 32].copy_from_slice(&pattern(0x22));
     let mut bv = u64::from_le_bytes(
@@ -496,7 +500,9 @@ fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
     );
     bv |= 0x2;
     b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
-    raw_vcpu::set_xsave(g.vm.fd(), g.vcpu(), &xsave_from(&b))
+    g.vcpu()
+        .try_set_xsave(&xsave_from(&b))
+        .map_err(|e| e.errno())
         .map_err(|e| Fail::failed(format!("KVM_SET_XSAVE failed: errno {e}")))?;
     let got = run_store_xmm(&mut g, 3)?;
     ensure_eq!(
@@ -514,7 +520,7 @@ fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
 
 fn xsave_bad_xstate_bv(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
-    let before = xsave_bytes(&g.vcpu().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+    let before = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
     let mut b = before.clone();
     b[0..2].copy_from_slice(&0x0272u16.to_le_bytes());
     let mut bv = u64::from_le_bytes(
@@ -526,9 +532,11 @@ fn xsave_bad_xstate_bv(host: &Host) -> Outcome {
     b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
     einval_or_fail(
         "KVM_SET_XSAVE with XSTATE_BV bit 62 (no such state component)",
-        raw_vcpu::set_xsave(g.vm.fd(), g.vcpu(), &xsave_from(&b)),
+        g.vcpu()
+            .try_set_xsave(&xsave_from(&b))
+            .map_err(|e| e.errno()),
     )?;
-    let after = xsave_bytes(&g.vcpu().get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+    let after = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
     ensure!(
         after == before,
         "XSAVE area re-read after the rejected KVM_SET_XSAVE differs at byte {:#x}",
@@ -563,8 +571,8 @@ fn xcrs_of(value: u64, xcr: u32) -> kvm_xcrs {
     x
 }
 
-fn xcr0(v: &VcpuFd) -> Result<u64, Fail> {
-    let x = v.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?;
+fn xcr0(v: &Vcpu) -> Result<u64, Fail> {
+    let x = v.try_get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?;
     x.xcrs[..x.nr_xcrs as usize]
         .iter()
         .find(|x| x.xcr == 0)
@@ -573,28 +581,30 @@ fn xcr0(v: &VcpuFd) -> Result<u64, Fail> {
 }
 
 fn xcrs_round_trip(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_XCRS, "XCRS")?;
+    require_cap(host, kvmconf_harness::abi::KVM_CAP_XCRS, "XCRS")?;
     let sup = supported_xcr0(host);
     ensure!(sup & 3 == 3, "supported XCR0 {sup:#x} lacks x87|SSE");
     let g = hlt_guest(host, Mode::Long64)?;
     ensure_eq!(xcr0(g.vcpu())?, 1u64, "XCR0 of a new vCPU (x87 only)");
     let want = if sup & 4 != 0 { 7 } else { 3 };
     g.vcpu()
-        .set_xcrs(&xcrs_of(want, 0))
+        .try_set_xcrs(&xcrs_of(want, 0))
         .map_err(ioctl("KVM_SET_XCRS"))?;
     ensure_eq!(xcr0(g.vcpu())?, want, "XCR0 after KVM_SET_XCRS");
     Ok(())
 }
 
 fn xcrs_rejected(host: &Host, what: &str, value: u64) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_XCRS, "XCRS")?;
+    require_cap(host, kvmconf_harness::abi::KVM_CAP_XCRS, "XCRS")?;
     let g = hlt_guest(host, Mode::Long64)?;
     g.vcpu()
-        .set_xcrs(&xcrs_of(3, 0))
+        .try_set_xcrs(&xcrs_of(3, 0))
         .map_err(ioctl("KVM_SET_XCRS"))?;
     einval_or_fail(
         &format!("KVM_SET_XCRS with {what}"),
-        g.vcpu().set_xcrs(&xcrs_of(value, 0)).map_err(|e| e.errno()),
+        g.vcpu()
+            .try_set_xcrs(&xcrs_of(value, 0))
+            .map_err(|e| e.errno()),
     )?;
     ensure_eq!(
         xcr0(g.vcpu())?,
@@ -636,15 +646,17 @@ fn msrs(entries: &[(u32, u64)]) -> Msrs {
     .expect("a short MSR list fits")
 }
 
-fn get_msr(v: &VcpuFd, index: u32) -> Result<u64, Fail> {
+fn get_msr(v: &Vcpu, index: u32) -> Result<u64, Fail> {
     let mut m = msrs(&[(index, 0)]);
-    let n = v.get_msrs(&mut m).map_err(ioctl("KVM_GET_MSRS"))?;
+    let n = v.try_get_msrs(&mut m).map_err(ioctl("KVM_GET_MSRS"))?;
     ensure_eq!(n, 1usize, "KVM_GET_MSRS({index:#x}) count");
     Ok(m.as_slice()[0].data)
 }
 
-fn set_msrs_all(v: &VcpuFd, entries: &[(u32, u64)]) -> Outcome {
-    let n = v.set_msrs(&msrs(entries)).map_err(ioctl("KVM_SET_MSRS"))?;
+fn set_msrs_all(v: &Vcpu, entries: &[(u32, u64)]) -> Outcome {
+    let n = v
+        .try_set_msrs(&msrs(entries))
+        .map_err(ioctl("KVM_SET_MSRS"))?;
     ensure_eq!(n, entries.len(), "KVM_SET_MSRS count for {entries:x?}");
     Ok(())
 }
@@ -665,7 +677,10 @@ fn msrs_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     set_msrs_all(g.vcpu(), &MSR_VALUES)?;
     let mut m = msrs(&MSR_VALUES.map(|(i, _)| (i, 0)));
-    let n = g.vcpu().get_msrs(&mut m).map_err(ioctl("KVM_GET_MSRS"))?;
+    let n = g
+        .vcpu()
+        .try_get_msrs(&mut m)
+        .map_err(ioctl("KVM_GET_MSRS"))?;
     ensure_eq!(n, MSR_VALUES.len(), "KVM_GET_MSRS count");
     for (e, (index, want)) in m.as_slice().iter().zip(MSR_VALUES) {
         ensure_eq!(e.data, want, "MSR {index:#x} after KVM_SET_MSRS");
@@ -676,7 +691,10 @@ fn msrs_round_trip(host: &Host) -> Outcome {
 fn msrs_get_stops_at_unknown(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let mut m = msrs(&[(MSR_STAR, 0), (MSR_UNKNOWN, 0), (MSR_LSTAR, 0)]);
-    let n = g.vcpu().get_msrs(&mut m).map_err(ioctl("KVM_GET_MSRS"))?;
+    let n = g
+        .vcpu()
+        .try_get_msrs(&mut m)
+        .map_err(ioctl("KVM_GET_MSRS"))?;
     ensure_eq!(
         n,
         1usize,
@@ -690,7 +708,7 @@ fn msrs_set_stops_at_unknown(host: &Host) -> Outcome {
     set_msrs_all(g.vcpu(), &[(MSR_STAR, 0), (MSR_LSTAR, 0x1000)])?;
     let n = g
         .vcpu()
-        .set_msrs(&msrs(&[
+        .try_set_msrs(&msrs(&[
             (MSR_STAR, 0x0023_0010_0000_0000),
             (MSR_UNKNOWN, 1),
             (MSR_LSTAR, 0x2000),
@@ -720,7 +738,7 @@ fn msrs_set_stops_at_reserved_bits(host: &Host) -> Outcome {
     // Memory type 2 is reserved in every PAT entry (SDM 3A 13.12.2).
     let n = g
         .vcpu()
-        .set_msrs(&msrs(&[(MSR_PAT, 0x0007_0406_0007_0402), (MSR_STAR, 0x1)]))
+        .try_set_msrs(&msrs(&[(MSR_PAT, 0x0007_0406_0007_0402), (MSR_STAR, 0x1)]))
         .map_err(ioctl("KVM_SET_MSRS"))?;
     ensure_eq!(
         n,
@@ -852,8 +870,8 @@ fn rdtsc_matches_msr_cpl3(host: &Host) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // DEBUGREGS
 
-fn debugregs_want() -> kvm_bindings::kvm_debugregs {
-    kvm_bindings::kvm_debugregs {
+fn debugregs_want() -> kvmconf_harness::abi::kvm_debugregs {
+    kvmconf_harness::abi::kvm_debugregs {
         db: [0x1000, 0x2008, 0x3010, 0xffff_8000_0000_4018],
         dr6: 0xffff_0ff1,
         dr7: 0x0000_0401,
@@ -865,11 +883,11 @@ fn debugregs_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let want = debugregs_want();
     g.vcpu()
-        .set_debug_regs(&want)
+        .try_set_debugregs(&want)
         .map_err(ioctl("KVM_SET_DEBUGREGS"))?;
     let got = g
         .vcpu()
-        .get_debug_regs()
+        .try_get_debugregs()
         .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
     ensure_eq!(got.db, want.db, "db[0..4]");
     ensure_eq!(got.dr6, want.dr6, "dr6");
@@ -880,22 +898,22 @@ fn debugregs_round_trip(host: &Host) -> Outcome {
 fn debugregs_rejected(
     host: &Host,
     what: &str,
-    mutate: impl Fn(&mut kvm_bindings::kvm_debugregs),
+    mutate: impl Fn(&mut kvmconf_harness::abi::kvm_debugregs),
 ) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let before = g
         .vcpu()
-        .get_debug_regs()
+        .try_get_debugregs()
         .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
     let mut bad = debugregs_want();
     mutate(&mut bad);
     einval_or_fail(
         &format!("KVM_SET_DEBUGREGS with {what}"),
-        g.vcpu().set_debug_regs(&bad).map_err(|e| e.errno()),
+        g.vcpu().try_set_debugregs(&bad).map_err(|e| e.errno()),
     )?;
     let after = g
         .vcpu()
-        .get_debug_regs()
+        .try_get_debugregs()
         .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
     ensure_eq!(
         (after.db, after.dr6, after.dr7),
@@ -931,7 +949,7 @@ fn debugregs_guest_reads(host: &Host) -> Outcome {
     let mut want = debugregs_want();
     want.dr7 = 0x400;
     g.vcpu()
-        .set_debug_regs(&want)
+        .try_set_debugregs(&want)
         .map_err(ioctl("KVM_SET_DEBUGREGS"))?;
     g.run_to_hlt()?;
     ensure_eq!(g.read_u64(OUT)?, want.db[0], "guest MOV from DR0");
@@ -943,19 +961,24 @@ fn debugregs_guest_reads(host: &Host) -> Outcome {
 // ---------------------------------------------------------------------------------------------
 // VCPU_EVENTS
 
-fn events(v: &VcpuFd) -> Result<kvm_bindings::kvm_vcpu_events, Fail> {
-    v.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))
+fn events(v: &Vcpu) -> Result<kvmconf_harness::abi::kvm_vcpu_events, Fail> {
+    v.try_get_vcpu_events()
+        .map_err(ioctl("KVM_GET_VCPU_EVENTS"))
 }
 
 fn events_nmi_masked_round_trip(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let g = hlt_guest(host, Mode::Long64)?;
     let mut e = events(g.vcpu())?;
     ensure_eq!(e.nmi.masked, 0u8, "nmi.masked of a new vCPU");
     e.nmi.masked = 1;
     e.flags = 0;
     g.vcpu()
-        .set_vcpu_events(&e)
+        .try_set_vcpu_events(&e)
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     ensure_eq!(
         events(g.vcpu())?.nmi.masked,
@@ -972,7 +995,7 @@ fn events_shadow_round_trip(host: &Host) -> Outcome {
     e.flags = KVM_VCPUEVENT_VALID_SHADOW;
     e.interrupt.shadow = 1; // KVM_X86_SHADOW_INT_MOV_SS
     g.vcpu()
-        .set_vcpu_events(&e)
+        .try_set_vcpu_events(&e)
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     let got = events(g.vcpu())?;
     ensure!(
@@ -989,7 +1012,11 @@ fn events_shadow_round_trip(host: &Host) -> Outcome {
 }
 
 fn events_bad_flags(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let g = hlt_guest(host, Mode::Long64)?;
     let before = events(g.vcpu())?;
     let mut bad = before;
@@ -997,7 +1024,7 @@ fn events_bad_flags(host: &Host) -> Outcome {
     bad.nmi.masked = 1;
     einval_or_fail(
         "KVM_SET_VCPU_EVENTS with flags bit 31 (undefined)",
-        g.vcpu().set_vcpu_events(&bad).map_err(|e| e.errno()),
+        g.vcpu().try_set_vcpu_events(&bad).map_err(|e| e.errno()),
     )?;
     ensure_eq!(
         events(g.vcpu())?,
@@ -1008,13 +1035,17 @@ fn events_bad_flags(host: &Host) -> Outcome {
 }
 
 fn events_smm_flag(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let g = hlt_guest(host, Mode::Long64)?;
     let before = events(g.vcpu())?;
     let mut e = before;
     e.flags = KVM_VCPUEVENT_VALID_SMM;
     e.smi.smm = 1;
-    let r = g.vcpu().set_vcpu_events(&e).map_err(|e| e.errno());
+    let r = g.vcpu().try_set_vcpu_events(&e).map_err(|e| e.errno());
     if host.check_raw(KVM_CAP_X86_SMM) > 0 {
         ensure!(
             r.is_ok(),
@@ -1063,14 +1094,18 @@ fn stub_frame(g: &Guest, with_error: bool) -> Result<(Option<u8>, Option<u64>, u
 }
 
 fn events_exception_delivered(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let mut g = stub_guest(host)?;
     let mut e = events(g.vcpu())?;
     e.flags = 0;
     e.exception.injected = 1;
     e.exception.nr = 6;
     g.vcpu()
-        .set_vcpu_events(&e)
+        .try_set_vcpu_events(&e)
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     g.run_to_hlt()?;
     let (v, _, rip) = stub_frame(&g, false)?;
@@ -1080,7 +1115,11 @@ fn events_exception_delivered(host: &Host) -> Outcome {
 }
 
 fn events_exception_error_code_delivered(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let mut g = stub_guest(host)?;
     let mut e = events(g.vcpu())?;
     e.flags = 0;
@@ -1089,7 +1128,7 @@ fn events_exception_error_code_delivered(host: &Host) -> Outcome {
     e.exception.has_error_code = 1;
     e.exception.error_code = 0x1238;
     g.vcpu()
-        .set_vcpu_events(&e)
+        .try_set_vcpu_events(&e)
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     g.run_to_hlt()?;
     let (v, err, rip) = stub_frame(&g, true)?;
@@ -1104,13 +1143,17 @@ fn events_exception_error_code_delivered(host: &Host) -> Outcome {
 }
 
 fn events_nmi_pending_delivered(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let mut g = stub_guest(host)?;
     let mut e = events(g.vcpu())?;
     e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
     e.nmi.pending = 1;
     g.vcpu()
-        .set_vcpu_events(&e)
+        .try_set_vcpu_events(&e)
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     g.run_to_hlt()?;
     let (v, _, rip) = stub_frame(&g, false)?;
@@ -1129,14 +1172,18 @@ fn events_nmi_pending_delivered(host: &Host) -> Outcome {
 }
 
 fn events_nmi_masked_holds_pending(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let mut g = stub_guest(host)?;
     let mut e = events(g.vcpu())?;
     e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
     e.nmi.pending = 1;
     e.nmi.masked = 1;
     g.vcpu()
-        .set_vcpu_events(&e)
+        .try_set_vcpu_events(&e)
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     g.run_to_hlt()?;
     let v = g.stub_vector()?;
@@ -1148,7 +1195,11 @@ fn events_nmi_masked_holds_pending(host: &Host) -> Outcome {
 }
 
 fn events_interrupt_delivered(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_VCPU_EVENTS, "VCPU_EVENTS")?;
+    require_cap(
+        host,
+        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
+        "VCPU_EVENTS",
+    )?;
     let mut g = Guest::long64(host, 0, |a| {
         a.nop()?;
         a.hlt()
@@ -1160,7 +1211,7 @@ fn events_interrupt_delivered(host: &Host) -> Outcome {
     e.interrupt.nr = 0x41;
     e.interrupt.soft = 0;
     g.vcpu()
-        .set_vcpu_events(&e)
+        .try_set_vcpu_events(&e)
         .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     g.run_to_hlt()?;
     let (v, rip, _) = g.handled()?;
@@ -1173,27 +1224,28 @@ fn events_interrupt_delivered(host: &Host) -> Outcome {
 // MP_STATE and LAPIC (in-kernel irqchip)
 
 /// A VM with KVM_CREATE_IRQCHIP and one vCPU `id` (no memory: state ioctls only).
-fn irqchip_vcpu(host: &Host, id: u64) -> Result<(kvm_ioctls::VmFd, VcpuFd), Fail> {
+fn irqchip_vcpu(host: &Host, id: u64) -> Result<(kvmconf_harness::Vm, Vcpu), Fail> {
     require_cap(host, KVM_CAP_IRQCHIP, "IRQCHIP")?;
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-    let v = vm.create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    v.set_cpuid2(host.supported_cpuid())
+    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    vm.try_create_irqchip()
+        .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+    let v = vm.try_create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    v.try_set_cpuid2(host.supported_cpuid())
         .map_err(ioctl("KVM_SET_CPUID2"))?;
     Ok((vm, v))
 }
 
-fn mp_state(v: &VcpuFd) -> Result<u32, Fail> {
-    Ok(v.get_mp_state()
+fn mp_state(v: &Vcpu) -> Result<u32, Fail> {
+    Ok(v.try_get_mp_state()
         .map_err(ioctl("KVM_GET_MP_STATE"))?
         .mp_state)
 }
 
 fn mp_state_fresh_runnable(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_MP_STATE, "MP_STATE")?;
+    require_cap(host, kvmconf_harness::abi::KVM_CAP_MP_STATE, "MP_STATE")?;
     let vm = fresh_vm(host)?;
     ensure_eq!(
-        mp_state(vm.vcpu.fd())?,
+        mp_state(&vm.vcpu)?,
         KVM_MP_STATE_RUNNABLE,
         "mp_state of vCPU 0 (the BSP)"
     );
@@ -1201,9 +1253,9 @@ fn mp_state_fresh_runnable(host: &Host) -> Outcome {
 }
 
 fn mp_state_halted_round_trip(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_MP_STATE, "MP_STATE")?;
+    require_cap(host, kvmconf_harness::abi::KVM_CAP_MP_STATE, "MP_STATE")?;
     let (_vm, v) = irqchip_vcpu(host, 0)?;
-    v.set_mp_state(kvm_mp_state {
+    v.try_set_mp_state(kvm_mp_state {
         mp_state: KVM_MP_STATE_HALTED,
     })
     .map_err(ioctl("KVM_SET_MP_STATE"))?;
@@ -1212,7 +1264,7 @@ fn mp_state_halted_round_trip(host: &Host) -> Outcome {
         KVM_MP_STATE_HALTED,
         "mp_state after setting HALTED"
     );
-    v.set_mp_state(kvm_mp_state {
+    v.try_set_mp_state(kvm_mp_state {
         mp_state: KVM_MP_STATE_RUNNABLE,
     })
     .map_err(ioctl("KVM_SET_MP_STATE"))?;
@@ -1225,12 +1277,12 @@ fn mp_state_halted_round_trip(host: &Host) -> Outcome {
 }
 
 fn mp_state_invalid(host: &Host) -> Outcome {
-    require_cap(host, kvm_bindings::KVM_CAP_MP_STATE, "MP_STATE")?;
+    require_cap(host, kvmconf_harness::abi::KVM_CAP_MP_STATE, "MP_STATE")?;
     let (_vm, v) = irqchip_vcpu(host, 0)?;
     let before = mp_state(&v)?;
     einval_or_fail(
         "KVM_SET_MP_STATE with mp_state = 0x42 (no such state)",
-        v.set_mp_state(kvm_mp_state { mp_state: 0x42 })
+        v.try_set_mp_state(kvm_mp_state { mp_state: 0x42 })
             .map_err(|e| e.errno()),
     )?;
     ensure_eq!(
@@ -1253,7 +1305,7 @@ fn lapic_set_u32(l: &mut kvm_lapic_state, off: usize, v: u32) {
 
 fn lapic_id_and_version(host: &Host) -> Outcome {
     let (_vm, v) = irqchip_vcpu(host, 5)?;
-    let l = v.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    let l = v.try_get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     ensure_eq!(
         lapic_u32(&l, 0x20) >> 24,
         5u32,
@@ -1269,7 +1321,7 @@ fn lapic_id_and_version(host: &Host) -> Outcome {
 
 fn lapic_round_trip(host: &Host) -> Outcome {
     let (_vm, v) = irqchip_vcpu(host, 0)?;
-    let mut l = v.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    let mut l = v.try_get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     let fields = [
         (0x80, 0x30u32, "TPR"),
         (0xf0, 0x1ff, "spurious vector (APIC enabled, vector 0xff)"),
@@ -1282,8 +1334,8 @@ fn lapic_round_trip(host: &Host) -> Outcome {
     for &(off, val, _) in &fields {
         lapic_set_u32(&mut l, off, val);
     }
-    v.set_lapic(&l).map_err(ioctl("KVM_SET_LAPIC"))?;
-    let got = v.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    v.try_set_lapic(&l).map_err(ioctl("KVM_SET_LAPIC"))?;
+    let got = v.try_get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     for (off, val, name) in fields {
         ensure_eq!(
             lapic_u32(&got, off),
@@ -1347,10 +1399,10 @@ fn custom_cpuid(host: &Host) -> Vec<kvm_cpuid_entry2> {
     v
 }
 
-fn set_cpuid(v: &VcpuFd, entries: &[kvm_cpuid_entry2]) -> Outcome {
+fn set_cpuid(v: &Vcpu, entries: &[kvm_cpuid_entry2]) -> Outcome {
     let c = CpuId::from_entries(entries)
         .map_err(|e| Fail::failed(format!("building kvm_cpuid2: {e:?}")))?;
-    v.set_cpuid2(&c).map_err(ioctl("KVM_SET_CPUID2"))
+    v.try_set_cpuid2(&c).map_err(ioctl("KVM_SET_CPUID2"))
 }
 
 fn cpuid_diffs(
@@ -1405,7 +1457,7 @@ fn cpuid2_round_trip(host: &Host) -> Outcome {
     set_cpuid(g.vcpu(), &want)?;
     let got = g
         .vcpu()
-        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+        .try_get_cpuid2(KVM_MAX_CPUID_ENTRIES)
         .map_err(ioctl("KVM_GET_CPUID2"))?;
     let got = got.as_slice();
     let mut d = cpuid_diffs(

@@ -12,7 +12,11 @@ use crate::catalogue::system::{UNKNOWN_CAP, expect_errno, max_vcpu_id, max_vcpus
 use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
-use kvm_bindings::{
+use kvmconf_guests::case::{Case, Mode, PageSize};
+use kvmconf_guests::layout::GuestModel;
+use kvmconf_guests::result::{CaseResult, Event, Exit};
+use kvmconf_harness::abi::{self, EFD_NONBLOCK, EventFd, IoEventAddress, NoDatamatch};
+use kvmconf_harness::abi::{
     KVM_CAP_ADJUST_CLOCK, KVM_CAP_BINARY_STATS_FD, KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO,
     KVM_CAP_ENABLE_CAP_VM, KVM_CAP_IOEVENTFD, KVM_CAP_IRQCHIP, KVM_CAP_IRQFD,
     KVM_CAP_MULTI_ADDRESS_SPACE, KVM_CAP_NR_MEMSLOTS, KVM_CAP_NR_VCPUS, KVM_CAP_PIT_STATE2,
@@ -21,12 +25,7 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_UNKNOWN, KVM_PIT_FLAGS_HPET_LEGACY, kvm_clock_data, kvm_enable_cap,
     kvm_ioeventfd, kvm_irqchip, kvm_pit_config,
 };
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use kvmconf_guests::case::{Case, Mode, PageSize};
-use kvmconf_guests::layout::GuestModel;
-use kvmconf_guests::result::{CaseResult, Event, Exit};
-use kvmconf_harness::raw::{self, EFD_NONBLOCK, EventFd, RawError, Slot};
-use kvmconf_harness::{Host, TestVm};
+use kvmconf_harness::{Host, MemslotError, Slot, TestVm, Vm};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -140,16 +139,17 @@ fn ensure_unmapped(vm: &mut TestVm, gpa: u64, what: &str) -> Outcome {
 }
 
 /// The errno of a memslot call (`None` on success); a call that was not issued fails the check.
-fn slot_errno(r: Result<(), RawError>) -> Result<Option<i32>, Fail> {
+fn slot_errno(r: Result<(), MemslotError>) -> Result<Option<i32>, Fail> {
     match r {
         Ok(()) => Ok(None),
-        Err(RawError::Ioctl { errno, .. }) => Ok(Some(errno)),
+        Err(MemslotError::Ioctl(e)) => Ok(Some(e.errno())),
         Err(e) => Err(Fail::failed(e.to_string())),
     }
 }
 
 fn map(vm: &TestVm, s: Slot) -> Outcome {
-    raw::map_in(vm, s).map_err(|e| Fail::failed(format!("{e} ({s:x?})")))
+    vm.try_set_memslot(s)
+        .map_err(|e| Fail::failed(format!("{e} ({s:x?})")))
 }
 
 /// The standard extra slot: id [`EXTRA_SLOT`], 64 KiB at [`EXTRA_GPA`] backed at [`BACKING`].
@@ -175,7 +175,7 @@ fn vm_with_extra(host: &Host, flags: u32) -> Result<TestVm, Fail> {
 
 fn expect_rejected(vm: &TestVm, s: Slot, want: i32, what: &str) -> Outcome {
     expect_errno(
-        slot_errno(raw::map_in(vm, s))?,
+        slot_errno(vm.try_set_memslot(s))?,
         want,
         &format!("{what} ({s:x?})"),
     )
@@ -188,8 +188,8 @@ fn nr_memslots(host: &Host) -> Result<u32, Fail> {
 
 // ---- KVM_CREATE_VCPU ----
 
-fn new_vm(host: &Host) -> Result<VmFd, Fail> {
-    host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))
+fn new_vm(host: &Host) -> Result<Vm, Fail> {
+    host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))
 }
 
 fn create_vcpu_recommended_count_succeeds(host: &Host) -> Outcome {
@@ -200,9 +200,10 @@ fn create_vcpu_recommended_count_succeeds(host: &Host) -> Outcome {
     let vm = new_vm(host)?;
     let mut vcpus = Vec::new();
     for id in 0..n {
-        vcpus.push(vm.create_vcpu(id).map_err(|e| {
+        vcpus.push(vm.try_create_vcpu(id).map_err(|e| {
             Fail::failed(format!(
-                "KVM_CREATE_VCPU id {id} of the recommended {n}: {e}"
+                "KVM_CREATE_VCPU id {id} of the recommended {n}: {}",
+                e.os_error()
             ))
         })?);
     }
@@ -212,10 +213,13 @@ fn create_vcpu_recommended_count_succeeds(host: &Host) -> Outcome {
 fn create_vcpu_last_valid_id_succeeds(host: &Host) -> Outcome {
     let last = max_vcpu_id(host) as u64 - 1;
     let vm = new_vm(host)?;
-    let v = vm
-        .create_vcpu(last)
-        .map_err(|e| Fail::failed(format!("KVM_CREATE_VCPU id {last} (max_vcpu_id - 1): {e}")))?;
-    v.get_regs()
+    let v = vm.try_create_vcpu(last).map_err(|e| {
+        Fail::failed(format!(
+            "KVM_CREATE_VCPU id {last} (max_vcpu_id - 1): {}",
+            e.os_error()
+        ))
+    })?;
+    v.try_get_regs()
         .map_err(ioctl("KVM_GET_REGS on the new vCPU"))?;
     Ok(())
 }
@@ -224,7 +228,7 @@ fn create_vcpu_id_out_of_range_einval(host: &Host) -> Outcome {
     let max = max_vcpu_id(host) as u64;
     let vm = new_vm(host)?;
     for id in [max, max + 1, 1 << 32, u64::from(u32::MAX)] {
-        match vm.create_vcpu(id) {
+        match vm.try_create_vcpu(id) {
             Ok(_) => {
                 return Err(Fail::failed(format!(
                     "KVM_CREATE_VCPU id {id:#x} (max_vcpu_id {max}): wanted EINVAL, got a vCPU"
@@ -245,7 +249,7 @@ fn create_vcpu_id_out_of_range_einval(host: &Host) -> Outcome {
     let mut vcpus = Vec::new();
     for id in 0..n {
         vcpus.push(
-            vm.create_vcpu(id)
+            vm.try_create_vcpu(id)
                 .map_err(ioctl("KVM_CREATE_VCPU after the rejected ids"))?,
         );
     }
@@ -276,17 +280,18 @@ fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
     let ids: Vec<u64> = (0..max).map(|i| spread_id(i, max, max_id)).collect();
     let mut vcpus = Vec::with_capacity(ids.len());
     for (n, &id) in ids.iter().enumerate() {
-        vcpus.push(vm.create_vcpu(id).map_err(|e| {
+        vcpus.push(vm.try_create_vcpu(id).map_err(|e| {
             Fail::failed(format!(
                 "KVM_CREATE_VCPU id {id} (vCPU {} of KVM_CAP_MAX_VCPUS = {max}, ids spread over \
-                 [0, {max_id})): {e}",
-                n + 1
+                 [0, {max_id})): {}",
+                n + 1,
+                e.os_error()
             ))
         })?);
     }
     // One more, with an id in range that is not taken (when the ids leave one free).
     if let Some(extra) = (0..max_id).find(|id| ids.binary_search(id).is_err()) {
-        match vm.create_vcpu(extra) {
+        match vm.try_create_vcpu(extra) {
             Ok(_) => {
                 return Err(Fail::failed(format!(
                     "KVM_CREATE_VCPU id {extra} with KVM_CAP_MAX_VCPUS = {max} vCPUs already \
@@ -305,9 +310,10 @@ fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
         (&vcpus[0], ids[0]),
         (&vcpus[vcpus.len() - 1], ids[ids.len() - 1]),
     ] {
-        v.get_regs().map_err(|e| {
+        v.try_get_regs().map_err(|e| {
             Fail::failed(format!(
-                "KVM_GET_REGS on vCPU id {id} after the rejected creation: {e}"
+                "KVM_GET_REGS on vCPU id {id} after the rejected creation: {}",
+                e.os_error()
             ))
         })?;
     }
@@ -316,11 +322,13 @@ fn create_vcpu_max_vcpus_succeed_one_more_einval(host: &Host) -> Outcome {
 
 fn create_vcpu_duplicate_id_eexist(host: &Host) -> Outcome {
     let vm = new_vm(host)?;
-    let first = vm.create_vcpu(1).map_err(ioctl("KVM_CREATE_VCPU id 1"))?;
-    let mut regs = first.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let first = vm
+        .try_create_vcpu(1)
+        .map_err(ioctl("KVM_CREATE_VCPU id 1"))?;
+    let mut regs = first.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
     regs.rax = 0x1234_5678;
-    first.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
-    match vm.create_vcpu(1) {
+    first.try_set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+    match vm.try_create_vcpu(1) {
         Ok(_) => {
             return Err(Fail::failed(
                 "second KVM_CREATE_VCPU id 1: wanted EEXIST, got a vCPU",
@@ -328,13 +336,13 @@ fn create_vcpu_duplicate_id_eexist(host: &Host) -> Outcome {
         }
         Err(e) => expect_errno(Some(e.errno()), libc::EEXIST, "second KVM_CREATE_VCPU id 1")?,
     }
-    let after = first.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let after = first.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
     ensure_eq!(
         after.rax,
         0x1234_5678,
         "the first vCPU's rax after the rejected duplicate"
     );
-    vm.create_vcpu(0)
+    vm.try_create_vcpu(0)
         .map_err(ioctl("KVM_CREATE_VCPU id 0 after the duplicate"))?;
     Ok(())
 }
@@ -592,7 +600,7 @@ fn memslot_flags_change_dirty_log(host: &Host) -> Outcome {
         a.mov(dword_ptr(EXTRA_GPA + 0x2000), 1u32)?;
         a.hlt()
     })?;
-    let log = vm.fd().get_dirty_log(EXTRA_SLOT, 0x10000).map_err(ioctl(
+    let log = vm.try_get_dirty_log(EXTRA_SLOT, 0x10000).map_err(ioctl(
         "KVM_GET_DIRTY_LOG after turning on KVM_MEM_LOG_DIRTY_PAGES",
     ))?;
     ensure_eq!(
@@ -606,7 +614,7 @@ fn memslot_flags_change_dirty_log(host: &Host) -> Outcome {
 fn memslot_readonly_flag_change_succeeds(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_READONLY_MEM, "READONLY_MEM")?;
     let mut vm = vm_with_extra(host, 0)?;
-    let r = slot_errno(raw::map_in(&vm, extra(KVM_MEM_READONLY)))?;
+    let r = slot_errno(vm.try_set_memslot(extra(KVM_MEM_READONLY)))?;
     let read_back = guest_read32(&mut vm, EXTRA_GPA)?;
     ensure!(
         r.is_none(),
@@ -780,8 +788,7 @@ fn dirty_log_reads_only_cpl3(host: &Host) -> Outcome {
 fn dirty_log_bit0_is_slot_start(host: &Host) -> Outcome {
     let mut vm = vm_with_extra(host, KVM_MEM_LOG_DIRTY_PAGES)?;
     let empty = vm
-        .fd()
-        .get_dirty_log(EXTRA_SLOT, 0x10000)
+        .try_get_dirty_log(EXTRA_SLOT, 0x10000)
         .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
     ensure_eq!(
         empty,
@@ -796,8 +803,7 @@ fn dirty_log_bit0_is_slot_start(host: &Host) -> Outcome {
         a.hlt()
     })?;
     let log = vm
-        .fd()
-        .get_dirty_log(EXTRA_SLOT, 0x10000)
+        .try_get_dirty_log(EXTRA_SLOT, 0x10000)
         .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
     ensure_eq!(
         log,
@@ -805,8 +811,7 @@ fn dirty_log_bit0_is_slot_start(host: &Host) -> Outcome {
         "bitmap after writes to pages 3 and 15 of the slot"
     );
     let log = vm
-        .fd()
-        .get_dirty_log(EXTRA_SLOT, 0x10000)
+        .try_get_dirty_log(EXTRA_SLOT, 0x10000)
         .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
     ensure_eq!(log, vec![0u64], "bitmap read a second time");
     Ok(())
@@ -814,25 +819,26 @@ fn dirty_log_bit0_is_slot_start(host: &Host) -> Outcome {
 
 // ---- KVM_CREATE_IRQCHIP, KVM_IRQ_LINE, KVM_CREATE_PIT2 ----
 
-fn irqchip_vm(host: &Host) -> Result<VmFd, Fail> {
+fn irqchip_vm(host: &Host) -> Result<Vm, Fail> {
     require_cap(host, KVM_CAP_IRQCHIP, "IRQCHIP")?;
     let vm = new_vm(host)?;
-    vm.create_irq_chip().map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+    vm.try_create_irqchip()
+        .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
     Ok(vm)
 }
 
-fn chip(vm: &VmFd, id: u32) -> Result<kvm_irqchip, Fail> {
+fn chip(vm: &Vm, id: u32) -> Result<kvm_irqchip, Fail> {
     let mut c = kvm_irqchip {
         chip_id: id,
         ..Default::default()
     };
-    vm.get_irqchip(&mut c)
-        .map_err(|e| Fail::failed(format!("KVM_GET_IRQCHIP chip {id}: {e}")))?;
+    vm.try_get_irqchip(&mut c)
+        .map_err(|e| Fail::failed(format!("KVM_GET_IRQCHIP chip {id}: {}", e.os_error())))?;
     Ok(c)
 }
 
-fn pic_irr(vm: &VmFd) -> Result<u8, Fail> {
-    Ok(raw::pic_state(&chip(vm, 0)?).irr)
+fn pic_irr(vm: &Vm) -> Result<u8, Fail> {
+    Ok(abi::pic_state(&chip(vm, 0)?).irr)
 }
 
 fn create_irqchip_chips_readable(host: &Host) -> Outcome {
@@ -846,11 +852,11 @@ fn create_irqchip_chips_readable(host: &Host) -> Outcome {
 fn create_irqchip_twice_eexist(host: &Host) -> Outcome {
     let vm = irqchip_vm(host)?;
     let mut c = chip(&vm, 0)?;
-    let mut pic = raw::pic_state(&c);
+    let mut pic = abi::pic_state(&c);
     pic.imr = 0xa5;
     c.chip.pic = pic;
-    vm.set_irqchip(&c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
-    match vm.create_irq_chip() {
+    vm.try_set_irqchip(&c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
+    match vm.try_create_irqchip() {
         Ok(()) => {
             return Err(Fail::failed(
                 "second KVM_CREATE_IRQCHIP: wanted EEXIST, got success",
@@ -859,7 +865,7 @@ fn create_irqchip_twice_eexist(host: &Host) -> Outcome {
         Err(e) => expect_errno(Some(e.errno()), libc::EEXIST, "second KVM_CREATE_IRQCHIP")?,
     }
     ensure_eq!(
-        raw::pic_state(&chip(&vm, 0)?).imr,
+        abi::pic_state(&chip(&vm, 0)?).imr,
         0xa5,
         "PIC1 IMR after the rejected second irqchip"
     );
@@ -870,12 +876,12 @@ fn set_irqchip_pic_roundtrips(host: &Host) -> Outcome {
     let vm = irqchip_vm(host)?;
     for id in [0u32, 1] {
         let mut c = chip(&vm, id)?;
-        let mut pic = raw::pic_state(&c);
+        let mut pic = abi::pic_state(&c);
         pic.imr = 0x3c ^ id as u8;
         pic.irq_base = 0x20 + 8 * id as u8;
         c.chip.pic = pic;
-        vm.set_irqchip(&c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
-        let back = raw::pic_state(&chip(&vm, id)?);
+        vm.try_set_irqchip(&c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
+        let back = abi::pic_state(&chip(&vm, id)?);
         ensure_eq!(
             (back.imr, back.irq_base),
             (pic.imr, pic.irq_base),
@@ -893,9 +899,9 @@ fn irq_line_edge_sets_pic_irr(host: &Host) -> Outcome {
         0,
         "PIC1 IRR bit 3 before KVM_IRQ_LINE"
     );
-    vm.set_irq_line(3, true)
+    vm.try_irq_line(3, true)
         .map_err(ioctl("KVM_IRQ_LINE gsi 3 level 1"))?;
-    vm.set_irq_line(3, false)
+    vm.try_irq_line(3, false)
         .map_err(ioctl("KVM_IRQ_LINE gsi 3 level 0"))?;
     ensure_eq!(
         pic_irr(&vm)? & (1 << 3),
@@ -909,11 +915,11 @@ fn irq_line_without_irqchip_fails(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IRQCHIP, "IRQCHIP")?;
     let vm = new_vm(host)?;
     ensure!(
-        vm.set_irq_line(3, true).is_err(),
+        vm.try_irq_line(3, true).is_err(),
         "KVM_IRQ_LINE with no in-kernel irqchip: wanted an error (x86 requires KVM_CREATE_IRQCHIP first), got success"
     );
     // Still no irqchip: creating one works now.
-    vm.create_irq_chip()
+    vm.try_create_irqchip()
         .map_err(ioctl("KVM_CREATE_IRQCHIP after the rejected KVM_IRQ_LINE"))?;
     ensure_eq!(pic_irr(&vm)?, 0, "PIC1 IRR of the new irqchip");
     Ok(())
@@ -922,10 +928,10 @@ fn irq_line_without_irqchip_fails(host: &Host) -> Outcome {
 fn create_pit2_after_irqchip(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_PIT2, "PIT2")?;
     let vm = irqchip_vm(host)?;
-    vm.create_pit2(kvm_pit_config::default())
+    vm.try_create_pit2(kvm_pit_config::default())
         .map_err(ioctl("KVM_CREATE_PIT2"))?;
     if host.check_raw(KVM_CAP_PIT_STATE2) > 0 {
-        vm.get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
+        vm.try_get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
     }
     Ok(())
 }
@@ -934,12 +940,12 @@ fn create_pit2_without_irqchip_fails(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_PIT2, "PIT2")?;
     let vm = new_vm(host)?;
     ensure!(
-        vm.create_pit2(kvm_pit_config::default()).is_err(),
+        vm.try_create_pit2(kvm_pit_config::default()).is_err(),
         "KVM_CREATE_PIT2 before KVM_CREATE_IRQCHIP: wanted an error (only valid after it), got success"
     );
     if host.check_raw(KVM_CAP_PIT_STATE2) > 0 {
         ensure!(
-            vm.get_pit2().is_err(),
+            vm.try_get_pit2().is_err(),
             "KVM_GET_PIT2 after the rejected KVM_CREATE_PIT2: wanted an error (no PIT), got a state"
         );
     }
@@ -950,17 +956,17 @@ fn set_pit2_flags_roundtrip(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_PIT2, "PIT2")?;
     require_cap(host, KVM_CAP_PIT_STATE2, "PIT_STATE2")?;
     let vm = irqchip_vm(host)?;
-    vm.create_pit2(kvm_pit_config::default())
+    vm.try_create_pit2(kvm_pit_config::default())
         .map_err(ioctl("KVM_CREATE_PIT2"))?;
-    let mut st = vm.get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
+    let mut st = vm.try_get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
     ensure_eq!(
         st.flags & KVM_PIT_FLAGS_HPET_LEGACY,
         0,
         "KVM_PIT_FLAGS_HPET_LEGACY of a new PIT"
     );
     st.flags |= KVM_PIT_FLAGS_HPET_LEGACY;
-    vm.set_pit2(&st).map_err(ioctl("KVM_SET_PIT2"))?;
-    let back = vm.get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
+    vm.try_set_pit2(&st).map_err(ioctl("KVM_SET_PIT2"))?;
+    let back = vm.try_get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
     ensure_eq!(
         back.flags & KVM_PIT_FLAGS_HPET_LEGACY,
         KVM_PIT_FLAGS_HPET_LEGACY,
@@ -997,8 +1003,7 @@ fn ioeventfd_pio_signals_without_exit(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IOEVENTFD, "IOEVENTFD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
-    vm.fd()
-        .register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), NoDatamatch)
+    vm.try_register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), NoDatamatch)
         .map_err(ioctl("KVM_IOEVENTFD"))?;
     let r = run32(&mut vm, "out", out_program(&[0x42]))?;
     ensure_eq!(
@@ -1014,8 +1019,7 @@ fn ioeventfd_mmio_signals_without_exit(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IOEVENTFD, "IOEVENTFD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
-    vm.fd()
-        .register_ioevent(&e, &IoEventAddress::Mmio(MMIO_GPA), 0x77u32)
+    vm.try_register_ioevent(&e, &IoEventAddress::Mmio(MMIO_GPA), 0x77u32)
         .map_err(ioctl("KVM_IOEVENTFD"))?;
     let r = run32(&mut vm, "mmio", |a| {
         a.mov(dword_ptr(MMIO_GPA), 0x77u32)?;
@@ -1035,8 +1039,7 @@ fn ioeventfd_datamatch_selects(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IOEVENTFD, "IOEVENTFD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
-    vm.fd()
-        .register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), 0x42u32)
+    vm.try_register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), 0x42u32)
         .map_err(ioctl("KVM_IOEVENTFD"))?;
     let r = run32(&mut vm, "out", out_program(&[0x41, 0x42, 0x4200_0042]))?;
     ensure_eq!(
@@ -1056,11 +1059,9 @@ fn ioeventfd_deassign_stops(host: &Host) -> Outcome {
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
     let addr = IoEventAddress::Pio(PORT.into());
-    vm.fd()
-        .register_ioevent(&e, &addr, NoDatamatch)
+    vm.try_register_ioevent(&e, &addr, NoDatamatch)
         .map_err(ioctl("KVM_IOEVENTFD"))?;
-    vm.fd()
-        .unregister_ioevent(&e, &addr, NoDatamatch)
+    vm.try_unregister_ioevent(&e, &addr, NoDatamatch)
         .map_err(ioctl("KVM_IOEVENTFD (KVM_IOEVENTFD_FLAG_DEASSIGN)"))?;
     let r = run32(&mut vm, "out", out_program(&[0x42]))?;
     ensure_eq!(
@@ -1082,10 +1083,10 @@ fn ioeventfd_invalid_len_einval(host: &Host) -> Outcome {
             addr: u64::from(PORT),
             len,
             fd: std::os::fd::AsRawFd::as_raw_fd(&e),
-            flags: 1 << kvm_bindings::kvm_ioeventfd_flag_nr_pio,
+            flags: 1 << kvmconf_harness::abi::kvm_ioeventfd_flag_nr_pio,
             ..Default::default()
         };
-        let r = raw::ioeventfd(vm.fd(), &args).err().and_then(|e| e.errno());
+        let r = vm.try_ioeventfd(&args).err().map(|e| e.errno());
         expect_errno(
             r,
             libc::EINVAL,
@@ -1104,7 +1105,7 @@ fn ioeventfd_invalid_len_einval(host: &Host) -> Outcome {
 
 // ---- KVM_IRQFD ----
 
-fn wait_irr(vm: &VmFd, bit: u8, within: Duration) -> Result<bool, Fail> {
+fn wait_irr(vm: &Vm, bit: u8, within: Duration) -> Result<bool, Fail> {
     let start = Instant::now();
     loop {
         if pic_irr(vm)? & (1 << bit) != 0 {
@@ -1121,7 +1122,7 @@ fn irqfd_signal_raises_pic_irr(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IRQFD, "IRQFD")?;
     let vm = irqchip_vm(host)?;
     let e = eventfd()?;
-    vm.register_irqfd(&e, 5).map_err(ioctl("KVM_IRQFD"))?;
+    vm.try_register_irqfd(&e, 5).map_err(ioctl("KVM_IRQFD"))?;
     e.write(1)
         .map_err(|err| Fail::failed(format!("eventfd write: {err}")))?;
     ensure!(
@@ -1136,8 +1137,8 @@ fn irqfd_deassign_stops_injection(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IRQFD, "IRQFD")?;
     let vm = irqchip_vm(host)?;
     let e = eventfd()?;
-    vm.register_irqfd(&e, 6).map_err(ioctl("KVM_IRQFD"))?;
-    vm.unregister_irqfd(&e, 6)
+    vm.try_register_irqfd(&e, 6).map_err(ioctl("KVM_IRQFD"))?;
+    vm.try_unregister_irqfd(&e, 6)
         .map_err(ioctl("KVM_IRQFD (KVM_IRQFD_FLAG_DEASSIGN)"))?;
     e.write(1)
         .map_err(|err| Fail::failed(format!("eventfd write: {err}")))?;
@@ -1147,8 +1148,8 @@ fn irqfd_deassign_stops_injection(host: &Host) -> Outcome {
         pic_irr(&vm)?
     );
     // The GSI itself still works.
-    vm.set_irq_line(6, true).map_err(ioctl("KVM_IRQ_LINE"))?;
-    vm.set_irq_line(6, false).map_err(ioctl("KVM_IRQ_LINE"))?;
+    vm.try_irq_line(6, true).map_err(ioctl("KVM_IRQ_LINE"))?;
+    vm.try_irq_line(6, false).map_err(ioctl("KVM_IRQ_LINE"))?;
     ensure_eq!(
         pic_irr(&vm)? & (1 << 6),
         1 << 6,
@@ -1159,13 +1160,13 @@ fn irqfd_deassign_stops_injection(host: &Host) -> Outcome {
 
 // ---- KVM_GET_CLOCK / KVM_SET_CLOCK ----
 
-fn clock_vm(host: &Host) -> Result<VmFd, Fail> {
+fn clock_vm(host: &Host) -> Result<Vm, Fail> {
     require_cap(host, KVM_CAP_ADJUST_CLOCK, "ADJUST_CLOCK")?;
     new_vm(host)
 }
 
-fn get_clock(vm: &VmFd) -> Result<kvm_clock_data, Fail> {
-    vm.get_clock().map_err(ioctl("KVM_GET_CLOCK"))
+fn get_clock(vm: &Vm) -> Result<kvm_clock_data, Fail> {
+    vm.try_get_clock().map_err(ioctl("KVM_GET_CLOCK"))
 }
 
 fn get_clock_monotonic(host: &Host) -> Outcome {
@@ -1212,7 +1213,7 @@ fn set_clock_then_get(host: &Host) -> Outcome {
     let vm = clock_vm(host)?;
     for target in [1_000_000_000_000u64, 5_000_000] {
         let t0 = Instant::now();
-        vm.set_clock(&kvm_clock_data {
+        vm.try_set_clock(&kvm_clock_data {
             clock: target,
             ..Default::default()
         })
@@ -1233,7 +1234,7 @@ fn set_clock_then_get(host: &Host) -> Outcome {
 fn set_tss_addr_below_4g(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SET_TSS_ADDR, "SET_TSS_ADDR")?;
     let vm = new_vm(host)?;
-    vm.set_tss_address(0xfffb_d000)
+    vm.try_set_tss_address(0xfffb_d000)
         .map_err(ioctl("KVM_SET_TSS_ADDR 0xfffbd000"))?;
     Ok(())
 }
@@ -1241,9 +1242,9 @@ fn set_tss_addr_below_4g(host: &Host) -> Outcome {
 fn set_identity_map_addr_before_vcpu(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SET_IDENTITY_MAP_ADDR, "SET_IDENTITY_MAP_ADDR")?;
     let vm = new_vm(host)?;
-    vm.set_identity_map_address(0xfeff_c000)
+    vm.try_set_identity_map_address(0xfeff_c000)
         .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR 0xfeffc000"))?;
-    vm.set_identity_map_address(0)
+    vm.try_set_identity_map_address(0)
         .map_err(ioctl("KVM_SET_IDENTITY_MAP_ADDR 0 (reset to the default)"))?;
     Ok(())
 }
@@ -1251,9 +1252,9 @@ fn set_identity_map_addr_before_vcpu(host: &Host) -> Outcome {
 fn set_identity_map_addr_after_vcpu_fails(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SET_IDENTITY_MAP_ADDR, "SET_IDENTITY_MAP_ADDR")?;
     let vm = new_vm(host)?;
-    let _vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let _vcpu = vm.try_create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
     ensure!(
-        vm.set_identity_map_address(0xfeff_c000).is_err(),
+        vm.try_set_identity_map_address(0xfeff_c000).is_err(),
         "KVM_SET_IDENTITY_MAP_ADDR after KVM_CREATE_VCPU: wanted an error, got success"
     );
     Ok(())
@@ -1264,7 +1265,7 @@ fn set_identity_map_addr_after_vcpu_fails(host: &Host) -> Outcome {
 fn enable_cap_unknown_cap_einval(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_ENABLE_CAP_VM, "ENABLE_CAP_VM")?;
     let vm = new_vm(host)?;
-    let r = vm.enable_cap(&kvm_enable_cap {
+    let r = vm.try_enable_cap(&kvm_enable_cap {
         cap: UNKNOWN_CAP,
         ..Default::default()
     });
@@ -1273,7 +1274,7 @@ fn enable_cap_unknown_cap_einval(host: &Host) -> Outcome {
         libc::EINVAL,
         &format!("KVM_ENABLE_CAP({UNKNOWN_CAP:#x}) on a VM fd"),
     )?;
-    vm.create_vcpu(0)
+    vm.try_create_vcpu(0)
         .map_err(ioctl("KVM_CREATE_VCPU after the rejected KVM_ENABLE_CAP"))?;
     Ok(())
 }
@@ -1289,12 +1290,12 @@ fn enable_cap_nonzero_flags_einval(host: &Host) -> Outcome {
     };
     cap.args[0] = u64::from(KVM_MSR_EXIT_REASON_UNKNOWN);
     expect_errno(
-        vm.enable_cap(&cap).err().map(|e| e.errno()),
+        vm.try_enable_cap(&cap).err().map(|e| e.errno()),
         libc::EINVAL,
         "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR) with flags 1 (must be 0)",
     )?;
     cap.flags = 0;
-    vm.enable_cap(&cap).map_err(ioctl(
+    vm.try_enable_cap(&cap).map_err(ioctl(
         "KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR) with flags 0",
     ))?;
     Ok(())
@@ -1306,8 +1307,7 @@ fn coalesced_vm(host: &Host) -> Result<TestVm, Fail> {
     require_cap(host, KVM_CAP_COALESCED_MMIO, "COALESCED_MMIO")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     vm.vcpu
-        .fd_mut()
-        .map_coalesced_mmio_ring()
+        .try_map_coalesced_ring()
         .map_err(ioctl("mmap of the coalesced MMIO ring"))?;
     Ok(vm)
 }
@@ -1316,14 +1316,13 @@ fn ring(vm: &mut TestVm) -> Result<Vec<(u64, u32, u32, u64)>, Fail> {
     let mut out = Vec::new();
     while let Some(e) = vm
         .vcpu
-        .fd_mut()
-        .coalesced_mmio_read()
+        .try_coalesced_read()
         .map_err(ioctl("coalesced MMIO ring"))?
     {
         out.push((
             e.phys_addr,
             e.len,
-            raw::coalesced_pio(&e),
+            abi::coalesced_pio(&e),
             u64::from_le_bytes(e.data),
         ));
         if out.len() > 1000 {
@@ -1335,8 +1334,7 @@ fn ring(vm: &mut TestVm) -> Result<Vec<(u64, u32, u32, u64)>, Fail> {
 
 fn coalesced_mmio_writes_in_ring(host: &Host) -> Outcome {
     let mut vm = coalesced_vm(host)?;
-    vm.fd()
-        .register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)
+    vm.try_register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)
         .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
     let r = run32(&mut vm, "writes", |a| {
         a.mov(dword_ptr(MMIO_GPA), 0x11u32)?;
@@ -1363,8 +1361,7 @@ fn coalesced_mmio_writes_in_ring(host: &Host) -> Outcome {
 
 fn coalesced_mmio_reads_exit(host: &Host) -> Outcome {
     let mut vm = coalesced_vm(host)?;
-    vm.fd()
-        .register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)
+    vm.try_register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)
         .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
     let r = run32(&mut vm, "write then read", |a| {
         a.mov(dword_ptr(MMIO_GPA + 8), 0x99u32)?;
@@ -1387,11 +1384,9 @@ fn coalesced_mmio_reads_exit(host: &Host) -> Outcome {
 fn coalesced_mmio_unregister_restores_exits(host: &Host) -> Outcome {
     let mut vm = coalesced_vm(host)?;
     let zone = IoEventAddress::Mmio(MMIO_GPA);
-    vm.fd()
-        .register_coalesced_mmio(zone, 0x1000)
+    vm.try_register_coalesced_mmio(zone, 0x1000)
         .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
-    vm.fd()
-        .unregister_coalesced_mmio(zone, 0x1000)
+    vm.try_unregister_coalesced_mmio(zone, 0x1000)
         .map_err(ioctl("KVM_UNREGISTER_COALESCED_MMIO"))?;
     let r = run32(&mut vm, "write", |a| {
         a.mov(dword_ptr(MMIO_GPA), 0x11u32)?;
@@ -1409,8 +1404,7 @@ fn coalesced_mmio_unregister_restores_exits(host: &Host) -> Outcome {
 fn coalesced_pio_writes_in_ring(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_COALESCED_PIO, "COALESCED_PIO")?;
     let mut vm = coalesced_vm(host)?;
-    vm.fd()
-        .register_coalesced_mmio(IoEventAddress::Pio(PORT.into()), 4)
+    vm.try_register_coalesced_mmio(IoEventAddress::Pio(PORT.into()), 4)
         .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO (pio)"))?;
     let r = run32(&mut vm, "out", out_program(&[0x42, 0x43]))?;
     ensure_eq!(
@@ -1561,23 +1555,23 @@ impl Stats {
                 names.insert(name.clone()),
                 "{what}: statistic {name} described twice"
             );
-            let ty = flags & kvm_bindings::KVM_STATS_TYPE_MASK;
-            let unit = flags & kvm_bindings::KVM_STATS_UNIT_MASK;
-            let base = flags & kvm_bindings::KVM_STATS_BASE_MASK;
+            let ty = flags & kvmconf_harness::abi::KVM_STATS_TYPE_MASK;
+            let unit = flags & kvmconf_harness::abi::KVM_STATS_UNIT_MASK;
+            let base = flags & kvmconf_harness::abi::KVM_STATS_BASE_MASK;
             ensure!(
-                ty <= kvm_bindings::KVM_STATS_TYPE_MAX,
+                ty <= kvmconf_harness::abi::KVM_STATS_TYPE_MAX,
                 "{what}: {name}: type {ty:#x} beyond KVM_STATS_TYPE_MAX"
             );
             ensure!(
-                unit <= kvm_bindings::KVM_STATS_UNIT_MAX,
+                unit <= kvmconf_harness::abi::KVM_STATS_UNIT_MAX,
                 "{what}: {name}: unit {unit:#x} beyond KVM_STATS_UNIT_MAX"
             );
             ensure!(
-                base <= kvm_bindings::KVM_STATS_BASE_MAX,
+                base <= kvmconf_harness::abi::KVM_STATS_BASE_MAX,
                 "{what}: {name}: base {base:#x} beyond KVM_STATS_BASE_MAX"
             );
             ensure!(size >= 1, "{what}: {name}: size 0");
-            if ty <= kvm_bindings::KVM_STATS_TYPE_PEAK {
+            if ty <= kvmconf_harness::abi::KVM_STATS_TYPE_PEAK {
                 ensure_eq!(
                     size,
                     1,
@@ -1613,10 +1607,10 @@ fn ensure_id(got: &str, suffix: &str, what: &str) -> Outcome {
     Ok(())
 }
 
-fn stats_vm(host: &Host) -> Result<(VmFd, Stats), Fail> {
+fn stats_vm(host: &Host) -> Result<(Vm, Stats), Fail> {
     require_cap(host, KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD")?;
     let vm = new_vm(host)?;
-    let s = read_stats(raw::vm_stats_fd(&vm).map_err(|e| Fail::failed(e.to_string()))?)?;
+    let s = read_stats(vm.try_stats_fd().map_err(|e| Fail::failed(e.to_string()))?)?;
     Ok((vm, s))
 }
 
@@ -1640,8 +1634,11 @@ fn stats_fd_vm_descriptors_parse(host: &Host) -> Outcome {
 fn stats_fd_vcpu_header_and_id(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD")?;
     let vm = new_vm(host)?;
-    let vcpu = vm.create_vcpu(3).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    let s = read_stats(raw::vcpu_stats_fd(&vcpu).map_err(|e| Fail::failed(e.to_string()))?)?;
+    let vcpu = vm.try_create_vcpu(3).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let s = read_stats(
+        vcpu.try_stats_fd()
+            .map_err(|e| Fail::failed(e.to_string()))?,
+    )?;
     s.check_layout("vCPU stats")?;
     s.check_descs("vCPU stats")?;
     ensure_id(&s.id(), "/vcpu-3", "vCPU stats id string")?;
@@ -1652,13 +1649,19 @@ fn stats_fd_vcpu_cumulative_do_not_decrease(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let read = |vm: &TestVm| -> Result<Stats, Fail> {
-        read_stats(raw::vcpu_stats_fd(vm.vcpu.fd()).map_err(|e| Fail::failed(e.to_string()))?)
+        read_stats(
+            vm.vcpu
+                .try_stats_fd()
+                .map_err(|e| Fail::failed(e.to_string()))?,
+        )
     };
     let before = read(&vm)?;
     run32(&mut vm, "outs", out_program(&[1, 2, 3]))?;
     let after = read(&vm)?;
     for (name, flags, _, size, off) in before.descs() {
-        if flags & kvm_bindings::KVM_STATS_TYPE_MASK != kvm_bindings::KVM_STATS_TYPE_CUMULATIVE {
+        if flags & kvmconf_harness::abi::KVM_STATS_TYPE_MASK
+            != kvmconf_harness::abi::KVM_STATS_TYPE_CUMULATIVE
+        {
             continue;
         }
         for k in 0..usize::from(size) {
