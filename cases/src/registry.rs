@@ -189,6 +189,28 @@ impl fmt::Debug for Check {
     }
 }
 
+/// Declares an area's `CHECKS`, in report order: `checks! { Vm; "vm.id", DOC, run; … }`. A run
+/// is a check function `fn(&Host) -> Outcome`, or `f(arg, …)` for one function registered with
+/// several parameters (CPL, mode, page size), which runs as `f(host, arg, …)`.
+#[macro_export]
+macro_rules! checks {
+    ($area:ident; $($id:literal, $doc:expr, $f:ident $(($($arg:expr),* $(,)?))?;)*) => {
+        /// This area's checks, in report order.
+        pub const CHECKS: &[$crate::registry::Check] = &[$($crate::registry::Check {
+            id: $id,
+            area: $crate::registry::Area::$area,
+            doc: $doc,
+            run: $crate::checks!(@run $f $(($($arg),*))?),
+        },)*];
+    };
+    (@run $f:ident) => {
+        $f
+    };
+    (@run $f:ident ($($arg:expr),*)) => {
+        |host: &kvmconf_harness::Host| $f(host, $($arg),*)
+    };
+}
+
 /// Fails with a message unless `cond` holds.
 #[macro_export]
 macro_rules! ensure {

@@ -6,7 +6,7 @@
 use crate::catalogue::fixture::{Guest, describe, expect_exit, mem};
 use crate::catalogue::harness::{CODE, case, program};
 use crate::catalogue::vcpu_state::{MSR_UNKNOWN, hex};
-use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
+use crate::registry::{Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
 use kvmconf_guests::case::{Case, MmioRegion, Mode};
@@ -785,18 +785,6 @@ fn single_step(host: &Host, mode: Mode) -> Outcome {
     g.run_to_hlt()
 }
 
-fn single_step_long64(host: &Host) -> Outcome {
-    single_step(host, Mode::Long64)
-}
-
-fn single_step_prot32(host: &Host) -> Outcome {
-    single_step(host, Mode::Prot32)
-}
-
-fn single_step_real16(host: &Host) -> Outcome {
-    single_step(host, Mode::Real16)
-}
-
 fn sw_bp_exit(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SET_GUEST_DEBUG, "SET_GUEST_DEBUG")?;
     let mut g = guest(host, Mode::Long64, |a| {
@@ -1237,14 +1225,6 @@ fn every_attempt(host: &Host, once: fn(&Host) -> Outcome) -> Outcome {
     Ok(())
 }
 
-fn irq_window_immediate(host: &Host) -> Outcome {
-    every_attempt(host, irq_window_immediate_once)
-}
-
-fn irq_window_after_sti_shadow(host: &Host) -> Outcome {
-    every_attempt(host, irq_window_after_sti_shadow_once)
-}
-
 fn kvm_nmi_delivered(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_USER_NMI, "USER_NMI")?;
     let c = with_stubs(long64_case(|a| {
@@ -1387,14 +1367,8 @@ fn sync_regs_invalid(host: &Host) -> Outcome {
     Ok(())
 }
 
-macro_rules! checks {
-    ($($id:literal, $doc:literal, $f:expr;)*) => {
-        /// The run checks.
-        pub const CHECKS: &[Check] = &[$(Check { id: $id, area: Area::Run, doc: $doc, run: $f }),*];
-    };
-}
-
-checks! {
+crate::checks! {
+    Run;
     "run.io_out_sizes_1_2_4_report_port_count_and_data",
         "api.rst 5 kvm_run KVM_EXIT_IO (direction, size, port, count, data_offset)", io_out_sizes;
     "run.io_in_sizes_1_2_4_fill_the_register",
@@ -1436,11 +1410,11 @@ checks! {
     "run.signal_mask_blocked_signal_does_not_interrupt",
         "api.rst 4.21 KVM_SET_SIGNAL_MASK (signals blocked during KVM_RUN)", signal_mask_blocks;
     "run.debug_single_step_long64_exits_after_each_instruction_with_bs",
-        "api.rst 4.87 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), 5 KVM_EXIT_DEBUG; SDM 3B 19.2.3 (DR6.BS)", single_step_long64;
+        "api.rst 4.87 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), 5 KVM_EXIT_DEBUG; SDM 3B 19.2.3 (DR6.BS)", single_step(Mode::Long64);
     "run.debug_single_step_prot32_exits_after_each_instruction_with_bs",
-        "api.rst 4.87 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), 5 KVM_EXIT_DEBUG", single_step_prot32;
+        "api.rst 4.87 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), 5 KVM_EXIT_DEBUG", single_step(Mode::Prot32);
     "run.debug_single_step_real16_exits_after_each_instruction_with_bs",
-        "api.rst 4.87 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), 5 KVM_EXIT_DEBUG", single_step_real16;
+        "api.rst 4.87 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), 5 KVM_EXIT_DEBUG", single_step(Mode::Real16);
     "run.debug_sw_bp_int3_exits_with_exception_3_at_int3",
         "api.rst 4.87 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_USE_SW_BP), 5 KVM_EXIT_DEBUG", sw_bp_exit;
     "run.debug_int3_without_sw_bp_goes_to_guest_idt",
@@ -1468,9 +1442,9 @@ checks! {
     "run.kvm_interrupt_with_in_kernel_pic_enxio",
         "api.rst 4.16 KVM_INTERRUPT (-ENXIO if the PIC is in the kernel)", kvm_interrupt_irqchip_enxio;
     "run.request_interrupt_window_exits_when_if_set",
-        "api.rst 5 kvm_run request_interrupt_window, ready_for_interrupt_injection, KVM_EXIT_IRQ_WINDOW_OPEN", irq_window_immediate;
+        "api.rst 5 kvm_run request_interrupt_window, ready_for_interrupt_injection, KVM_EXIT_IRQ_WINDOW_OPEN", every_attempt(irq_window_immediate_once);
     "run.request_interrupt_window_exits_right_after_sti_shadow",
-        "api.rst 5 kvm_run request_interrupt_window (return when it becomes possible to inject); SDM 2 STI", irq_window_after_sti_shadow;
+        "api.rst 5 kvm_run request_interrupt_window (return when it becomes possible to inject); SDM 2 STI", every_attempt(irq_window_after_sti_shadow_once);
     "run.kvm_nmi_delivered_with_if_clear",
         "api.rst 4.64 KVM_NMI; SDM 3A 7.7 (NMI not masked by IF)", kvm_nmi_delivered;
     "run.translate_mapped_address_identity_in_every_mode",

@@ -2,7 +2,7 @@
 //! limits it reports, KVM_GET_VCPU_MMAP_SIZE, the supported and emulated CPUID, the MSR index
 //! lists and the feature MSRs, unknown ioctls at every fd level, and KVM_CREATE_VM's type.
 
-use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
+use crate::registry::{Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use kvmconf_harness::Host;
 use kvmconf_harness::abi::{
@@ -694,268 +694,46 @@ fn create_vm_invalid_type_einval(host: &Host) -> Outcome {
     Ok(())
 }
 
-macro_rules! both {
-    ($f:ident, $sup:ident, $emu:ident) => {
-        fn $sup(h: &Host) -> Outcome {
-            $f(h, false)
-        }
-        fn $emu(h: &Host) -> Outcome {
-            $f(h, true)
-        }
-    };
-}
-
-both!(
-    cpuid_short_buffer_e2big,
-    supported_cpuid_short_buffer_e2big,
-    emulated_cpuid_short_buffer_e2big
-);
-both!(
-    cpuid_exact_buffer_succeeds,
-    supported_cpuid_exact_buffer_succeeds,
-    emulated_cpuid_exact_buffer_succeeds
-);
-both!(
-    cpuid_no_duplicates,
-    supported_cpuid_no_duplicates,
-    emulated_cpuid_no_duplicates
-);
-both!(
-    cpuid_multi_entry_functions_have_significant_index,
-    supported_cpuid_significant_index,
-    emulated_cpuid_significant_index
-);
-both!(
-    cpuid_repeated_calls_identical,
-    supported_cpuid_repeated,
-    emulated_cpuid_repeated
-);
-both!(
-    msr_list_short_buffer_e2big_reports_count,
-    msr_list_e2big,
-    msr_feature_list_e2big
-);
-both!(
-    msr_list_no_duplicates,
-    msr_list_unique,
-    msr_feature_list_unique
-);
-both!(
-    msr_list_repeated_calls_identical,
-    msr_list_repeated,
-    msr_feature_list_repeated
-);
-
 const API: &str = "api.rst 4.1 KVM_GET_API_VERSION";
 const CHECK_EXT: &str = "api.rst 4.4 KVM_CHECK_EXTENSION";
 const CPUID: &str = "api.rst 4.46 KVM_GET_SUPPORTED_CPUID";
 const EMUL: &str = "api.rst 4.88 KVM_GET_EMULATED_CPUID";
 const MSRLIST: &str = "api.rst 4.3 KVM_GET_MSR_INDEX_LIST, KVM_GET_MSR_FEATURE_INDEX_LIST";
 
-/// The system checks.
-pub const CHECKS: &[Check] = &[
-    Check {
-        id: "system.api_version_is_12",
-        area: Area::System,
-        doc: API,
-        run: api_version_is_12,
-    },
-    Check {
-        id: "system.check_extension_unknown_cap_returns_0",
-        area: Area::System,
-        doc: "api.rst 4.4 KVM_CHECK_EXTENSION (0 if unsupported)",
-        run: check_extension_unknown_cap_returns_0,
-    },
-    Check {
-        id: "system.check_extension_user_memory_reported",
-        area: Area::System,
-        doc: "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_USER_MEMORY), 4.6 KVM_SET_MEMORY_REGION removed",
-        run: check_extension_user_memory_reported,
-    },
-    Check {
-        id: "system.check_extension_catalogue_caps_non_negative_and_stable",
-        area: Area::System,
-        doc: CHECK_EXT,
-        run: check_extension_values_stable_and_non_negative,
-    },
-    Check {
-        id: "system.check_extension_nr_vcpus_at_most_max_vcpus",
-        area: Area::System,
-        doc: "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_NR_VCPUS, KVM_CAP_MAX_VCPUS)",
-        run: check_extension_nr_vcpus_at_most_max_vcpus,
-    },
-    Check {
-        id: "system.check_extension_max_vcpu_id_at_least_max_vcpus",
-        area: Area::System,
-        doc: "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_MAX_VCPU_ID)",
-        run: check_extension_max_vcpu_id_at_least_max_vcpus,
-    },
-    Check {
-        id: "system.check_extension_nr_memslots_positive",
-        area: Area::System,
-        doc: "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_NR_MEMSLOTS, 16-bit slot id)",
-        run: check_extension_nr_memslots_positive,
-    },
-    Check {
-        id: "system.check_extension_on_vm_fd_answers_like_system_fd",
-        area: Area::System,
-        doc: "api.rst 4.4 KVM_CHECK_EXTENSION (KVM_CAP_CHECK_EXTENSION_VM for vm ioctl)",
-        run: check_extension_on_vm_fd_matches_the_api,
-    },
-    Check {
-        id: "system.vcpu_mmap_size_whole_pages",
-        area: Area::System,
-        doc: "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 4.10 KVM_RUN (mmap of the vcpu fd)",
-        run: vcpu_mmap_size_whole_pages,
-    },
-    Check {
-        id: "system.vcpu_mmap_size_fits_kvm_run",
-        area: Area::System,
-        doc: "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 5. The kvm_run structure",
-        run: vcpu_mmap_size_fits_kvm_run,
-    },
-    Check {
-        id: "system.supported_cpuid_short_buffer_e2big",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_short_buffer_e2big,
-    },
-    Check {
-        id: "system.supported_cpuid_exact_buffer_succeeds",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_exact_buffer_succeeds,
-    },
-    Check {
-        id: "system.supported_cpuid_no_duplicate_function_index",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_no_duplicates,
-    },
-    Check {
-        id: "system.supported_cpuid_repeated_function_has_significant_index",
-        area: Area::System,
-        doc: "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)",
-        run: supported_cpuid_significant_index,
-    },
-    Check {
-        id: "system.supported_cpuid_repeated_calls_identical",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_repeated,
-    },
-    Check {
-        id: "system.supported_cpuid_leaf0_max_leaf_covers_entries",
-        area: Area::System,
-        doc: "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0, 0x80000000",
-        run: supported_cpuid_leaf0_max_leaf_covers_entries,
-    },
-    Check {
-        id: "system.supported_cpuid_vendor_string_present",
-        area: Area::System,
-        doc: "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0",
-        run: supported_cpuid_vendor_string_present,
-    },
-    Check {
-        id: "system.emulated_cpuid_short_buffer_e2big",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_short_buffer_e2big,
-    },
-    Check {
-        id: "system.emulated_cpuid_exact_buffer_succeeds",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_exact_buffer_succeeds,
-    },
-    Check {
-        id: "system.emulated_cpuid_no_duplicate_function_index",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_no_duplicates,
-    },
-    Check {
-        id: "system.emulated_cpuid_repeated_function_has_significant_index",
-        area: Area::System,
-        doc: "api.rst 4.88 KVM_GET_EMULATED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)",
-        run: emulated_cpuid_significant_index,
-    },
-    Check {
-        id: "system.emulated_cpuid_repeated_calls_identical",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_repeated,
-    },
-    Check {
-        id: "system.msr_index_list_short_buffer_e2big_reports_count",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_list_e2big,
-    },
-    Check {
-        id: "system.msr_index_list_no_duplicates",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_list_unique,
-    },
-    Check {
-        id: "system.msr_index_list_repeated_calls_identical",
-        area: Area::System,
-        doc: "api.rst 4.3 KVM_GET_MSR_INDEX_LIST (does not change otherwise)",
-        run: msr_list_repeated,
-    },
-    Check {
-        id: "system.msr_feature_index_list_short_buffer_e2big_reports_count",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_feature_list_e2big,
-    },
-    Check {
-        id: "system.msr_feature_index_list_no_duplicates",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_feature_list_unique,
-    },
-    Check {
-        id: "system.msr_feature_index_list_repeated_calls_identical",
-        area: Area::System,
-        doc: "api.rst 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST (does not change otherwise)",
-        run: msr_feature_list_repeated,
-    },
-    Check {
-        id: "system.get_msrs_every_feature_msr_reads",
-        area: Area::System,
-        doc: "api.rst 4.18 KVM_GET_MSRS (system ioctl), 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST",
-        run: feature_msrs_readable_with_system_get_msrs,
-    },
-    Check {
-        id: "system.get_msrs_non_feature_msr_stops_count",
-        area: Area::System,
-        doc: "api.rst 4.18 KVM_GET_MSRS (returns the number of msrs successfully returned)",
-        run: system_get_msrs_stops_at_non_feature_msr,
-    },
-    Check {
-        id: "system.unknown_ioctl_on_dev_kvm_enotty",
-        area: Area::System,
-        doc: "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)",
-        run: unknown_ioctl_on_dev_kvm_enotty,
-    },
-    Check {
-        id: "system.unknown_ioctl_on_vm_fd_enotty",
-        area: Area::System,
-        doc: "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)",
-        run: unknown_ioctl_on_vm_fd_enotty,
-    },
-    Check {
-        id: "system.unknown_ioctl_on_vcpu_fd_enotty",
-        area: Area::System,
-        doc: "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)",
-        run: unknown_ioctl_on_vcpu_fd_enotty,
-    },
-    Check {
-        id: "system.create_vm_invalid_type_einval",
-        area: Area::System,
-        doc: "api.rst 4.2 KVM_CREATE_VM (machine type identifier; EINVAL general error)",
-        run: create_vm_invalid_type_einval,
-    },
-];
+crate::checks! {
+    System;
+    "system.api_version_is_12", API, api_version_is_12;
+    "system.check_extension_unknown_cap_returns_0", "api.rst 4.4 KVM_CHECK_EXTENSION (0 if unsupported)", check_extension_unknown_cap_returns_0;
+    "system.check_extension_user_memory_reported", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_USER_MEMORY), 4.6 KVM_SET_MEMORY_REGION removed", check_extension_user_memory_reported;
+    "system.check_extension_catalogue_caps_non_negative_and_stable", CHECK_EXT, check_extension_values_stable_and_non_negative;
+    "system.check_extension_nr_vcpus_at_most_max_vcpus", "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_NR_VCPUS, KVM_CAP_MAX_VCPUS)", check_extension_nr_vcpus_at_most_max_vcpus;
+    "system.check_extension_max_vcpu_id_at_least_max_vcpus", "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_MAX_VCPU_ID)", check_extension_max_vcpu_id_at_least_max_vcpus;
+    "system.check_extension_nr_memslots_positive", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_NR_MEMSLOTS, 16-bit slot id)", check_extension_nr_memslots_positive;
+    "system.check_extension_on_vm_fd_answers_like_system_fd", "api.rst 4.4 KVM_CHECK_EXTENSION (KVM_CAP_CHECK_EXTENSION_VM for vm ioctl)", check_extension_on_vm_fd_matches_the_api;
+    "system.vcpu_mmap_size_whole_pages", "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 4.10 KVM_RUN (mmap of the vcpu fd)", vcpu_mmap_size_whole_pages;
+    "system.vcpu_mmap_size_fits_kvm_run", "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 5. The kvm_run structure", vcpu_mmap_size_fits_kvm_run;
+    "system.supported_cpuid_short_buffer_e2big", CPUID, cpuid_short_buffer_e2big(false);
+    "system.supported_cpuid_exact_buffer_succeeds", CPUID, cpuid_exact_buffer_succeeds(false);
+    "system.supported_cpuid_no_duplicate_function_index", CPUID, cpuid_no_duplicates(false);
+    "system.supported_cpuid_repeated_function_has_significant_index", "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)", cpuid_multi_entry_functions_have_significant_index(false);
+    "system.supported_cpuid_repeated_calls_identical", CPUID, cpuid_repeated_calls_identical(false);
+    "system.supported_cpuid_leaf0_max_leaf_covers_entries", "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0, 0x80000000", supported_cpuid_leaf0_max_leaf_covers_entries;
+    "system.supported_cpuid_vendor_string_present", "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0", supported_cpuid_vendor_string_present;
+    "system.emulated_cpuid_short_buffer_e2big", EMUL, cpuid_short_buffer_e2big(true);
+    "system.emulated_cpuid_exact_buffer_succeeds", EMUL, cpuid_exact_buffer_succeeds(true);
+    "system.emulated_cpuid_no_duplicate_function_index", EMUL, cpuid_no_duplicates(true);
+    "system.emulated_cpuid_repeated_function_has_significant_index", "api.rst 4.88 KVM_GET_EMULATED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)", cpuid_multi_entry_functions_have_significant_index(true);
+    "system.emulated_cpuid_repeated_calls_identical", EMUL, cpuid_repeated_calls_identical(true);
+    "system.msr_index_list_short_buffer_e2big_reports_count", MSRLIST, msr_list_short_buffer_e2big_reports_count(false);
+    "system.msr_index_list_no_duplicates", MSRLIST, msr_list_no_duplicates(false);
+    "system.msr_index_list_repeated_calls_identical", "api.rst 4.3 KVM_GET_MSR_INDEX_LIST (does not change otherwise)", msr_list_repeated_calls_identical(false);
+    "system.msr_feature_index_list_short_buffer_e2big_reports_count", MSRLIST, msr_list_short_buffer_e2big_reports_count(true);
+    "system.msr_feature_index_list_no_duplicates", MSRLIST, msr_list_no_duplicates(true);
+    "system.msr_feature_index_list_repeated_calls_identical", "api.rst 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST (does not change otherwise)", msr_list_repeated_calls_identical(true);
+    "system.get_msrs_every_feature_msr_reads", "api.rst 4.18 KVM_GET_MSRS (system ioctl), 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST", feature_msrs_readable_with_system_get_msrs;
+    "system.get_msrs_non_feature_msr_stops_count", "api.rst 4.18 KVM_GET_MSRS (returns the number of msrs successfully returned)", system_get_msrs_stops_at_non_feature_msr;
+    "system.unknown_ioctl_on_dev_kvm_enotty", "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)", unknown_ioctl_on_dev_kvm_enotty;
+    "system.unknown_ioctl_on_vm_fd_enotty", "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)", unknown_ioctl_on_vm_fd_enotty;
+    "system.unknown_ioctl_on_vcpu_fd_enotty", "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)", unknown_ioctl_on_vcpu_fd_enotty;
+    "system.create_vm_invalid_type_einval", "api.rst 4.2 KVM_CREATE_VM (machine type identifier; EINVAL general error)", create_vm_invalid_type_einval;
+}

@@ -4,7 +4,7 @@
 
 use crate::catalogue::fixture::{Guest, expect_exit};
 use crate::catalogue::harness::{CODE, case, program};
-use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
+use crate::registry::{Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
 use kvmconf_guests::case::Mode;
@@ -231,14 +231,6 @@ fn sregs_round_trip(host: &Host, mode: Mode) -> Outcome {
     )
 }
 
-fn sregs_round_trip_prot32(host: &Host) -> Outcome {
-    sregs_round_trip(host, Mode::Prot32)
-}
-
-fn sregs_round_trip_long64(host: &Host) -> Outcome {
-    sregs_round_trip(host, Mode::Long64)
-}
-
 fn sregs_cr8_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let mut s = g.sregs()?;
@@ -286,10 +278,6 @@ fn sregs_rejected(host: &Host, mode: Mode, what: &str, mutate: impl Fn(&mut kvm_
     )
 }
 
-fn sregs_cr0_high_bits(host: &Host) -> Outcome {
-    sregs_rejected(host, Mode::Long64, "cr0 bit 32 set", |s| s.cr0 |= 1 << 32)
-}
-
 fn sregs_cr0_pg_without_pe(host: &Host) -> Outcome {
     sregs_rejected(host, Mode::Prot32, "cr0.PG = 1 and cr0.PE = 0", |s| {
         s.cr0 = (s.cr0 | cr0::PG) & !cr0::PE;
@@ -300,19 +288,6 @@ fn sregs_cr0_nw_without_cd(host: &Host) -> Outcome {
     sregs_rejected(host, Mode::Prot32, "cr0.NW = 1 and cr0.CD = 0", |s| {
         s.cr0 = (s.cr0 | (1 << 29)) & !(1 << 30);
     })
-}
-
-fn sregs_cr4_reserved(host: &Host) -> Outcome {
-    sregs_rejected(host, Mode::Long64, "cr4 bit 63 set", |s| s.cr4 |= 1 << 63)
-}
-
-fn sregs_lme_pg_without_pae(host: &Host) -> Outcome {
-    sregs_rejected(
-        host,
-        Mode::Long64,
-        "efer.LME = 1, cr0.PG = 1 and cr4.PAE = 0",
-        |s| s.cr4 &= !cr4::PAE,
-    )
 }
 
 fn sregs_lma_without_paging(host: &Host) -> Outcome {
@@ -427,14 +402,6 @@ fn fpu_guest_reads_xmm(host: &Host, cpl: u8) -> Outcome {
         "cpl{cpl} xmm1 as the guest stores it"
     );
     Ok(())
-}
-
-fn fpu_guest_reads_xmm_cpl0(host: &Host) -> Outcome {
-    fpu_guest_reads_xmm(host, 0)
-}
-
-fn fpu_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
-    fpu_guest_reads_xmm(host, 3)
 }
 
 /// XSAVE legacy-area offsets (SDM 1 10.5.1, 13.4.1).
@@ -614,19 +581,11 @@ fn xcrs_rejected(host: &Host, what: &str, value: u64) -> Outcome {
     Ok(())
 }
 
-fn xcrs_without_x87(host: &Host) -> Outcome {
-    xcrs_rejected(host, "XCR0 = 0x2 (SSE without x87)", 0x2)
-}
-
 fn xcrs_avx_without_sse(host: &Host) -> Outcome {
     if supported_xcr0(host) & 4 == 0 {
         return Err(Fail::Skip("AVX state (XCR0 bit 2) not supported".into()));
     }
     xcrs_rejected(host, "XCR0 = 0x5 (AVX without SSE)", 0x5)
-}
-
-fn xcrs_unsupported_bit(host: &Host) -> Outcome {
-    xcrs_rejected(host, "XCR0 bit 62 set (not supported)", 0x3 | (1 << 62))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -859,14 +818,6 @@ fn rdtsc_matches_msr(host: &Host, cpl: u8) -> Outcome {
     Ok(())
 }
 
-fn rdtsc_matches_msr_cpl0(host: &Host) -> Outcome {
-    rdtsc_matches_msr(host, 0)
-}
-
-fn rdtsc_matches_msr_cpl3(host: &Host) -> Outcome {
-    rdtsc_matches_msr(host, 3)
-}
-
 // ---------------------------------------------------------------------------------------------
 // DEBUGREGS
 
@@ -921,18 +872,6 @@ fn debugregs_rejected(
         "debug registers (db, dr6, dr7) re-read after the rejected KVM_SET_DEBUGREGS ({what})"
     );
     Ok(())
-}
-
-fn debugregs_flags_nonzero(host: &Host) -> Outcome {
-    debugregs_rejected(host, "flags = 1", |d| d.flags = 1)
-}
-
-fn debugregs_dr7_high(host: &Host) -> Outcome {
-    debugregs_rejected(host, "dr7 bit 32 set", |d| d.dr7 |= 1 << 32)
-}
-
-fn debugregs_dr6_high(host: &Host) -> Outcome {
-    debugregs_rejected(host, "dr6 bit 32 set", |d| d.dr6 |= 1 << 32)
 }
 
 fn debugregs_guest_reads(host: &Host) -> Outcome {
@@ -1531,22 +1470,8 @@ fn cpuid2_guest_sees(host: &Host, cpl: u8) -> Outcome {
     report_diffs(d)
 }
 
-fn cpuid2_guest_sees_cpl0(host: &Host) -> Outcome {
-    cpuid2_guest_sees(host, 0)
-}
-
-fn cpuid2_guest_sees_cpl3(host: &Host) -> Outcome {
-    cpuid2_guest_sees(host, 3)
-}
-
-macro_rules! checks {
-    ($($id:literal, $doc:literal, $f:expr;)*) => {
-        /// The vcpu_state checks.
-        pub const CHECKS: &[Check] = &[$(Check { id: $id, area: Area::VcpuState, doc: $doc, run: $f }),*];
-    };
-}
-
-checks! {
+crate::checks! {
+    VcpuState;
     "vcpu_state.regs_set_then_get_round_trips_every_register",
         "api.rst 4.11 KVM_GET_REGS, 4.12 KVM_SET_REGS", regs_round_trip;
     "vcpu_state.regs_rflags_bit1_reads_one_whatever_was_set",
@@ -1554,23 +1479,23 @@ checks! {
     "vcpu_state.regs_sregs_new_vcpu_in_reset_state",
         "api.rst 4.11 KVM_GET_REGS, 4.13 KVM_GET_SREGS; SDM 3A 10.1.1 (state after reset)", regs_fresh_reset_state;
     "vcpu_state.sregs_prot32_set_then_get_round_trips",
-        "api.rst 4.13 KVM_GET_SREGS, 4.14 KVM_SET_SREGS", sregs_round_trip_prot32;
+        "api.rst 4.13 KVM_GET_SREGS, 4.14 KVM_SET_SREGS", sregs_round_trip(Mode::Prot32);
     "vcpu_state.sregs_long64_set_then_get_round_trips",
-        "api.rst 4.13 KVM_GET_SREGS, 4.14 KVM_SET_SREGS", sregs_round_trip_long64;
+        "api.rst 4.13 KVM_GET_SREGS, 4.14 KVM_SET_SREGS", sregs_round_trip(Mode::Long64);
     "vcpu_state.sregs_cr8_set_then_get_round_trips",
         "api.rst 4.13 KVM_GET_SREGS (cr8), 4.14 KVM_SET_SREGS", sregs_cr8_round_trip;
     "vcpu_state.sregs_interrupt_bitmap_pending_vector_round_trips",
         "api.rst 4.13 KVM_GET_SREGS (interrupt_bitmap: at most one pending external interrupt)", sregs_interrupt_bitmap_round_trip;
     "vcpu_state.sregs_cr0_high_bits_rejected_einval_unchanged",
-        "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 2.5 (CR0 bits 63:32 reserved)", sregs_cr0_high_bits;
+        "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 2.5 (CR0 bits 63:32 reserved)", sregs_rejected(Mode::Long64, "cr0 bit 32 set", |s| s.cr0 |= 1 << 32);
     "vcpu_state.sregs_cr0_pg_without_pe_rejected_einval_unchanged",
         "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 2.5 (PG requires PE)", sregs_cr0_pg_without_pe;
     "vcpu_state.sregs_cr0_nw_without_cd_rejected_einval_unchanged",
         "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 2.5 (NW=1 with CD=0 is invalid)", sregs_cr0_nw_without_cd;
     "vcpu_state.sregs_cr4_reserved_bit_rejected_einval_unchanged",
-        "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 2.5 (CR4 reserved bits)", sregs_cr4_reserved;
+        "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 2.5 (CR4 reserved bits)", sregs_rejected(Mode::Long64, "cr4 bit 63 set", |s| s.cr4 |= 1 << 63);
     "vcpu_state.sregs_efer_lme_cr0_pg_without_cr4_pae_rejected_einval_unchanged",
-        "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 10.8.5 (IA-32e mode needs PAE)", sregs_lme_pg_without_pae;
+        "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 10.8.5 (IA-32e mode needs PAE)", sregs_rejected(Mode::Long64, "efer.LME = 1, cr0.PG = 1 and cr4.PAE = 0", |s| s.cr4 &= !cr4::PAE);
     "vcpu_state.sregs_efer_lma_without_paging_rejected_einval_unchanged",
         "api.rst 4.14 KVM_SET_SREGS (EINVAL); SDM 3A 2.2.1 (LMA = LME and PG)", sregs_lma_without_paging;
     "vcpu_state.sregs_cs_l_outside_long_mode_rejected_einval_unchanged",
@@ -1580,9 +1505,9 @@ checks! {
     "vcpu_state.fpu_mxcsr_reset_value_and_set_then_get_round_trips",
         "api.rst 4.22 KVM_GET_FPU, 4.23 KVM_SET_FPU (mxcsr); SDM 1 10.2.3.1", fpu_mxcsr_round_trip;
     "vcpu_state.fpu_set_xmm_guest_cpl0_stores_it",
-        "api.rst 4.23 KVM_SET_FPU; SDM 2 MOVDQU", fpu_guest_reads_xmm_cpl0;
+        "api.rst 4.23 KVM_SET_FPU; SDM 2 MOVDQU", fpu_guest_reads_xmm(0);
     "vcpu_state.fpu_set_xmm_guest_cpl3_stores_it",
-        "api.rst 4.23 KVM_SET_FPU; SDM 2 MOVDQU", fpu_guest_reads_xmm_cpl3;
+        "api.rst 4.23 KVM_SET_FPU; SDM 2 MOVDQU", fpu_guest_reads_xmm(3);
     "vcpu_state.xsave_set_then_get_round_trips_legacy_area",
         "api.rst 4.42 KVM_GET_XSAVE, 4.43 KVM_SET_XSAVE; SDM 1 13.4 (XSAVE area layout)", xsave_round_trip;
     "vcpu_state.xsave_set_xmm_guest_cpl3_stores_it",
@@ -1592,11 +1517,11 @@ checks! {
     "vcpu_state.xcrs_set_then_get_round_trips_xcr0",
         "api.rst 4.44 KVM_GET_XCRS, 4.45 KVM_SET_XCRS; SDM 1 13.3 (XCR0 after reset = 1)", xcrs_round_trip;
     "vcpu_state.xcrs_xcr0_without_x87_rejected_einval_unchanged",
-        "api.rst 4.45 KVM_SET_XCRS (EINVAL); SDM 1 13.3 (XCR0 bit 0 must be 1)", xcrs_without_x87;
+        "api.rst 4.45 KVM_SET_XCRS (EINVAL); SDM 1 13.3 (XCR0 bit 0 must be 1)", xcrs_rejected("XCR0 = 0x2 (SSE without x87)", 0x2);
     "vcpu_state.xcrs_xcr0_avx_without_sse_rejected_einval_unchanged",
         "api.rst 4.45 KVM_SET_XCRS (EINVAL); SDM 1 13.3 (XCR0[2] requires XCR0[1])", xcrs_avx_without_sse;
     "vcpu_state.xcrs_xcr0_unsupported_bit_rejected_einval_unchanged",
-        "api.rst 4.45 KVM_SET_XCRS (EINVAL); SDM 1 13.3 (bits not in CPUID.0DH:EAX/EDX)", xcrs_unsupported_bit;
+        "api.rst 4.45 KVM_SET_XCRS (EINVAL); SDM 1 13.3 (bits not in CPUID.0DH:EAX/EDX)", xcrs_rejected("XCR0 bit 62 set (not supported)", 0x3 | (1 << 62));
     "vcpu_state.msrs_set_then_get_round_trips",
         "api.rst 4.18 KVM_GET_MSRS, 4.19 KVM_SET_MSRS", msrs_round_trip;
     "vcpu_state.msrs_get_unknown_msr_stops_at_its_index",
@@ -1614,19 +1539,19 @@ checks! {
     "vcpu_state.msrs_tsc_set_then_get_counts_from_the_value_set",
         "api.rst 4.18 KVM_GET_MSRS, 4.19 KVM_SET_MSRS (IA32_TSC); SDM 3B 18.17", msrs_tsc_round_trip;
     "vcpu_state.msrs_rdtsc_cpl0_consistent_with_ia32_tsc",
-        "api.rst 4.19 KVM_SET_MSRS (IA32_TSC); SDM 2 RDTSC, SDM 3B 18.17", rdtsc_matches_msr_cpl0;
+        "api.rst 4.19 KVM_SET_MSRS (IA32_TSC); SDM 2 RDTSC, SDM 3B 18.17", rdtsc_matches_msr(0);
     "vcpu_state.msrs_rdtsc_cpl3_consistent_with_ia32_tsc",
-        "api.rst 4.19 KVM_SET_MSRS (IA32_TSC); SDM 2 RDTSC, SDM 3B 18.17", rdtsc_matches_msr_cpl3;
+        "api.rst 4.19 KVM_SET_MSRS (IA32_TSC); SDM 2 RDTSC, SDM 3B 18.17", rdtsc_matches_msr(3);
     "vcpu_state.msrs_apic_base_reset_value_bsp_enabled",
         "api.rst 4.18 KVM_GET_MSRS; SDM 3A 11.4.4 (IA32_APIC_BASE after reset)", apic_base_reset;
     "vcpu_state.debugregs_set_then_get_round_trips",
         "api.rst 4.33 KVM_GET_DEBUGREGS, 4.34 KVM_SET_DEBUGREGS", debugregs_round_trip;
     "vcpu_state.debugregs_flags_nonzero_rejected_einval_unchanged",
-        "api.rst 4.34 KVM_SET_DEBUGREGS (flags must be cleared on entry)", debugregs_flags_nonzero;
+        "api.rst 4.34 KVM_SET_DEBUGREGS (flags must be cleared on entry)", debugregs_rejected("flags = 1", |d| d.flags = 1);
     "vcpu_state.debugregs_dr7_high_bits_rejected_einval_unchanged",
-        "api.rst 4.34 KVM_SET_DEBUGREGS (EINVAL); SDM 3B 19.2.4 (DR7 bits 63:32 reserved, #GP)", debugregs_dr7_high;
+        "api.rst 4.34 KVM_SET_DEBUGREGS (EINVAL); SDM 3B 19.2.4 (DR7 bits 63:32 reserved, #GP)", debugregs_rejected("dr7 bit 32 set", |d| d.dr7 |= 1 << 32);
     "vcpu_state.debugregs_dr6_high_bits_rejected_einval_unchanged",
-        "api.rst 4.34 KVM_SET_DEBUGREGS (EINVAL); SDM 3B 19.2.3 (DR6 bits 63:32 reserved, #GP)", debugregs_dr6_high;
+        "api.rst 4.34 KVM_SET_DEBUGREGS (EINVAL); SDM 3B 19.2.3 (DR6 bits 63:32 reserved, #GP)", debugregs_rejected("dr6 bit 32 set", |d| d.dr6 |= 1 << 32);
     "vcpu_state.debugregs_guest_mov_from_dr_reads_values_set",
         "api.rst 4.34 KVM_SET_DEBUGREGS; SDM 2 MOV (debug registers)", debugregs_guest_reads;
     "vcpu_state.vcpu_events_nmi_masked_round_trips",
@@ -1660,7 +1585,7 @@ checks! {
     "vcpu_state.cpuid2_set_then_get_round_trips",
         "api.rst 4.20 KVM_SET_CPUID(2), 4.46 (kvm_cpuid_entry2 fields); KVM_GET_CPUID2", cpuid2_round_trip;
     "vcpu_state.cpuid2_guest_cpuid_cpl0_returns_values_set",
-        "api.rst 4.20 KVM_SET_CPUID(2) (defines the vcpu responses to the cpuid instruction)", cpuid2_guest_sees_cpl0;
+        "api.rst 4.20 KVM_SET_CPUID(2) (defines the vcpu responses to the cpuid instruction)", cpuid2_guest_sees(0);
     "vcpu_state.cpuid2_guest_cpuid_cpl3_returns_values_set",
-        "api.rst 4.20 KVM_SET_CPUID(2) (defines the vcpu responses to the cpuid instruction)", cpuid2_guest_sees_cpl3;
+        "api.rst 4.20 KVM_SET_CPUID(2) (defines the vcpu responses to the cpuid instruction)", cpuid2_guest_sees(3);
 }

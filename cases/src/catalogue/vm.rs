@@ -9,7 +9,7 @@
 
 use crate::catalogue::harness::{CODE, case};
 use crate::catalogue::system::{UNKNOWN_CAP, expect_errno, max_vcpu_id, max_vcpus};
-use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
+use crate::registry::{Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
 use kvmconf_guests::case::{Case, Mode, PageSize};
@@ -720,19 +720,6 @@ fn dirty_log_exact(host: &Host, cpl: u8, page: PageSize) -> Outcome {
     Ok(())
 }
 
-fn dirty_log_cpl0_4k(host: &Host) -> Outcome {
-    dirty_log_exact(host, 0, PageSize::Small)
-}
-fn dirty_log_cpl0_2m(host: &Host) -> Outcome {
-    dirty_log_exact(host, 0, PageSize::Large)
-}
-fn dirty_log_cpl3_4k(host: &Host) -> Outcome {
-    dirty_log_exact(host, 3, PageSize::Small)
-}
-fn dirty_log_cpl3_2m(host: &Host) -> Outcome {
-    dirty_log_exact(host, 3, PageSize::Large)
-}
-
 fn dirty_log_reads_only(host: &Host, cpl: u8) -> Outcome {
     let code = prog(Mode::Long64, |a| {
         a.mov(rax, qword_ptr(0x20000u64))?;
@@ -775,14 +762,6 @@ fn dirty_log_reads_only(host: &Host, cpl: u8) -> Outcome {
         }
     );
     Ok(())
-}
-
-fn dirty_log_reads_only_cpl0(host: &Host) -> Outcome {
-    dirty_log_reads_only(host, 0)
-}
-
-fn dirty_log_reads_only_cpl3(host: &Host) -> Outcome {
-    dirty_log_reads_only(host, 3)
 }
 
 fn dirty_log_bit0_is_slot_start(host: &Host) -> Outcome {
@@ -1694,14 +1673,8 @@ const IRQFD: &str = "api.rst 4.75 KVM_IRQFD";
 const COALESCED: &str = "api.rst 4.116 KVM_(UN)REGISTER_COALESCED_MMIO";
 const STATS: &str = "api.rst 4.133 KVM_GET_STATS_FD";
 
-macro_rules! checks {
-    ($($id:literal, $doc:expr, $run:ident;)*) => {
-        /// The vm checks.
-        pub const CHECKS: &[Check] = &[$(Check { id: $id, area: Area::Vm, doc: $doc, run: $run },)*];
-    };
-}
-
-checks! {
+crate::checks! {
+    Vm;
     "vm.create_vcpu_recommended_count_succeeds", VCPU, create_vcpu_recommended_count_succeeds;
     "vm.create_vcpu_last_valid_id_succeeds", VCPU, create_vcpu_last_valid_id_succeeds;
     "vm.create_vcpu_id_at_or_above_max_vcpu_id_einval", VCPU, create_vcpu_id_out_of_range_einval;
@@ -1724,12 +1697,12 @@ checks! {
     "vm.memslot_flags_change_to_readonly_succeeds", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (its flags may be modified; KVM_MEM_READONLY)", memslot_readonly_flag_change_succeeds;
     "vm.memslot_readonly_guest_reads_memory", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_MEM_READONLY)", memslot_readonly_reads_memory;
     "vm.memslot_readonly_guest_write_exits_mmio", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_MEM_READONLY: writes posted as KVM_EXIT_MMIO)", memslot_readonly_write_exits_mmio;
-    "vm.dirty_log_cpl0_4k_pages_exact", DIRTY, dirty_log_cpl0_4k;
-    "vm.dirty_log_cpl0_2m_pages_exact", DIRTY, dirty_log_cpl0_2m;
-    "vm.dirty_log_cpl3_4k_pages_exact", DIRTY, dirty_log_cpl3_4k;
-    "vm.dirty_log_cpl3_2m_pages_exact", DIRTY, dirty_log_cpl3_2m;
-    "vm.dirty_log_cpl0_guest_reads_log_nothing", DIRTY, dirty_log_reads_only_cpl0;
-    "vm.dirty_log_cpl3_guest_reads_log_nothing", DIRTY, dirty_log_reads_only_cpl3;
+    "vm.dirty_log_cpl0_4k_pages_exact", DIRTY, dirty_log_exact(0, PageSize::Small);
+    "vm.dirty_log_cpl0_2m_pages_exact", DIRTY, dirty_log_exact(0, PageSize::Large);
+    "vm.dirty_log_cpl3_4k_pages_exact", DIRTY, dirty_log_exact(3, PageSize::Small);
+    "vm.dirty_log_cpl3_2m_pages_exact", DIRTY, dirty_log_exact(3, PageSize::Large);
+    "vm.dirty_log_cpl0_guest_reads_log_nothing", DIRTY, dirty_log_reads_only(0);
+    "vm.dirty_log_cpl3_guest_reads_log_nothing", DIRTY, dirty_log_reads_only(3);
     "vm.dirty_log_bit0_is_first_page_of_slot", "api.rst 4.8 KVM_GET_DIRTY_LOG (bit 0 is the first page in the memory slot; cleared on read)", dirty_log_bit0_is_slot_start;
     "vm.create_irqchip_chips_readable", "api.rst 4.24 KVM_CREATE_IRQCHIP, 4.26 KVM_GET_IRQCHIP", create_irqchip_chips_readable;
     "vm.create_irqchip_twice_eexist", "api.rst 4.24 KVM_CREATE_IRQCHIP", create_irqchip_twice_eexist;
