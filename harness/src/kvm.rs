@@ -15,6 +15,7 @@ use kvm_bindings::{
     kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VmFd};
+use kvmconf_guests::case::{Case, Mode};
 use kvmconf_guests::layout::{CpuState, GuestModel, Layout};
 use std::os::fd::AsRawFd;
 
@@ -306,7 +307,7 @@ impl Host {
     /// Boots `model` (no dirty log), binds its vCPU to this thread, loads the starting state
     /// and hands the VM and vCPU to `f`: a throwaway VM per check, as the selftests'
     /// `KVM_ONE_VCPU_TEST`.
-    pub fn with_vm<T, E: From<KvmError>>(
+    pub fn with_model<T, E: From<KvmError>>(
         &self,
         model: &GuestModel,
         f: impl FnOnce(&Vm, &mut TestVcpu) -> Result<T, E>,
@@ -314,9 +315,31 @@ impl Host {
         let mut vm = self.boot(model, false)?;
         vm.vcpu.prepare_thread()?;
         vm.vcpu.set_state(&model.cpu)?;
-        let TestVm { vcpu, vm, .. } = &mut vm;
+        let (vm, vcpu) = vm.split();
         f(vm, vcpu)
     }
+
+    /// [`Host::with_model`] for a guest in `mode` that only halts: `hlt` at [`CODE`] with the
+    /// stack at [`STACK`], for checks of vCPU state that need a booted vCPU but no program.
+    pub fn with_vm<T, E: From<KvmError>>(
+        &self,
+        mode: Mode,
+        f: impl FnOnce(&Vm, &mut TestVcpu) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.with_model(&GuestModel::build(&hlt_case(mode)), f)
+    }
+}
+
+/// Where fixture and catalogue programs are loaded.
+pub const CODE: u64 = 0x1000;
+/// Stack top for fixture and catalogue programs.
+pub const STACK: u64 = 0x8000;
+
+/// The guest [`Host::with_vm`] boots: `hlt` at [`CODE`] in `mode`, stack at [`STACK`].
+pub fn hlt_case(mode: Mode) -> Case {
+    let mut c = Case::new("hlt", mode, CODE, vec![0xf4]);
+    c.regs.rsp = Some(kvmconf_guests::num::Hex(STACK));
+    c
 }
 
 /// The KVM device: `$KVMCONF_KVM_PATH`, else `/dev/kvm`.

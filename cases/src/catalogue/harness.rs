@@ -12,10 +12,7 @@ use kvmconf_guests::result::{CaseResult, DiffMask, Event, Exit, diff};
 use kvmconf_harness::{Host, Pool, run_fresh};
 use std::time::{Duration, Instant};
 
-/// Where test programs are loaded.
-pub const CODE: u64 = 0x1000;
-/// Stack top for test programs.
-pub const STACK: u64 = 0x8000;
+pub use kvmconf_harness::kvm::{CODE, STACK};
 
 /// Assembles a program for `mode` at [`CODE`].
 pub fn program(

@@ -13,43 +13,39 @@ pub(super) fn events_nmi_masked_round_trip(host: &Host) -> Outcome {
         kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
         "VCPU_EVENTS",
     )?;
-    let g = hlt_guest(host, Mode::Long64)?;
-    let mut e = events(g.vcpu())?;
-    ensure_eq!(e.nmi.masked, 0u8, "nmi.masked of a new vCPU");
-    e.nmi.masked = 1;
-    e.flags = 0;
-    g.vcpu()
-        .try_set_vcpu_events(&e)
-        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
-    ensure_eq!(
-        events(g.vcpu())?.nmi.masked,
-        1u8,
-        "nmi.masked after setting it"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let mut e = events(vcpu)?;
+        ensure_eq!(e.nmi.masked, 0u8, "nmi.masked of a new vCPU");
+        e.nmi.masked = 1;
+        e.flags = 0;
+        vcpu.try_set_vcpu_events(&e)
+            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+        ensure_eq!(events(vcpu)?.nmi.masked, 1u8, "nmi.masked after setting it");
+        Ok(())
+    })
 }
 
 pub(super) fn events_shadow_round_trip(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_INTR_SHADOW, "INTR_SHADOW")?;
-    let g = hlt_guest(host, Mode::Long64)?;
-    let mut e = events(g.vcpu())?;
-    e.flags = KVM_VCPUEVENT_VALID_SHADOW;
-    e.interrupt.shadow = 1; // KVM_X86_SHADOW_INT_MOV_SS
-    g.vcpu()
-        .try_set_vcpu_events(&e)
-        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
-    let got = events(g.vcpu())?;
-    ensure!(
-        got.flags & KVM_VCPUEVENT_VALID_SHADOW != 0,
-        "KVM_GET_VCPU_EVENTS flags {:#x}: wanted KVM_VCPUEVENT_VALID_SHADOW",
-        got.flags
-    );
-    ensure_eq!(
-        got.interrupt.shadow,
-        1u8,
-        "interrupt.shadow after setting MOV SS shadow"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let mut e = events(vcpu)?;
+        e.flags = KVM_VCPUEVENT_VALID_SHADOW;
+        e.interrupt.shadow = 1; // KVM_X86_SHADOW_INT_MOV_SS
+        vcpu.try_set_vcpu_events(&e)
+            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+        let got = events(vcpu)?;
+        ensure!(
+            got.flags & KVM_VCPUEVENT_VALID_SHADOW != 0,
+            "KVM_GET_VCPU_EVENTS flags {:#x}: wanted KVM_VCPUEVENT_VALID_SHADOW",
+            got.flags
+        );
+        ensure_eq!(
+            got.interrupt.shadow,
+            1u8,
+            "interrupt.shadow after setting MOV SS shadow"
+        );
+        Ok(())
+    })
 }
 
 pub(super) fn events_bad_flags(host: &Host) -> Outcome {
@@ -58,21 +54,22 @@ pub(super) fn events_bad_flags(host: &Host) -> Outcome {
         kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
         "VCPU_EVENTS",
     )?;
-    let g = hlt_guest(host, Mode::Long64)?;
-    let before = events(g.vcpu())?;
-    let mut bad = before;
-    bad.flags = 1 << 31;
-    bad.nmi.masked = 1;
-    einval_or_fail(
-        "KVM_SET_VCPU_EVENTS with flags bit 31 (undefined)",
-        g.vcpu().try_set_vcpu_events(&bad).map_err(|e| e.errno()),
-    )?;
-    ensure_eq!(
-        events(g.vcpu())?,
-        before,
-        "vCPU events re-read after the rejected KVM_SET_VCPU_EVENTS"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let before = events(vcpu)?;
+        let mut bad = before;
+        bad.flags = 1 << 31;
+        bad.nmi.masked = 1;
+        einval_or_fail(
+            "KVM_SET_VCPU_EVENTS with flags bit 31 (undefined)",
+            vcpu.try_set_vcpu_events(&bad).map_err(|e| e.errno()),
+        )?;
+        ensure_eq!(
+            events(vcpu)?,
+            before,
+            "vCPU events re-read after the rejected KVM_SET_VCPU_EVENTS"
+        );
+        Ok(())
+    })
 }
 
 pub(super) fn events_smm_flag(host: &Host) -> Outcome {
@@ -81,30 +78,31 @@ pub(super) fn events_smm_flag(host: &Host) -> Outcome {
         kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
         "VCPU_EVENTS",
     )?;
-    let g = hlt_guest(host, Mode::Long64)?;
-    let before = events(g.vcpu())?;
-    let mut e = before;
-    e.flags = KVM_VCPUEVENT_VALID_SMM;
-    e.smi.smm = 1;
-    let r = g.vcpu().try_set_vcpu_events(&e).map_err(|e| e.errno());
-    if host.check_raw(KVM_CAP_X86_SMM) > 0 {
-        ensure!(
-            r.is_ok(),
-            "KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM, smi.smm = 1 and KVM_CAP_X86_SMM present: wanted success, got errno {r:?}"
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let before = events(vcpu)?;
+        let mut e = before;
+        e.flags = KVM_VCPUEVENT_VALID_SMM;
+        e.smi.smm = 1;
+        let r = vcpu.try_set_vcpu_events(&e).map_err(|e| e.errno());
+        if host.check_raw(KVM_CAP_X86_SMM) > 0 {
+            ensure!(
+                r.is_ok(),
+                "KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM, smi.smm = 1 and KVM_CAP_X86_SMM present: wanted success, got errno {r:?}"
+            );
+            ensure_eq!(events(vcpu)?.smi.smm, 1u8, "smi.smm after entering SMM");
+            return Ok(());
+        }
+        einval_or_fail(
+            "KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM and smi.smm = 1 while KVM_CAP_X86_SMM is absent",
+            r,
+        )?;
+        ensure_eq!(
+            events(vcpu)?,
+            before,
+            "vCPU events re-read after the rejected KVM_SET_VCPU_EVENTS"
         );
-        ensure_eq!(events(g.vcpu())?.smi.smm, 1u8, "smi.smm after entering SMM");
-        return Ok(());
-    }
-    einval_or_fail(
-        "KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM and smi.smm = 1 while KVM_CAP_X86_SMM is absent",
-        r,
-    )?;
-    ensure_eq!(
-        events(g.vcpu())?,
-        before,
-        "vCPU events re-read after the rejected KVM_SET_VCPU_EVENTS"
-    );
-    Ok(())
+        Ok(())
+    })
 }
 
 /// A long64 CPL0 guest with the harness's exception stubs: `nop; nop; hlt`.

@@ -40,18 +40,19 @@ pub(super) fn fpu_round_trip(host: &Host) -> Outcome {
 }
 
 pub(super) fn fpu_mxcsr_round_trip(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    let mut f = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
-    ensure_eq!(
-        f.mxcsr,
-        0x1f80u32,
-        "mxcsr of a new vCPU (SDM 1 10.2.3.1: 0x1f80 after reset)"
-    );
-    f.mxcsr = 0x7f81; // round toward zero, IE flag
-    g.vcpu().try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
-    let got = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
-    ensure_eq!(got.mxcsr, 0x7f81u32, "mxcsr after KVM_SET_FPU");
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let mut f = vcpu.try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+        ensure_eq!(
+            f.mxcsr,
+            0x1f80u32,
+            "mxcsr of a new vCPU (SDM 1 10.2.3.1: 0x1f80 after reset)"
+        );
+        f.mxcsr = 0x7f81; // round toward zero, IE flag
+        vcpu.try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
+        let got = vcpu.try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+        ensure_eq!(got.mxcsr, 0x7f81u32, "mxcsr after KVM_SET_FPU");
+        Ok(())
+    })
 }
 
 /// The guest stores xmm0 and xmm1 to OUT with movdqu and halts.
@@ -117,38 +118,39 @@ pub(super) fn xsave_from(bytes: &[u8]) -> kvmconf_harness::abi::kvm_xsave {
 }
 
 pub(super) fn xsave_round_trip(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    let mut b = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
-    b[0..2].copy_from_slice(&0x037eu16.to_le_bytes()); // fcw
-    for i in 0..2 {
-        b[XSAVE_XMM0 + 16 * i..XSAVE_XMM0 + 16 * (i + 1)].copy_from_slice(&pattern(9 + i as u8));
-    }
-    // XSTATE_BV: x87 and SSE state present.
-    let mut bv = u64::from_le_bytes(
-        b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8]
-            .try_into()
-            .expect("8"),
-    );
-    bv |= 0x3;
-    b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
-    let want = xsave_from(&b);
-    g.vcpu()
-        .try_set_xsave(&want)
-        .map_err(|e| e.errno())
-        .map_err(|e| {
-            Fail::failed(format!(
-                "KVM_SET_XSAVE failed: {} (errno {e})",
-                std::io::Error::from_raw_os_error(e)
-            ))
-        })?;
-    let got = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
-    ensure_eq!(hex(&got[0..2]), hex(&b[0..2]), "fcw (xsave bytes 0..2)");
-    ensure_eq!(
-        hex(&got[XSAVE_XMM0..XSAVE_XMM0 + 32]),
-        hex(&b[XSAVE_XMM0..XSAVE_XMM0 + 32]),
-        "xmm0..xmm1 (xsave bytes 160..192)"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let mut b = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        b[0..2].copy_from_slice(&0x037eu16.to_le_bytes()); // fcw
+        for i in 0..2 {
+            b[XSAVE_XMM0 + 16 * i..XSAVE_XMM0 + 16 * (i + 1)]
+                .copy_from_slice(&pattern(9 + i as u8));
+        }
+        // XSTATE_BV: x87 and SSE state present.
+        let mut bv = u64::from_le_bytes(
+            b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8]
+                .try_into()
+                .expect("8"),
+        );
+        bv |= 0x3;
+        b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
+        let want = xsave_from(&b);
+        vcpu.try_set_xsave(&want)
+            .map_err(|e| e.errno())
+            .map_err(|e| {
+                Fail::failed(format!(
+                    "KVM_SET_XSAVE failed: {} (errno {e})",
+                    std::io::Error::from_raw_os_error(e)
+                ))
+            })?;
+        let got = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        ensure_eq!(hex(&got[0..2]), hex(&b[0..2]), "fcw (xsave bytes 0..2)");
+        ensure_eq!(
+            hex(&got[XSAVE_XMM0..XSAVE_XMM0 + 32]),
+            hex(&b[XSAVE_XMM0..XSAVE_XMM0 + 32]),
+            "xmm0..xmm1 (xsave bytes 160..192)"
+        );
+        Ok(())
+    })
 }
 
 pub(super) fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
@@ -182,32 +184,31 @@ pub(super) fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
 }
 
 pub(super) fn xsave_bad_xstate_bv(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    let before = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
-    let mut b = before.clone();
-    b[0..2].copy_from_slice(&0x0272u16.to_le_bytes());
-    let mut bv = u64::from_le_bytes(
-        b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8]
-            .try_into()
-            .expect("8"),
-    );
-    bv |= 1 << 62;
-    b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
-    einval_or_fail(
-        "KVM_SET_XSAVE with XSTATE_BV bit 62 (no such state component)",
-        g.vcpu()
-            .try_set_xsave(&xsave_from(&b))
-            .map_err(|e| e.errno()),
-    )?;
-    let after = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
-    ensure!(
-        after == before,
-        "XSAVE area re-read after the rejected KVM_SET_XSAVE differs at byte {:#x}",
-        after
-            .iter()
-            .zip(&before)
-            .position(|(a, b)| a != b)
-            .unwrap_or(0)
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let before = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        let mut b = before.clone();
+        b[0..2].copy_from_slice(&0x0272u16.to_le_bytes());
+        let mut bv = u64::from_le_bytes(
+            b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8]
+                .try_into()
+                .expect("8"),
+        );
+        bv |= 1 << 62;
+        b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
+        einval_or_fail(
+            "KVM_SET_XSAVE with XSTATE_BV bit 62 (no such state component)",
+            vcpu.try_set_xsave(&xsave_from(&b)).map_err(|e| e.errno()),
+        )?;
+        let after = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        ensure!(
+            after == before,
+            "XSAVE area re-read after the rejected KVM_SET_XSAVE differs at byte {:#x}",
+            after
+                .iter()
+                .zip(&before)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0)
+        );
+        Ok(())
+    })
 }

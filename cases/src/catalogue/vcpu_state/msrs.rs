@@ -197,14 +197,15 @@ pub(super) const TSC_SET: u64 = 1 << 40;
 pub(super) const TSC_SLACK: u64 = 500_000_000_000;
 
 pub(super) fn msrs_tsc_round_trip(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    set_msrs_all(g.vcpu(), &[(MSR_TSC, TSC_SET)])?;
-    let t = get_msr(g.vcpu(), MSR_TSC)?;
-    ensure!(
-        (TSC_SET..TSC_SET + TSC_SLACK).contains(&t),
-        "IA32_TSC read after setting IA32_TSC to {TSC_SET:#x}: wanted a value in [{TSC_SET:#x}, +{TSC_SLACK:#x}), got {t:#x}"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        set_msrs_all(vcpu, &[(MSR_TSC, TSC_SET)])?;
+        let t = get_msr(vcpu, MSR_TSC)?;
+        ensure!(
+            (TSC_SET..TSC_SET + TSC_SLACK).contains(&t),
+            "IA32_TSC read after setting IA32_TSC to {TSC_SET:#x}: wanted a value in [{TSC_SET:#x}, +{TSC_SLACK:#x}), got {t:#x}"
+        );
+        Ok(())
+    })
 }
 
 pub(super) fn rdtsc_matches_msr(host: &Host, cpl: u8) -> Outcome {

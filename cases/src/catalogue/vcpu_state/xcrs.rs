@@ -34,34 +34,32 @@ pub(super) fn xcrs_round_trip(host: &Host) -> Outcome {
     require_cap(host, kvmconf_harness::abi::KVM_CAP_XCRS, "XCRS")?;
     let sup = supported_xcr0(host);
     ensure!(sup & 3 == 3, "supported XCR0 {sup:#x} lacks x87|SSE");
-    let g = hlt_guest(host, Mode::Long64)?;
-    ensure_eq!(xcr0(g.vcpu())?, 1u64, "XCR0 of a new vCPU (x87 only)");
-    let want = if sup & 4 != 0 { 7 } else { 3 };
-    g.vcpu()
-        .try_set_xcrs(&xcrs_of(want, 0))
-        .map_err(ioctl("KVM_SET_XCRS"))?;
-    ensure_eq!(xcr0(g.vcpu())?, want, "XCR0 after KVM_SET_XCRS");
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        ensure_eq!(xcr0(vcpu)?, 1u64, "XCR0 of a new vCPU (x87 only)");
+        let want = if sup & 4 != 0 { 7 } else { 3 };
+        vcpu.try_set_xcrs(&xcrs_of(want, 0))
+            .map_err(ioctl("KVM_SET_XCRS"))?;
+        ensure_eq!(xcr0(vcpu)?, want, "XCR0 after KVM_SET_XCRS");
+        Ok(())
+    })
 }
 
 pub(super) fn xcrs_rejected(host: &Host, what: &str, value: u64) -> Outcome {
     require_cap(host, kvmconf_harness::abi::KVM_CAP_XCRS, "XCRS")?;
-    let g = hlt_guest(host, Mode::Long64)?;
-    g.vcpu()
-        .try_set_xcrs(&xcrs_of(3, 0))
-        .map_err(ioctl("KVM_SET_XCRS"))?;
-    einval_or_fail(
-        &format!("KVM_SET_XCRS with {what}"),
-        g.vcpu()
-            .try_set_xcrs(&xcrs_of(value, 0))
-            .map_err(|e| e.errno()),
-    )?;
-    ensure_eq!(
-        xcr0(g.vcpu())?,
-        3u64,
-        "XCR0 re-read after the rejected KVM_SET_XCRS ({what})"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        vcpu.try_set_xcrs(&xcrs_of(3, 0))
+            .map_err(ioctl("KVM_SET_XCRS"))?;
+        einval_or_fail(
+            &format!("KVM_SET_XCRS with {what}"),
+            vcpu.try_set_xcrs(&xcrs_of(value, 0)).map_err(|e| e.errno()),
+        )?;
+        ensure_eq!(
+            xcr0(vcpu)?,
+            3u64,
+            "XCR0 re-read after the rejected KVM_SET_XCRS ({what})"
+        );
+        Ok(())
+    })
 }
 
 pub(super) fn xcrs_avx_without_sse(host: &Host) -> Outcome {
