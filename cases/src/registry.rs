@@ -286,6 +286,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn typed_ioctl_errors_read_like_ioctl_name() {
+        use kvmconf_harness::{VcpuError, VmError};
+        let e = VcpuError::GetRegs(Errno(libc::EINVAL));
+        assert_eq!(
+            Fail::from(e).to_string(),
+            ioctl("KVM_GET_REGS")(e).to_string()
+        );
+        assert_eq!(
+            Fail::from(e).to_string(),
+            "KVM_GET_REGS failed: Invalid argument (os error 22) (errno 22)"
+        );
+        let v = VmError::CreateVcpu(Errno(libc::EEXIST));
+        assert_eq!(
+            ioctl("KVM_CREATE_VCPU id 1")(v).to_string(),
+            "KVM_CREATE_VCPU id 1 failed: File exists (os error 17) (errno 17)"
+        );
+    }
+
+    #[test]
     fn glob_matches_stars_and_questions() {
         assert!(glob("vm.*", "vm.memslot_overlap_eexist"));
         assert!(glob("*dirty*", "vm.dirty_log_exact"));

@@ -192,7 +192,7 @@ fn check_extension_nr_memslots_positive(host: &Host) -> Outcome {
 
 fn check_extension_on_vm_fd_matches_the_api(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_CHECK_EXTENSION_VM, "CHECK_EXTENSION_VM")?;
-    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    let vm = host.try_create_vm()?;
     ensure_eq!(
         vm.check_extension_raw(UNKNOWN_CAP),
         0,
@@ -628,7 +628,7 @@ fn unknown_ioctl_on_dev_kvm_enotty(host: &Host) -> Outcome {
 }
 
 fn unknown_ioctl_on_vm_fd_enotty(host: &Host) -> Outcome {
-    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    let vm = host.try_create_vm()?;
     let e = vm.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
         e,
@@ -644,9 +644,9 @@ fn unknown_ioctl_on_vm_fd_enotty(host: &Host) -> Outcome {
 }
 
 fn unknown_ioctl_on_vcpu_fd_enotty(host: &Host) -> Outcome {
-    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    let vcpu = vm.try_create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    let before = vcpu.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let vm = host.try_create_vm()?;
+    let vcpu = vm.try_create_vcpu(0)?;
+    let before = vcpu.try_get_regs()?;
     let e = vcpu.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
         e,
@@ -656,7 +656,7 @@ fn unknown_ioctl_on_vcpu_fd_enotty(host: &Host) -> Outcome {
             kvmconf_harness::ioctl::UNASSIGNED_IOCTL
         ),
     )?;
-    let after = vcpu.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let after = vcpu.try_get_regs()?;
     ensure_eq!(
         format!("{after:?}"),
         format!("{before:?}"),

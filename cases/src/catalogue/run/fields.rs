@@ -74,9 +74,7 @@ pub(super) fn apic_base_field(host: &Host) -> Outcome {
         ..Default::default()
     }])
     .expect("one entry");
-    g.vcpu()
-        .try_get_msrs(&mut m)
-        .map_err(ioctl("KVM_GET_MSRS"))?;
+    g.vcpu().try_get_msrs(&mut m)?;
     let msr = m.as_slice()[0].data;
     ensure_eq!(
         g.vm.vcpu.kvm_run().apic_base,

@@ -65,10 +65,9 @@ pub(super) fn kvm_interrupt_invalid_einval(host: &Host) -> Outcome {
 
 pub(super) fn kvm_interrupt_irqchip_enxio(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IRQCHIP, "IRQCHIP")?;
-    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    vm.try_create_irqchip()
-        .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-    let v = vm.try_create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let vm = host.try_create_vm()?;
+    vm.try_create_irqchip()?;
+    let v = vm.try_create_vcpu(0)?;
     ensure_eq!(
         v.try_interrupt(0x40).map_err(|e| e.errno()),
         Err(libc::ENXIO),
@@ -161,7 +160,7 @@ pub(super) fn kvm_nmi_delivered(host: &Host) -> Outcome {
     })?);
     let mut g = Guest::boot(host, &c)?;
     set_rflags(&g, 0x2)?; // IF = 0 does not block NMIs
-    g.vcpu().try_nmi().map_err(ioctl("KVM_NMI"))?;
+    g.vcpu().try_nmi()?;
     g.run_to_hlt()?;
     ensure_eq!(
         g.stub_vector()?,

@@ -174,7 +174,7 @@ pub(super) fn msr_filter_allows_others(host: &Host) -> Outcome {
         ..Default::default()
     }])
     .expect("one entry");
-    g.vcpu().try_set_msrs(&m).map_err(ioctl("KVM_SET_MSRS"))?;
+    g.vcpu().try_set_msrs(&m)?;
     deny_star_read(&g)?;
     g.run_to_hlt()?;
     ensure_eq!(
@@ -193,7 +193,7 @@ pub(super) fn msr_filter_allows_others(host: &Host) -> Outcome {
 
 pub(super) fn msr_filter_default_deny_empty(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_X86_MSR_FILTER, "X86_MSR_FILTER")?;
-    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    let vm = host.try_create_vm()?;
     match vm.try_set_msr_filter(MsrFilterDefaultAction::DENY, &[]) {
         Ok(()) => Err(Fail::failed(
             "KVM_X86_SET_MSR_FILTER with KVM_MSR_FILTER_DEFAULT_DENY and no ranges: wanted an error, got success",

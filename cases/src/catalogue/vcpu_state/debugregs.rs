@@ -14,13 +14,8 @@ pub(super) fn debugregs_want() -> kvmconf_harness::abi::kvm_debugregs {
 pub(super) fn debugregs_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let want = debugregs_want();
-    g.vcpu()
-        .try_set_debugregs(&want)
-        .map_err(ioctl("KVM_SET_DEBUGREGS"))?;
-    let got = g
-        .vcpu()
-        .try_get_debugregs()
-        .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
+    g.vcpu().try_set_debugregs(&want)?;
+    let got = g.vcpu().try_get_debugregs()?;
     ensure_eq!(got.db, want.db, "db[0..4]");
     ensure_eq!(got.dr6, want.dr6, "dr6");
     ensure_eq!(got.dr7, want.dr7, "dr7");
@@ -33,20 +28,14 @@ pub(super) fn debugregs_rejected(
     mutate: impl Fn(&mut kvmconf_harness::abi::kvm_debugregs),
 ) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
-    let before = g
-        .vcpu()
-        .try_get_debugregs()
-        .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
+    let before = g.vcpu().try_get_debugregs()?;
     let mut bad = debugregs_want();
     mutate(&mut bad);
     einval_or_fail(
         &format!("KVM_SET_DEBUGREGS with {what}"),
         g.vcpu().try_set_debugregs(&bad).map_err(|e| e.errno()),
     )?;
-    let after = g
-        .vcpu()
-        .try_get_debugregs()
-        .map_err(ioctl("KVM_GET_DEBUGREGS"))?;
+    let after = g.vcpu().try_get_debugregs()?;
     ensure_eq!(
         (after.db, after.dr6, after.dr7),
         (before.db, before.dr6, before.dr7),
@@ -68,9 +57,7 @@ pub(super) fn debugregs_guest_reads(host: &Host) -> Outcome {
     // Breakpoints defined but not enabled: dr7 = 0x400 (bit 10 is fixed 1).
     let mut want = debugregs_want();
     want.dr7 = 0x400;
-    g.vcpu()
-        .try_set_debugregs(&want)
-        .map_err(ioctl("KVM_SET_DEBUGREGS"))?;
+    g.vcpu().try_set_debugregs(&want)?;
     g.run_to_hlt()?;
     ensure_eq!(g.read_u64(OUT)?, want.db[0], "guest MOV from DR0");
     ensure_eq!(g.read_u64(OUT + 8)?, want.db[3], "guest MOV from DR3");

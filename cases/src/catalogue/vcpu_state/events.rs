@@ -18,8 +18,7 @@ pub(super) fn events_nmi_masked_round_trip(host: &Host) -> Outcome {
         ensure_eq!(e.nmi.masked, 0u8, "nmi.masked of a new vCPU");
         e.nmi.masked = 1;
         e.flags = 0;
-        vcpu.try_set_vcpu_events(&e)
-            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+        vcpu.try_set_vcpu_events(&e)?;
         ensure_eq!(events(vcpu)?.nmi.masked, 1u8, "nmi.masked after setting it");
         Ok(())
     })
@@ -31,8 +30,7 @@ pub(super) fn events_shadow_round_trip(host: &Host) -> Outcome {
         let mut e = events(vcpu)?;
         e.flags = KVM_VCPUEVENT_VALID_SHADOW;
         e.interrupt.shadow = 1; // KVM_X86_SHADOW_INT_MOV_SS
-        vcpu.try_set_vcpu_events(&e)
-            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+        vcpu.try_set_vcpu_events(&e)?;
         let got = events(vcpu)?;
         ensure!(
             got.flags & KVM_VCPUEVENT_VALID_SHADOW != 0,
@@ -146,9 +144,7 @@ pub(super) fn events_exception_delivered(host: &Host) -> Outcome {
     e.flags = 0;
     e.exception.injected = 1;
     e.exception.nr = 6;
-    g.vcpu()
-        .try_set_vcpu_events(&e)
-        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+    g.vcpu().try_set_vcpu_events(&e)?;
     g.run_to_hlt()?;
     let (v, _, rip) = stub_frame(&g, false)?;
     ensure_eq!(v, Some(6u8), "stub reached after injecting #UD (vector 6)");
@@ -169,9 +165,7 @@ pub(super) fn events_exception_error_code_delivered(host: &Host) -> Outcome {
     e.exception.nr = 13;
     e.exception.has_error_code = 1;
     e.exception.error_code = 0x1238;
-    g.vcpu()
-        .try_set_vcpu_events(&e)
-        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+    g.vcpu().try_set_vcpu_events(&e)?;
     g.run_to_hlt()?;
     let (v, err, rip) = stub_frame(&g, true)?;
     ensure_eq!(
@@ -194,9 +188,7 @@ pub(super) fn events_nmi_pending_delivered(host: &Host) -> Outcome {
     let mut e = events(g.vcpu())?;
     e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
     e.nmi.pending = 1;
-    g.vcpu()
-        .try_set_vcpu_events(&e)
-        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+    g.vcpu().try_set_vcpu_events(&e)?;
     g.run_to_hlt()?;
     let (v, _, rip) = stub_frame(&g, false)?;
     ensure_eq!(
@@ -224,9 +216,7 @@ pub(super) fn events_nmi_masked_holds_pending(host: &Host) -> Outcome {
     e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
     e.nmi.pending = 1;
     e.nmi.masked = 1;
-    g.vcpu()
-        .try_set_vcpu_events(&e)
-        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+    g.vcpu().try_set_vcpu_events(&e)?;
     g.run_to_hlt()?;
     let v = g.stub_vector()?;
     ensure_eq!(v, None, "stub the guest halted in while NMIs are masked");
@@ -252,9 +242,7 @@ pub(super) fn events_interrupt_delivered(host: &Host) -> Outcome {
     e.interrupt.injected = 1;
     e.interrupt.nr = 0x41;
     e.interrupt.soft = 0;
-    g.vcpu()
-        .try_set_vcpu_events(&e)
-        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+    g.vcpu().try_set_vcpu_events(&e)?;
     g.run_to_hlt()?;
     let (v, rip, _) = g.handled()?;
     ensure_eq!(v, 0x41u8, "vector of the handler reached");

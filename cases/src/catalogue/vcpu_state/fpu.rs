@@ -8,7 +8,7 @@ pub(super) fn pattern(seed: u8) -> [u8; 16] {
 
 pub(super) fn fpu_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
-    let mut f = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    let mut f = g.vcpu().try_get_fpu()?;
     f.fcw = 0x027f;
     f.fsw = 0x3800;
     f.ftwx = 0x81;
@@ -21,8 +21,8 @@ pub(super) fn fpu_round_trip(host: &Host) -> Outcome {
     for (i, x) in f.xmm.iter_mut().enumerate() {
         *x = pattern(0x40 + i as u8);
     }
-    g.vcpu().try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
-    let got = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    g.vcpu().try_set_fpu(&f)?;
+    let got = g.vcpu().try_get_fpu()?;
     ensure_eq!(got.fcw, f.fcw, "fcw");
     ensure_eq!(got.fsw, f.fsw, "fsw");
     ensure_eq!(got.ftwx, f.ftwx, "ftwx");
@@ -41,15 +41,15 @@ pub(super) fn fpu_round_trip(host: &Host) -> Outcome {
 
 pub(super) fn fpu_mxcsr_round_trip(host: &Host) -> Outcome {
     host.with_vm(Mode::Long64, |_vm, vcpu| {
-        let mut f = vcpu.try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+        let mut f = vcpu.try_get_fpu()?;
         ensure_eq!(
             f.mxcsr,
             0x1f80u32,
             "mxcsr of a new vCPU (SDM 1 10.2.3.1: 0x1f80 after reset)"
         );
         f.mxcsr = 0x7f81; // round toward zero, IE flag
-        vcpu.try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
-        let got = vcpu.try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+        vcpu.try_set_fpu(&f)?;
+        let got = vcpu.try_get_fpu()?;
         ensure_eq!(got.mxcsr, 0x7f81u32, "mxcsr after KVM_SET_FPU");
         Ok(())
     })
@@ -83,10 +83,10 @@ pub(super) fn run_store_xmm(g: &mut Guest, cpl: u8) -> Result<Vec<u8>, Fail> {
 
 pub(super) fn fpu_guest_reads_xmm(host: &Host, cpl: u8) -> Outcome {
     let mut g = store_xmm_guest(host, cpl)?;
-    let mut f = g.vcpu().try_get_fpu().map_err(ioctl("KVM_GET_FPU"))?;
+    let mut f = g.vcpu().try_get_fpu()?;
     f.xmm[0] = pattern(1);
     f.xmm[1] = pattern(2);
-    g.vcpu().try_set_fpu(&f).map_err(ioctl("KVM_SET_FPU"))?;
+    g.vcpu().try_set_fpu(&f)?;
     let got = run_store_xmm(&mut g, cpl)?;
     ensure_eq!(
         hex(&got[..16]),
@@ -119,7 +119,7 @@ pub(super) fn xsave_from(bytes: &[u8]) -> kvmconf_harness::abi::kvm_xsave {
 
 pub(super) fn xsave_round_trip(host: &Host) -> Outcome {
     host.with_vm(Mode::Long64, |_vm, vcpu| {
-        let mut b = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        let mut b = xsave_bytes(&vcpu.try_get_xsave()?);
         b[0..2].copy_from_slice(&0x037eu16.to_le_bytes()); // fcw
         for i in 0..2 {
             b[XSAVE_XMM0 + 16 * i..XSAVE_XMM0 + 16 * (i + 1)]
@@ -142,7 +142,7 @@ pub(super) fn xsave_round_trip(host: &Host) -> Outcome {
                     std::io::Error::from_raw_os_error(e)
                 ))
             })?;
-        let got = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        let got = xsave_bytes(&vcpu.try_get_xsave()?);
         ensure_eq!(hex(&got[0..2]), hex(&b[0..2]), "fcw (xsave bytes 0..2)");
         ensure_eq!(
             hex(&got[XSAVE_XMM0..XSAVE_XMM0 + 32]),
@@ -155,7 +155,7 @@ pub(super) fn xsave_round_trip(host: &Host) -> Outcome {
 
 pub(super) fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
     let mut g = store_xmm_guest(host, 3)?;
-    let mut b = xsave_bytes(&g.vcpu().try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+    let mut b = xsave_bytes(&g.vcpu().try_get_xsave()?);
     b[XSAVE_XMM0..XSAVE_XMM0 + 16].copy_from_slice(&pattern(0x21));
     b[XSAVE_XMM0 + 16..XSAVE_XMM0 + 32].copy_from_slice(&pattern(0x22));
     let mut bv = u64::from_le_bytes(
@@ -185,7 +185,7 @@ pub(super) fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
 
 pub(super) fn xsave_bad_xstate_bv(host: &Host) -> Outcome {
     host.with_vm(Mode::Long64, |_vm, vcpu| {
-        let before = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        let before = xsave_bytes(&vcpu.try_get_xsave()?);
         let mut b = before.clone();
         b[0..2].copy_from_slice(&0x0272u16.to_le_bytes());
         let mut bv = u64::from_le_bytes(
@@ -199,7 +199,7 @@ pub(super) fn xsave_bad_xstate_bv(host: &Host) -> Outcome {
             "KVM_SET_XSAVE with XSTATE_BV bit 62 (no such state component)",
             vcpu.try_set_xsave(&xsave_from(&b)).map_err(|e| e.errno()),
         )?;
-        let after = xsave_bytes(&vcpu.try_get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?);
+        let after = xsave_bytes(&vcpu.try_get_xsave()?);
         ensure!(
             after == before,
             "XSAVE area re-read after the rejected KVM_SET_XSAVE differs at byte {:#x}",

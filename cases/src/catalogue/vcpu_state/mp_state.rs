@@ -5,19 +5,15 @@ use super::*;
 /// A VM with KVM_CREATE_IRQCHIP and one vCPU `id` (no memory: state ioctls only).
 pub(super) fn irqchip_vcpu(host: &Host, id: u64) -> Result<(kvmconf_harness::Vm, Vcpu), Fail> {
     require_cap(host, KVM_CAP_IRQCHIP, "IRQCHIP")?;
-    let vm = host.try_create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    vm.try_create_irqchip()
-        .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
-    let v = vm.try_create_vcpu(id).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    v.try_set_cpuid2(host.supported_cpuid())
-        .map_err(ioctl("KVM_SET_CPUID2"))?;
+    let vm = host.try_create_vm()?;
+    vm.try_create_irqchip()?;
+    let v = vm.try_create_vcpu(id)?;
+    v.try_set_cpuid2(host.supported_cpuid())?;
     Ok((vm, v))
 }
 
 pub(super) fn mp_state(v: &Vcpu) -> Result<u32, Fail> {
-    Ok(v.try_get_mp_state()
-        .map_err(ioctl("KVM_GET_MP_STATE"))?
-        .mp_state)
+    Ok(v.try_get_mp_state()?.mp_state)
 }
 
 pub(super) fn mp_state_fresh_runnable(host: &Host) -> Outcome {
@@ -36,8 +32,7 @@ pub(super) fn mp_state_halted_round_trip(host: &Host) -> Outcome {
     let (_vm, v) = irqchip_vcpu(host, 0)?;
     v.try_set_mp_state(kvm_mp_state {
         mp_state: KVM_MP_STATE_HALTED,
-    })
-    .map_err(ioctl("KVM_SET_MP_STATE"))?;
+    })?;
     ensure_eq!(
         mp_state(&v)?,
         KVM_MP_STATE_HALTED,
@@ -45,8 +40,7 @@ pub(super) fn mp_state_halted_round_trip(host: &Host) -> Outcome {
     );
     v.try_set_mp_state(kvm_mp_state {
         mp_state: KVM_MP_STATE_RUNNABLE,
-    })
-    .map_err(ioctl("KVM_SET_MP_STATE"))?;
+    })?;
     ensure_eq!(
         mp_state(&v)?,
         KVM_MP_STATE_RUNNABLE,
@@ -84,7 +78,7 @@ pub(super) fn lapic_set_u32(l: &mut kvm_lapic_state, off: usize, v: u32) {
 
 pub(super) fn lapic_id_and_version(host: &Host) -> Outcome {
     let (_vm, v) = irqchip_vcpu(host, 5)?;
-    let l = v.try_get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    let l = v.try_get_lapic()?;
     ensure_eq!(
         lapic_u32(&l, 0x20) >> 24,
         5u32,
@@ -100,7 +94,7 @@ pub(super) fn lapic_id_and_version(host: &Host) -> Outcome {
 
 pub(super) fn lapic_round_trip(host: &Host) -> Outcome {
     let (_vm, v) = irqchip_vcpu(host, 0)?;
-    let mut l = v.try_get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    let mut l = v.try_get_lapic()?;
     let fields = [
         (0x80, 0x30u32, "TPR"),
         (0xf0, 0x1ff, "spurious vector (APIC enabled, vector 0xff)"),
@@ -113,8 +107,8 @@ pub(super) fn lapic_round_trip(host: &Host) -> Outcome {
     for &(off, val, _) in &fields {
         lapic_set_u32(&mut l, off, val);
     }
-    v.try_set_lapic(&l).map_err(ioctl("KVM_SET_LAPIC"))?;
-    let got = v.try_get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+    v.try_set_lapic(&l)?;
+    let got = v.try_get_lapic()?;
     for (off, val, name) in fields {
         ensure_eq!(
             lapic_u32(&got, off),

@@ -18,15 +18,13 @@ pub(super) fn msrs(entries: &[(u32, u64)]) -> Msrs {
 
 pub(super) fn get_msr(v: &Vcpu, index: u32) -> Result<u64, Fail> {
     let mut m = msrs(&[(index, 0)]);
-    let n = v.try_get_msrs(&mut m).map_err(ioctl("KVM_GET_MSRS"))?;
+    let n = v.try_get_msrs(&mut m)?;
     ensure_eq!(n, 1usize, "KVM_GET_MSRS({index:#x}) count");
     Ok(m.as_slice()[0].data)
 }
 
 pub(super) fn set_msrs_all(v: &Vcpu, entries: &[(u32, u64)]) -> Outcome {
-    let n = v
-        .try_set_msrs(&msrs(entries))
-        .map_err(ioctl("KVM_SET_MSRS"))?;
+    let n = v.try_set_msrs(&msrs(entries))?;
     ensure_eq!(n, entries.len(), "KVM_SET_MSRS count for {entries:x?}");
     Ok(())
 }
@@ -47,10 +45,7 @@ pub(super) fn msrs_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     set_msrs_all(g.vcpu(), &MSR_VALUES)?;
     let mut m = msrs(&MSR_VALUES.map(|(i, _)| (i, 0)));
-    let n = g
-        .vcpu()
-        .try_get_msrs(&mut m)
-        .map_err(ioctl("KVM_GET_MSRS"))?;
+    let n = g.vcpu().try_get_msrs(&mut m)?;
     ensure_eq!(n, MSR_VALUES.len(), "KVM_GET_MSRS count");
     for (e, (index, want)) in m.as_slice().iter().zip(MSR_VALUES) {
         ensure_eq!(e.data, want, "MSR {index:#x} after KVM_SET_MSRS");
@@ -61,10 +56,7 @@ pub(super) fn msrs_round_trip(host: &Host) -> Outcome {
 pub(super) fn msrs_get_stops_at_unknown(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let mut m = msrs(&[(MSR_STAR, 0), (MSR_UNKNOWN, 0), (MSR_LSTAR, 0)]);
-    let n = g
-        .vcpu()
-        .try_get_msrs(&mut m)
-        .map_err(ioctl("KVM_GET_MSRS"))?;
+    let n = g.vcpu().try_get_msrs(&mut m)?;
     ensure_eq!(
         n,
         1usize,
@@ -76,14 +68,11 @@ pub(super) fn msrs_get_stops_at_unknown(host: &Host) -> Outcome {
 pub(super) fn msrs_set_stops_at_unknown(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     set_msrs_all(g.vcpu(), &[(MSR_STAR, 0), (MSR_LSTAR, 0x1000)])?;
-    let n = g
-        .vcpu()
-        .try_set_msrs(&msrs(&[
-            (MSR_STAR, 0x0023_0010_0000_0000),
-            (MSR_UNKNOWN, 1),
-            (MSR_LSTAR, 0x2000),
-        ]))
-        .map_err(ioctl("KVM_SET_MSRS"))?;
+    let n = g.vcpu().try_set_msrs(&msrs(&[
+        (MSR_STAR, 0x0023_0010_0000_0000),
+        (MSR_UNKNOWN, 1),
+        (MSR_LSTAR, 0x2000),
+    ]))?;
     ensure_eq!(
         n,
         1usize,
@@ -108,8 +97,7 @@ pub(super) fn msrs_set_stops_at_reserved_bits(host: &Host) -> Outcome {
     // Memory type 2 is reserved in every PAT entry (SDM 3A 13.12.2).
     let n = g
         .vcpu()
-        .try_set_msrs(&msrs(&[(MSR_PAT, 0x0007_0406_0007_0402), (MSR_STAR, 0x1)]))
-        .map_err(ioctl("KVM_SET_MSRS"))?;
+        .try_set_msrs(&msrs(&[(MSR_PAT, 0x0007_0406_0007_0402), (MSR_STAR, 0x1)]))?;
     ensure_eq!(
         n,
         0usize,

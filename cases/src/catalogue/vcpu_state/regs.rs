@@ -47,10 +47,10 @@ pub(super) fn regs_rflags_fixed_bit(host: &Host) -> Outcome {
 
 pub(super) fn regs_fresh_reset_state(host: &Host) -> Outcome {
     let vm = fresh_vm(host)?;
-    let r = vm.vcpu.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let r = vm.vcpu.try_get_regs()?;
     ensure_eq!(r.rip, 0xfff0u64, "rip of a new vCPU");
     ensure_eq!(r.rflags, 0x2u64, "rflags of a new vCPU");
-    let s = vm.vcpu.try_get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+    let s = vm.vcpu.try_get_sregs()?;
     ensure_eq!(s.cs.selector, 0xf000u16, "cs.selector of a new vCPU");
     ensure_eq!(s.cs.base, 0xffff_0000u64, "cs.base of a new vCPU");
     ensure_eq!(s.cr0, 0x6000_0010u64, "cr0 of a new vCPU");
@@ -72,9 +72,7 @@ pub(super) fn sregs_round_trip(host: &Host, mode: Mode) -> Outcome {
     set.idt.base = 0x7000;
     set.fs.base = 0x1234_5000;
     set.gs.base = 0x5678_9000;
-    g.vcpu()
-        .try_set_sregs(&set)
-        .map_err(ioctl("KVM_SET_SREGS"))?;
+    g.vcpu().try_set_sregs(&set)?;
     no_diff(
         &format!("{mode:?} KVM_GET_SREGS after KVM_SET_SREGS"),
         sregs_diff(&g.sregs()?, &set),
@@ -85,7 +83,7 @@ pub(super) fn sregs_cr8_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let mut s = g.sregs()?;
     s.cr8 = 0x9;
-    g.vcpu().try_set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))?;
+    g.vcpu().try_set_sregs(&s)?;
     ensure_eq!(
         g.sregs()?.cr8,
         0x9u64,
@@ -98,7 +96,7 @@ pub(super) fn sregs_interrupt_bitmap_round_trip(host: &Host) -> Outcome {
     let g = hlt_guest(host, Mode::Long64)?;
     let mut s = g.sregs()?;
     s.interrupt_bitmap = [0, 1 << (0x51 - 64), 0, 0];
-    g.vcpu().try_set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))?;
+    g.vcpu().try_set_sregs(&s)?;
     ensure_eq!(
         g.sregs()?.interrupt_bitmap,
         [0u64, 1 << (0x51 - 64), 0, 0],

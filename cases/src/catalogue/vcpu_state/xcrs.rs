@@ -22,7 +22,7 @@ pub(super) fn xcrs_of(value: u64, xcr: u32) -> kvm_xcrs {
 }
 
 pub(super) fn xcr0(v: &Vcpu) -> Result<u64, Fail> {
-    let x = v.try_get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?;
+    let x = v.try_get_xcrs()?;
     x.xcrs[..x.nr_xcrs as usize]
         .iter()
         .find(|x| x.xcr == 0)
@@ -37,8 +37,7 @@ pub(super) fn xcrs_round_trip(host: &Host) -> Outcome {
     host.with_vm(Mode::Long64, |_vm, vcpu| {
         ensure_eq!(xcr0(vcpu)?, 1u64, "XCR0 of a new vCPU (x87 only)");
         let want = if sup & 4 != 0 { 7 } else { 3 };
-        vcpu.try_set_xcrs(&xcrs_of(want, 0))
-            .map_err(ioctl("KVM_SET_XCRS"))?;
+        vcpu.try_set_xcrs(&xcrs_of(want, 0))?;
         ensure_eq!(xcr0(vcpu)?, want, "XCR0 after KVM_SET_XCRS");
         Ok(())
     })
@@ -47,8 +46,7 @@ pub(super) fn xcrs_round_trip(host: &Host) -> Outcome {
 pub(super) fn xcrs_rejected(host: &Host, what: &str, value: u64) -> Outcome {
     require_cap(host, kvmconf_harness::abi::KVM_CAP_XCRS, "XCRS")?;
     host.with_vm(Mode::Long64, |_vm, vcpu| {
-        vcpu.try_set_xcrs(&xcrs_of(3, 0))
-            .map_err(ioctl("KVM_SET_XCRS"))?;
+        vcpu.try_set_xcrs(&xcrs_of(3, 0))?;
         einval_or_fail(
             &format!("KVM_SET_XCRS with {what}"),
             vcpu.try_set_xcrs(&xcrs_of(value, 0)).map_err(|e| e.errno()),

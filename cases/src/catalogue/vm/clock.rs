@@ -58,8 +58,7 @@ pub(super) fn set_clock_then_get(host: &Host) -> Outcome {
         vm.try_set_clock(&kvm_clock_data {
             clock: target,
             ..Default::default()
-        })
-        .map_err(ioctl("KVM_SET_CLOCK"))?;
+        })?;
         let got = get_clock(&vm)?.clock;
         let slack = t0.elapsed().as_nanos() as u64 + 1_000_000;
         ensure!(
@@ -94,7 +93,7 @@ pub(super) fn set_identity_map_addr_before_vcpu(host: &Host) -> Outcome {
 pub(super) fn set_identity_map_addr_after_vcpu_fails(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SET_IDENTITY_MAP_ADDR, "SET_IDENTITY_MAP_ADDR")?;
     let vm = new_vm(host)?;
-    let _vcpu = vm.try_create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let _vcpu = vm.try_create_vcpu(0)?;
     ensure!(
         vm.try_set_identity_map_address(0xfeff_c000).is_err(),
         "KVM_SET_IDENTITY_MAP_ADDR after KVM_CREATE_VCPU: wanted an error, got success"

@@ -5,19 +5,13 @@ use super::*;
 pub(super) fn coalesced_vm(host: &Host) -> Result<TestVm, Fail> {
     require_cap(host, KVM_CAP_COALESCED_MMIO, "COALESCED_MMIO")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
-    vm.vcpu
-        .try_map_coalesced_ring()
-        .map_err(ioctl("mmap of the coalesced MMIO ring"))?;
+    vm.vcpu.try_map_coalesced_ring()?;
     Ok(vm)
 }
 
 pub(super) fn ring(vm: &mut TestVm) -> Result<Vec<(u64, u32, u32, u64)>, Fail> {
     let mut out = Vec::new();
-    while let Some(e) = vm
-        .vcpu
-        .try_coalesced_read()
-        .map_err(ioctl("coalesced MMIO ring"))?
-    {
+    while let Some(e) = vm.vcpu.try_coalesced_read()? {
         out.push((
             e.phys_addr,
             e.len,
@@ -33,8 +27,7 @@ pub(super) fn ring(vm: &mut TestVm) -> Result<Vec<(u64, u32, u32, u64)>, Fail> {
 
 pub(super) fn coalesced_mmio_writes_in_ring(host: &Host) -> Outcome {
     let mut vm = coalesced_vm(host)?;
-    vm.try_register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)
-        .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
+    vm.try_register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)?;
     let r = run32(&mut vm, "writes", |a| {
         a.mov(dword_ptr(MMIO_GPA), 0x11u32)?;
         a.mov(dword_ptr(MMIO_GPA + 4), 0x2222_2222u32)?;
@@ -60,8 +53,7 @@ pub(super) fn coalesced_mmio_writes_in_ring(host: &Host) -> Outcome {
 
 pub(super) fn coalesced_mmio_reads_exit(host: &Host) -> Outcome {
     let mut vm = coalesced_vm(host)?;
-    vm.try_register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)
-        .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
+    vm.try_register_coalesced_mmio(IoEventAddress::Mmio(MMIO_GPA), 0x1000)?;
     let r = run32(&mut vm, "write then read", |a| {
         a.mov(dword_ptr(MMIO_GPA + 8), 0x99u32)?;
         a.mov(eax, dword_ptr(MMIO_GPA))?;
@@ -83,10 +75,8 @@ pub(super) fn coalesced_mmio_reads_exit(host: &Host) -> Outcome {
 pub(super) fn coalesced_mmio_unregister_restores_exits(host: &Host) -> Outcome {
     let mut vm = coalesced_vm(host)?;
     let zone = IoEventAddress::Mmio(MMIO_GPA);
-    vm.try_register_coalesced_mmio(zone, 0x1000)
-        .map_err(ioctl("KVM_REGISTER_COALESCED_MMIO"))?;
-    vm.try_unregister_coalesced_mmio(zone, 0x1000)
-        .map_err(ioctl("KVM_UNREGISTER_COALESCED_MMIO"))?;
+    vm.try_register_coalesced_mmio(zone, 0x1000)?;
+    vm.try_unregister_coalesced_mmio(zone, 0x1000)?;
     let r = run32(&mut vm, "write", |a| {
         a.mov(dword_ptr(MMIO_GPA), 0x11u32)?;
         a.hlt()

@@ -95,9 +95,7 @@ pub(super) fn dirty_log_reads_only(host: &Host, cpl: u8) -> Outcome {
 
 pub(super) fn dirty_log_bit0_is_slot_start(host: &Host) -> Outcome {
     let mut vm = vm_with_extra(host, KVM_MEM_LOG_DIRTY_PAGES)?;
-    let empty = vm
-        .try_get_dirty_log(EXTRA_SLOT, 0x10000)
-        .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
+    let empty = vm.try_get_dirty_log(EXTRA_SLOT, 0x10000)?;
     ensure_eq!(
         empty,
         vec![0u64],
@@ -110,17 +108,13 @@ pub(super) fn dirty_log_bit0_is_slot_start(host: &Host) -> Outcome {
         a.mov(eax, dword_ptr(EXTRA_GPA + 0x5000))?;
         a.hlt()
     })?;
-    let log = vm
-        .try_get_dirty_log(EXTRA_SLOT, 0x10000)
-        .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
+    let log = vm.try_get_dirty_log(EXTRA_SLOT, 0x10000)?;
     ensure_eq!(
         log,
         vec![(1u64 << 3) | (1 << 15)],
         "bitmap after writes to pages 3 and 15 of the slot"
     );
-    let log = vm
-        .try_get_dirty_log(EXTRA_SLOT, 0x10000)
-        .map_err(ioctl("KVM_GET_DIRTY_LOG"))?;
+    let log = vm.try_get_dirty_log(EXTRA_SLOT, 0x10000)?;
     ensure_eq!(log, vec![0u64], "bitmap read a second time");
     Ok(())
 }

@@ -30,8 +30,7 @@ pub(super) fn ioeventfd_pio_signals_without_exit(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IOEVENTFD, "IOEVENTFD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
-    vm.try_register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), NoDatamatch)
-        .map_err(ioctl("KVM_IOEVENTFD"))?;
+    vm.try_register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), NoDatamatch)?;
     let r = run32(&mut vm, "out", out_program(&[0x42]))?;
     ensure_eq!(
         r.trace,
@@ -46,8 +45,7 @@ pub(super) fn ioeventfd_mmio_signals_without_exit(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IOEVENTFD, "IOEVENTFD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
-    vm.try_register_ioevent(&e, &IoEventAddress::Mmio(MMIO_GPA), 0x77u32)
-        .map_err(ioctl("KVM_IOEVENTFD"))?;
+    vm.try_register_ioevent(&e, &IoEventAddress::Mmio(MMIO_GPA), 0x77u32)?;
     let r = run32(&mut vm, "mmio", |a| {
         a.mov(dword_ptr(MMIO_GPA), 0x77u32)?;
         a.mov(dword_ptr(MMIO_GPA), 0x77u32)?;
@@ -66,8 +64,7 @@ pub(super) fn ioeventfd_datamatch_selects(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IOEVENTFD, "IOEVENTFD")?;
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
-    vm.try_register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), 0x42u32)
-        .map_err(ioctl("KVM_IOEVENTFD"))?;
+    vm.try_register_ioevent(&e, &IoEventAddress::Pio(PORT.into()), 0x42u32)?;
     let r = run32(&mut vm, "out", out_program(&[0x41, 0x42, 0x4200_0042]))?;
     ensure_eq!(
         r.trace,
@@ -86,8 +83,7 @@ pub(super) fn ioeventfd_deassign_stops(host: &Host) -> Outcome {
     let mut vm = test_vm(host, Mode::Prot32, false)?;
     let e = eventfd()?;
     let addr = IoEventAddress::Pio(PORT.into());
-    vm.try_register_ioevent(&e, &addr, NoDatamatch)
-        .map_err(ioctl("KVM_IOEVENTFD"))?;
+    vm.try_register_ioevent(&e, &addr, NoDatamatch)?;
     vm.try_unregister_ioevent(&e, &addr, NoDatamatch)
         .map_err(ioctl("KVM_IOEVENTFD (KVM_IOEVENTFD_FLAG_DEASSIGN)"))?;
     let r = run32(&mut vm, "out", out_program(&[0x42]))?;
@@ -149,7 +145,7 @@ pub(super) fn irqfd_signal_raises_pic_irr(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IRQFD, "IRQFD")?;
     let vm = irqchip_vm(host)?;
     let e = eventfd()?;
-    vm.try_register_irqfd(&e, 5).map_err(ioctl("KVM_IRQFD"))?;
+    vm.try_register_irqfd(&e, 5)?;
     e.write(1)
         .map_err(|err| Fail::failed(format!("eventfd write: {err}")))?;
     ensure!(
@@ -164,7 +160,7 @@ pub(super) fn irqfd_deassign_stops_injection(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_IRQFD, "IRQFD")?;
     let vm = irqchip_vm(host)?;
     let e = eventfd()?;
-    vm.try_register_irqfd(&e, 6).map_err(ioctl("KVM_IRQFD"))?;
+    vm.try_register_irqfd(&e, 6)?;
     vm.try_unregister_irqfd(&e, 6)
         .map_err(ioctl("KVM_IRQFD (KVM_IRQFD_FLAG_DEASSIGN)"))?;
     e.write(1)
@@ -175,8 +171,8 @@ pub(super) fn irqfd_deassign_stops_injection(host: &Host) -> Outcome {
         pic_irr(&vm)?
     );
     // The GSI itself still works.
-    vm.try_irq_line(6, true).map_err(ioctl("KVM_IRQ_LINE"))?;
-    vm.try_irq_line(6, false).map_err(ioctl("KVM_IRQ_LINE"))?;
+    vm.try_irq_line(6, true)?;
+    vm.try_irq_line(6, false)?;
     ensure_eq!(
         pic_irr(&vm)? & (1 << 6),
         1 << 6,

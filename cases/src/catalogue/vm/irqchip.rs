@@ -5,8 +5,7 @@ use super::*;
 pub(super) fn irqchip_vm(host: &Host) -> Result<Vm, Fail> {
     require_cap(host, KVM_CAP_IRQCHIP, "IRQCHIP")?;
     let vm = new_vm(host)?;
-    vm.try_create_irqchip()
-        .map_err(ioctl("KVM_CREATE_IRQCHIP"))?;
+    vm.try_create_irqchip()?;
     Ok(vm)
 }
 
@@ -38,7 +37,7 @@ pub(super) fn create_irqchip_twice_eexist(host: &Host) -> Outcome {
     let mut pic = abi::pic_state(&c);
     pic.imr = 0xa5;
     c.chip.pic = pic;
-    vm.try_set_irqchip(&c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
+    vm.try_set_irqchip(&c)?;
     match vm.try_create_irqchip() {
         Ok(()) => {
             return Err(Fail::failed(
@@ -63,7 +62,7 @@ pub(super) fn set_irqchip_pic_roundtrips(host: &Host) -> Outcome {
         pic.imr = 0x3c ^ id as u8;
         pic.irq_base = 0x20 + 8 * id as u8;
         c.chip.pic = pic;
-        vm.try_set_irqchip(&c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
+        vm.try_set_irqchip(&c)?;
         let back = abi::pic_state(&chip(&vm, id)?);
         ensure_eq!(
             (back.imr, back.irq_base),
@@ -111,10 +110,9 @@ pub(super) fn irq_line_without_irqchip_fails(host: &Host) -> Outcome {
 pub(super) fn create_pit2_after_irqchip(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_PIT2, "PIT2")?;
     let vm = irqchip_vm(host)?;
-    vm.try_create_pit2(kvm_pit_config::default())
-        .map_err(ioctl("KVM_CREATE_PIT2"))?;
+    vm.try_create_pit2(kvm_pit_config::default())?;
     if host.check_raw(KVM_CAP_PIT_STATE2) > 0 {
-        vm.try_get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
+        vm.try_get_pit2()?;
     }
     Ok(())
 }
@@ -139,17 +137,16 @@ pub(super) fn set_pit2_flags_roundtrip(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_PIT2, "PIT2")?;
     require_cap(host, KVM_CAP_PIT_STATE2, "PIT_STATE2")?;
     let vm = irqchip_vm(host)?;
-    vm.try_create_pit2(kvm_pit_config::default())
-        .map_err(ioctl("KVM_CREATE_PIT2"))?;
-    let mut st = vm.try_get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
+    vm.try_create_pit2(kvm_pit_config::default())?;
+    let mut st = vm.try_get_pit2()?;
     ensure_eq!(
         st.flags & KVM_PIT_FLAGS_HPET_LEGACY,
         0,
         "KVM_PIT_FLAGS_HPET_LEGACY of a new PIT"
     );
     st.flags |= KVM_PIT_FLAGS_HPET_LEGACY;
-    vm.try_set_pit2(&st).map_err(ioctl("KVM_SET_PIT2"))?;
-    let back = vm.try_get_pit2().map_err(ioctl("KVM_GET_PIT2"))?;
+    vm.try_set_pit2(&st)?;
+    let back = vm.try_get_pit2()?;
     ensure_eq!(
         back.flags & KVM_PIT_FLAGS_HPET_LEGACY,
         KVM_PIT_FLAGS_HPET_LEGACY,

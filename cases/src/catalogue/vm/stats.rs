@@ -214,7 +214,7 @@ pub(super) fn stats_fd_vm_descriptors_parse(host: &Host) -> Outcome {
 pub(super) fn stats_fd_vcpu_header_and_id(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD")?;
     let vm = new_vm(host)?;
-    let vcpu = vm.try_create_vcpu(3).map_err(ioctl("KVM_CREATE_VCPU"))?;
+    let vcpu = vm.try_create_vcpu(3)?;
     let s = read_stats(
         vcpu.try_stats_fd()
             .map_err(|e| Fail::failed(e.to_string()))?,

@@ -139,9 +139,9 @@ pub(super) fn create_vcpu_duplicate_id_eexist(host: &Host) -> Outcome {
     let first = vm
         .try_create_vcpu(1)
         .map_err(ioctl("KVM_CREATE_VCPU id 1"))?;
-    let mut regs = first.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let mut regs = first.try_get_regs()?;
     regs.rax = 0x1234_5678;
-    first.try_set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+    first.try_set_regs(&regs)?;
     match vm.try_create_vcpu(1) {
         Ok(_) => {
             return Err(Fail::failed(
@@ -150,7 +150,7 @@ pub(super) fn create_vcpu_duplicate_id_eexist(host: &Host) -> Outcome {
         }
         Err(e) => expect_errno(Some(e.errno()), libc::EEXIST, "second KVM_CREATE_VCPU id 1")?,
     }
-    let after = first.try_get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let after = first.try_get_regs()?;
     ensure_eq!(
         after.rax,
         0x1234_5678,
