@@ -12,14 +12,15 @@ pub(super) fn debugregs_want() -> kvmconf_harness::abi::kvm_debugregs {
 }
 
 pub(super) fn debugregs_round_trip(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    let want = debugregs_want();
-    g.vcpu().try_set_debugregs(&want)?;
-    let got = g.vcpu().try_get_debugregs()?;
-    ensure_eq!(got.db, want.db, "db[0..4]");
-    ensure_eq!(got.dr6, want.dr6, "dr6");
-    ensure_eq!(got.dr7, want.dr7, "dr7");
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let want = debugregs_want();
+        vcpu.try_set_debugregs(&want)?;
+        let got = vcpu.try_get_debugregs()?;
+        ensure_eq!(got.db, want.db, "db[0..4]");
+        ensure_eq!(got.dr6, want.dr6, "dr6");
+        ensure_eq!(got.dr7, want.dr7, "dr7");
+        Ok(())
+    })
 }
 
 pub(super) fn debugregs_rejected(

@@ -7,36 +7,37 @@ pub(super) fn pattern(seed: u8) -> [u8; 16] {
 }
 
 pub(super) fn fpu_round_trip(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    let mut f = g.vcpu().try_get_fpu()?;
-    f.fcw = 0x027f;
-    f.fsw = 0x3800;
-    f.ftwx = 0x81;
-    for (i, r) in f.fpr.iter_mut().enumerate() {
-        // 80-bit values in the low 10 bytes; the rest of each slot is padding.
-        let p = pattern(i as u8);
-        r[..10].copy_from_slice(&p[..10]);
-        r[10..].fill(0);
-    }
-    for (i, x) in f.xmm.iter_mut().enumerate() {
-        *x = pattern(0x40 + i as u8);
-    }
-    g.vcpu().try_set_fpu(&f)?;
-    let got = g.vcpu().try_get_fpu()?;
-    ensure_eq!(got.fcw, f.fcw, "fcw");
-    ensure_eq!(got.fsw, f.fsw, "fsw");
-    ensure_eq!(got.ftwx, f.ftwx, "ftwx");
-    for i in 0..8 {
-        ensure_eq!(
-            hex(&got.fpr[i][..10]),
-            hex(&f.fpr[i][..10]),
-            "fpr[{i}] (80 bits)"
-        );
-    }
-    for i in 0..16 {
-        ensure_eq!(hex(&got.xmm[i]), hex(&f.xmm[i]), "xmm{i}");
-    }
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let mut f = vcpu.try_get_fpu()?;
+        f.fcw = 0x027f;
+        f.fsw = 0x3800;
+        f.ftwx = 0x81;
+        for (i, r) in f.fpr.iter_mut().enumerate() {
+            // 80-bit values in the low 10 bytes; the rest of each slot is padding.
+            let p = pattern(i as u8);
+            r[..10].copy_from_slice(&p[..10]);
+            r[10..].fill(0);
+        }
+        for (i, x) in f.xmm.iter_mut().enumerate() {
+            *x = pattern(0x40 + i as u8);
+        }
+        vcpu.try_set_fpu(&f)?;
+        let got = vcpu.try_get_fpu()?;
+        ensure_eq!(got.fcw, f.fcw, "fcw");
+        ensure_eq!(got.fsw, f.fsw, "fsw");
+        ensure_eq!(got.ftwx, f.ftwx, "ftwx");
+        for i in 0..8 {
+            ensure_eq!(
+                hex(&got.fpr[i][..10]),
+                hex(&f.fpr[i][..10]),
+                "fpr[{i}] (80 bits)"
+            );
+        }
+        for i in 0..16 {
+            ensure_eq!(hex(&got.xmm[i]), hex(&f.xmm[i]), "xmm{i}");
+        }
+        Ok(())
+    })
 }
 
 pub(super) fn fpu_mxcsr_round_trip(host: &Host) -> Outcome {

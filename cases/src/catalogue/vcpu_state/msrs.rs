@@ -42,70 +42,72 @@ pub(super) const MSR_VALUES: [(u32, u64); 9] = [
 ];
 
 pub(super) fn msrs_round_trip(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    set_msrs_all(g.vcpu(), &MSR_VALUES)?;
-    let mut m = msrs(&MSR_VALUES.map(|(i, _)| (i, 0)));
-    let n = g.vcpu().try_get_msrs(&mut m)?;
-    ensure_eq!(n, MSR_VALUES.len(), "KVM_GET_MSRS count");
-    for (e, (index, want)) in m.as_slice().iter().zip(MSR_VALUES) {
-        ensure_eq!(e.data, want, "MSR {index:#x} after KVM_SET_MSRS");
-    }
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        set_msrs_all(vcpu, &MSR_VALUES)?;
+        let mut m = msrs(&MSR_VALUES.map(|(i, _)| (i, 0)));
+        let n = vcpu.try_get_msrs(&mut m)?;
+        ensure_eq!(n, MSR_VALUES.len(), "KVM_GET_MSRS count");
+        for (e, (index, want)) in m.as_slice().iter().zip(MSR_VALUES) {
+            ensure_eq!(e.data, want, "MSR {index:#x} after KVM_SET_MSRS");
+        }
+        Ok(())
+    })
 }
 
 pub(super) fn msrs_get_stops_at_unknown(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    let mut m = msrs(&[(MSR_STAR, 0), (MSR_UNKNOWN, 0), (MSR_LSTAR, 0)]);
-    let n = g.vcpu().try_get_msrs(&mut m)?;
-    ensure_eq!(
-        n,
-        1usize,
-        "KVM_GET_MSRS of [STAR, {MSR_UNKNOWN:#x} (unknown), LSTAR]: number of MSRs returned"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let mut m = msrs(&[(MSR_STAR, 0), (MSR_UNKNOWN, 0), (MSR_LSTAR, 0)]);
+        let n = vcpu.try_get_msrs(&mut m)?;
+        ensure_eq!(
+            n,
+            1usize,
+            "KVM_GET_MSRS of [STAR, {MSR_UNKNOWN:#x} (unknown), LSTAR]: number of MSRs returned"
+        );
+        Ok(())
+    })
 }
 
 pub(super) fn msrs_set_stops_at_unknown(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    set_msrs_all(g.vcpu(), &[(MSR_STAR, 0), (MSR_LSTAR, 0x1000)])?;
-    let n = g.vcpu().try_set_msrs(&msrs(&[
-        (MSR_STAR, 0x0023_0010_0000_0000),
-        (MSR_UNKNOWN, 1),
-        (MSR_LSTAR, 0x2000),
-    ]))?;
-    ensure_eq!(
-        n,
-        1usize,
-        "KVM_SET_MSRS of [STAR, {MSR_UNKNOWN:#x} (unknown), LSTAR]: number of MSRs set"
-    );
-    ensure_eq!(
-        get_msr(g.vcpu(), MSR_STAR)?,
-        0x0023_0010_0000_0000u64,
-        "STAR (entry 0, before the unknown MSR) was set"
-    );
-    ensure_eq!(
-        get_msr(g.vcpu(), MSR_LSTAR)?,
-        0x1000u64,
-        "LSTAR (entry 2, after the unknown MSR) is unchanged"
-    );
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        set_msrs_all(vcpu, &[(MSR_STAR, 0), (MSR_LSTAR, 0x1000)])?;
+        let n = vcpu.try_set_msrs(&msrs(&[
+            (MSR_STAR, 0x0023_0010_0000_0000),
+            (MSR_UNKNOWN, 1),
+            (MSR_LSTAR, 0x2000),
+        ]))?;
+        ensure_eq!(
+            n,
+            1usize,
+            "KVM_SET_MSRS of [STAR, {MSR_UNKNOWN:#x} (unknown), LSTAR]: number of MSRs set"
+        );
+        ensure_eq!(
+            get_msr(vcpu, MSR_STAR)?,
+            0x0023_0010_0000_0000u64,
+            "STAR (entry 0, before the unknown MSR) was set"
+        );
+        ensure_eq!(
+            get_msr(vcpu, MSR_LSTAR)?,
+            0x1000u64,
+            "LSTAR (entry 2, after the unknown MSR) is unchanged"
+        );
+        Ok(())
+    })
 }
 
 pub(super) fn msrs_set_stops_at_reserved_bits(host: &Host) -> Outcome {
-    let g = hlt_guest(host, Mode::Long64)?;
-    let pat0 = get_msr(g.vcpu(), MSR_PAT)?;
-    // Memory type 2 is reserved in every PAT entry (SDM 3A 13.12.2).
-    let n = g
-        .vcpu()
-        .try_set_msrs(&msrs(&[(MSR_PAT, 0x0007_0406_0007_0402), (MSR_STAR, 0x1)]))?;
-    ensure_eq!(
-        n,
-        0usize,
-        "KVM_SET_MSRS of [PAT with reserved type 2, STAR]: number of MSRs set"
-    );
-    ensure_eq!(get_msr(g.vcpu(), MSR_PAT)?, pat0, "PAT re-read");
-    ensure_eq!(get_msr(g.vcpu(), MSR_STAR)?, 0u64, "STAR re-read");
-    Ok(())
+    host.with_vm(Mode::Long64, |_vm, vcpu| {
+        let pat0 = get_msr(vcpu, MSR_PAT)?;
+        // Memory type 2 is reserved in every PAT entry (SDM 3A 13.12.2).
+        let n = vcpu.try_set_msrs(&msrs(&[(MSR_PAT, 0x0007_0406_0007_0402), (MSR_STAR, 0x1)]))?;
+        ensure_eq!(
+            n,
+            0usize,
+            "KVM_SET_MSRS of [PAT with reserved type 2, STAR]: number of MSRs set"
+        );
+        ensure_eq!(get_msr(vcpu, MSR_PAT)?, pat0, "PAT re-read");
+        ensure_eq!(get_msr(vcpu, MSR_STAR)?, 0u64, "STAR re-read");
+        Ok(())
+    })
 }
 
 pub(super) fn msrs_guest_rdmsr(host: &Host) -> Outcome {
