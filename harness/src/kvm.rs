@@ -11,8 +11,8 @@ use crate::vm::{Vm, VmError};
 use crate::watchdog;
 use kvm_bindings::{
     CpuId, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_guest_debug, kvm_regs,
-    kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_guest_debug, kvm_sregs,
+    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VmFd};
 use kvmconf_guests::case::{Case, Mode};
@@ -48,13 +48,6 @@ impl KvmError {
             KvmError::Ioctl { errno, .. } => Some(*errno),
             _ => None,
         }
-    }
-}
-
-fn ioctl_err(ioctl: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
-    move |e| KvmError::Ioctl {
-        ioctl,
-        errno: e.errno(),
     }
 }
 
@@ -583,27 +576,22 @@ impl TestVcpu {
     fn new(vm: &Vm, id: u64, cpuid: &CpuId) -> Result<TestVcpu, KvmError> {
         let vcpu = vm.try_create_vcpu(id)?;
         vcpu.try_set_cpuid2(cpuid)?;
-        let fd = vcpu.fd();
-        let sregs_base = fd.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+        let sregs_base = vcpu.try_get_sregs()?;
         let has_xcrs = vm.check_extension_raw(kvm_bindings::KVM_CAP_XCRS) > 0;
         let mut msrs = reset_msr_list();
-        let n = fd.get_msrs(&mut msrs).map_err(ioctl_err("KVM_GET_MSRS"))?;
+        let n = vcpu.try_get_msrs(&mut msrs)?;
         let msrs = kvm_bindings::Msrs::from_entries(&msrs.as_slice()[..n]).expect("fits");
         let aux = AuxState {
-            xsave: fd.get_xsave().map_err(ioctl_err("KVM_GET_XSAVE"))?,
+            xsave: vcpu.try_get_xsave()?,
             xcrs: if has_xcrs {
-                Some(fd.get_xcrs().map_err(ioctl_err("KVM_GET_XCRS"))?)
+                Some(vcpu.try_get_xcrs()?)
             } else {
                 None
             },
-            debugregs: fd
-                .get_debug_regs()
-                .map_err(ioctl_err("KVM_GET_DEBUGREGS"))?,
-            events: fd
-                .get_vcpu_events()
-                .map_err(ioctl_err("KVM_GET_VCPU_EVENTS"))?,
+            debugregs: vcpu.try_get_debugregs()?,
+            events: vcpu.try_get_vcpu_events()?,
             msrs,
-            mp_state: fd.get_mp_state().map_err(ioctl_err("KVM_GET_MP_STATE"))?,
+            mp_state: vcpu.try_get_mp_state()?,
         };
         let sync = !no_sync_regs() && sync_regs_supported(vm.fd());
         let mut v = TestVcpu {
@@ -673,9 +661,7 @@ impl TestVcpu {
     /// when KVM_CAP_SYNC_REGS allows (no ioctls), else with KVM_SET_SREGS/REGS/VCPU_EVENTS.
     pub fn load_state(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
         if !self.sync {
-            self.fd
-                .set_vcpu_events(&self.aux.events)
-                .map_err(ioctl_err("KVM_SET_VCPU_EVENTS"))?;
+            self.vcpu.try_set_vcpu_events(&self.aux.events)?;
             return self.set_state(cpu);
         }
         let sregs = crate::state::to_kvm_sregs(cpu, &self.sregs_base);
@@ -712,9 +698,7 @@ impl TestVcpu {
             self.vcpu.fd_mut().clear_sync_dirty_reg(r);
         }
         self.staged = false;
-        self.fd
-            .set_vcpu_events(&self.aux.events)
-            .map_err(ioctl_err("KVM_SET_VCPU_EVENTS"))?;
+        self.vcpu.try_set_vcpu_events(&self.aux.events)?;
         self.set_state(cpu)
     }
 
@@ -730,52 +714,28 @@ impl TestVcpu {
     /// Loads `cpu` into the vCPU with KVM_SET_REGS and KVM_SET_SREGS.
     pub fn set_state(&mut self, cpu: &CpuState) -> Result<(), KvmError> {
         let sregs = crate::state::to_kvm_sregs(cpu, &self.sregs_base);
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(ioctl_err("KVM_SET_SREGS"))?;
-        self.fd
-            .set_regs(&crate::state::to_kvm_regs(cpu))
-            .map_err(ioctl_err("KVM_SET_REGS"))?;
+        self.vcpu.try_set_sregs(&sregs)?;
+        self.vcpu.try_set_regs(&crate::state::to_kvm_regs(cpu))?;
         Ok(())
     }
 
     /// Reads the CPU state (KVM_GET_REGS, KVM_GET_SREGS).
     pub fn state(&self) -> Result<CpuState, KvmError> {
-        let r: kvm_regs = self
-            .vcpu
-            .fd()
-            .get_regs()
-            .map_err(ioctl_err("KVM_GET_REGS"))?;
-        let s = self
-            .vcpu
-            .fd()
-            .get_sregs()
-            .map_err(ioctl_err("KVM_GET_SREGS"))?;
+        let r = self.vcpu.try_get_regs()?;
+        let s = self.vcpu.try_get_sregs()?;
         Ok(crate::state::from_kvm(&r, &s))
     }
 
     /// Restores XSAVE, XCRs, debug registers, MSRs and MP state to their values at creation
     /// (vCPU events are restored by [`TestVcpu::load_state`]).
     pub fn reset_aux(&mut self) -> Result<(), KvmError> {
-        // SAFETY: `xsave` came from KVM_GET_XSAVE on this vCPU, so its size is the legacy
-        // 4 KiB area KVM_SET_XSAVE reads.
-        unsafe { self.vcpu.fd_mut().set_xsave(&self.aux.xsave) }
-            .map_err(ioctl_err("KVM_SET_XSAVE"))?;
+        self.vcpu.try_set_xsave(&self.aux.xsave)?;
         if let Some(x) = &self.aux.xcrs {
-            self.vcpu
-                .fd_mut()
-                .set_xcrs(x)
-                .map_err(ioctl_err("KVM_SET_XCRS"))?;
+            self.vcpu.try_set_xcrs(x)?;
         }
-        self.fd
-            .set_debug_regs(&self.aux.debugregs)
-            .map_err(ioctl_err("KVM_SET_DEBUGREGS"))?;
-        self.fd
-            .set_msrs(&self.aux.msrs)
-            .map_err(ioctl_err("KVM_SET_MSRS"))?;
-        self.fd
-            .set_mp_state(self.aux.mp_state)
-            .map_err(ioctl_err("KVM_SET_MP_STATE"))?;
+        self.vcpu.try_set_debugregs(&self.aux.debugregs)?;
+        self.vcpu.try_set_msrs(&self.aux.msrs)?;
+        self.vcpu.try_set_mp_state(self.aux.mp_state)?;
         Ok(())
     }
 
@@ -792,9 +752,7 @@ impl TestVcpu {
             },
             ..Default::default()
         };
-        self.fd
-            .set_guest_debug(&dbg)
-            .map_err(ioctl_err("KVM_SET_GUEST_DEBUG"))?;
+        self.vcpu.try_set_guest_debug(&dbg)?;
         self.single_step = on;
         Ok(())
     }
