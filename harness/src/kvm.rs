@@ -10,9 +10,9 @@ use crate::vcpu::Vcpu;
 use crate::vm::{Vm, VmError};
 use crate::watchdog;
 use kvm_bindings::{
-    CpuId, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES,
-    KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_cpuid_entry2, kvm_debugregs, kvm_guest_debug, kvm_sregs,
-    kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES, Msrs,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_guest_debug, kvm_sregs, kvm_userspace_memory_region,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{Cap, Kvm, SyncReg, VmFd};
 use kvmconf_guests::case::{Case, Mode};
@@ -251,40 +251,9 @@ impl Host {
         }
     }
 
-    /// Creates a VM with RAM and memslots for `layout` and one vCPU: the one boot sequence
-    /// (KVM_CREATE_VM, KVM_SET_TSS_ADDR, the memslots, then [`TestVcpu`] id 0).
+    /// Creates a VM with RAM and memslots for `layout` and one vCPU (see [`TestVm::new`]).
     pub fn create_vm(&self, layout: &Layout, dirty_log: bool) -> Result<TestVm, KvmError> {
-        let vm = self.try_create_vm()?;
-        if layout.ram_size <= TSS_ADDR {
-            vm.try_set_tss_address(TSS_ADDR as usize)?;
-        }
-        let mem = GuestMemory::new(layout.ram_size)?;
-        let slots = layout.ram_slots();
-        for (i, &(start, end)) in slots.iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: i as u32,
-                flags: if dirty_log {
-                    KVM_MEM_LOG_DIRTY_PAGES
-                } else {
-                    0
-                },
-                guest_phys_addr: start,
-                memory_size: end - start,
-                userspace_addr: mem.host_addr() + start,
-            };
-            // SAFETY: the userspace range lies inside `mem`, which lives as long as the VM
-            // (TestVm drops the VM fd, and with it the slots, before the memory).
-            unsafe { vm.set_user_memory_region(region) }?;
-        }
-        let vcpu = TestVcpu::new(&vm, 0, &self.cpuid)?;
-        Ok(TestVm {
-            vcpu,
-            vm,
-            mem,
-            slots,
-            dirty_log,
-            layout: layout.clone(),
-        })
+        TestVm::new(self, layout, dirty_log)
     }
 
     /// [`Host::create_vm`] for `model`'s layout with its image loaded into RAM: what a fresh
@@ -418,6 +387,31 @@ impl std::ops::Deref for TestVm {
 }
 
 impl TestVm {
+    /// The one construction sequence, each step made by its parent as in firecracker's vstate:
+    /// guest RAM, [`Host::try_create_vm`] (and KVM_SET_TSS_ADDR), [`Vm::map_ram`] (one memslot
+    /// per RAM range), then [`Vm::try_create_vcpu`] configured as [`TestVcpu`] id 0.
+    pub fn new(host: &Host, layout: &Layout, dirty_log: bool) -> Result<TestVm, KvmError> {
+        // RAM first, so that on an early return it is unmapped after the VM fd (and its slots).
+        let mem = GuestMemory::new(layout.ram_size)?;
+        let vm = host.try_create_vm()?;
+        if layout.ram_size <= TSS_ADDR {
+            vm.try_set_tss_address(TSS_ADDR as usize)?;
+        }
+        let slots = layout.ram_slots();
+        // SAFETY: `mem` outlives the VM fd: it is declared before `vm` here and is the field
+        // after `vm` in TestVm, so it is dropped after it on every path.
+        unsafe { vm.map_ram(&mem, &slots, dirty_log) }?;
+        let vcpu = TestVcpu::new(&vm, 0, host.supported_cpuid())?;
+        Ok(TestVm {
+            vcpu,
+            vm,
+            mem,
+            slots,
+            dirty_log,
+            layout: layout.clone(),
+        })
+    }
+
     /// The VM level alone, beside a mutable borrow of the vCPU.
     pub fn split(&mut self) -> (&Vm, &mut TestVcpu) {
         (&self.vm, &mut self.vcpu)

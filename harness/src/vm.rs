@@ -90,6 +90,42 @@ impl Vm {
             .map_err(|e| VmError::SetUserMemoryRegion(e.into()))
     }
 
+    /// The memory step: one memslot per `(start, end)` RAM range, slot `i` for range `i`,
+    /// backed by `mem` at the same offset, logging dirty pages when `dirty_log`.
+    ///
+    /// Panics if a range lies outside `mem` (a layout bug, not a KVM result).
+    ///
+    /// # Safety
+    /// `mem` must stay mapped for as long as this VM fd lives.
+    pub(crate) unsafe fn map_ram(
+        &self,
+        mem: &crate::memory::GuestMemory,
+        slots: &[(u64, u64)],
+        dirty_log: bool,
+    ) -> Result<(), VmError> {
+        for (i, &(start, end)) in slots.iter().enumerate() {
+            assert!(
+                start <= end && end <= mem.size(),
+                "RAM range {start:#x}..{end:#x} outside the {:#x}-byte guest memory",
+                mem.size()
+            );
+            let region = kvm_userspace_memory_region {
+                slot: i as u32,
+                flags: if dirty_log {
+                    crate::abi::KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
+                guest_phys_addr: start,
+                memory_size: end - start,
+                userspace_addr: mem.host_addr() + start,
+            };
+            // SAFETY: the caller keeps `mem` mapped while this VM fd (and so the slot) lives.
+            unsafe { self.set_user_memory_region(region) }?;
+        }
+        Ok(())
+    }
+
     /// KVM_GET_DIRTY_LOG of `slot` (`size` bytes): one bit per page, bit 0 the slot's first.
     pub fn try_get_dirty_log(&self, slot: u32, size: usize) -> Result<Vec<u64>, VmError> {
         self.fd
