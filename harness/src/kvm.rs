@@ -283,6 +283,42 @@ impl Host {
 
     /// [`Host::with_model`] for a guest in `mode` that only halts: `hlt` at [`CODE`] with the
     /// stack at [`STACK`], for checks of vCPU state that need a booted vCPU but no program.
+    ///
+    /// Setup uses `?` (the error names the ioctl and keeps the errno); a negative test calls the
+    /// `try_` form, looks at the errno, then reads the state back:
+    ///
+    /// ```no_run
+    /// use kvmconf_guests::Mode;
+    /// use kvmconf_harness::{Host, KvmError, VcpuError};
+    ///
+    /// #[derive(Debug)]
+    /// enum Error {
+    ///     Harness(KvmError),
+    ///     Vcpu(VcpuError),
+    /// }
+    /// impl From<KvmError> for Error {
+    ///     fn from(e: KvmError) -> Error {
+    ///         Error::Harness(e)
+    ///     }
+    /// }
+    /// impl From<VcpuError> for Error {
+    ///     fn from(e: VcpuError) -> Error {
+    ///         Error::Vcpu(e)
+    ///     }
+    /// }
+    ///
+    /// let host = Host::open().expect("/dev/kvm");
+    /// host.with_vm(Mode::Long64, |_vm, vcpu| {
+    ///     let before = vcpu.try_get_sregs()?;
+    ///     let mut bad = before;
+    ///     bad.cr4 |= 1 << 63; // reserved
+    ///     let errno = vcpu.try_set_sregs(&bad).err().map(|e| e.errno());
+    ///     assert_eq!(errno, Some(libc::EINVAL));
+    ///     assert_eq!(vcpu.try_get_sregs()?.cr4, before.cr4, "rejected set changed nothing");
+    ///     Ok::<(), Error>(())
+    /// })
+    /// .expect("KVM accepted the VM");
+    /// ```
     pub fn with_vm<T, E: From<KvmError>>(
         &self,
         mode: Mode,
