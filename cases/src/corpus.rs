@@ -6,7 +6,7 @@
 use crate::deviations::{self, Deviation, Verdict};
 use crate::registry::{Fail, Outcome};
 use kvmconf_guests::case::{Case, parse_cases};
-use kvmconf_guests::result::CaseResult;
+use kvmconf_guests::result::{CaseResult, Exit};
 use kvmconf_harness::Host;
 use kvmconf_harness::fingerprint::Fingerprint;
 use std::path::{Path, PathBuf};
@@ -64,6 +64,61 @@ pub fn redactions(text: &str) -> Vec<String> {
         .filter_map(|l| l.trim().strip_prefix("# redact:"))
         .flat_map(|r| r.split_whitespace().map(str::to_string))
         .collect()
+}
+
+/// Result fields whose bits a case declares undefined by the SDM with a
+/// `# undefined: regs.rsi=0xd4` comment (flags a PUSHF copied into a register after an instruction
+/// that leaves them undefined): dotted paths and the bits that are not compared. `Err` names a
+/// malformed entry.
+pub fn undefined_bits(text: &str) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    for (n, l) in text.lines().enumerate() {
+        let Some(r) = l.trim().strip_prefix("# undefined:") else {
+            continue;
+        };
+        for item in r.split_whitespace() {
+            let parsed = item.split_once('=').and_then(|(f, m)| {
+                let m = m.strip_prefix("0x")?;
+                Some((f.to_string(), u64::from_str_radix(m, 16).ok()?))
+            });
+            out.push(parsed.ok_or_else(|| {
+                format!(
+                    "line {}: `# undefined:` wants FIELD=0xMASK items, got {item:?}",
+                    n + 1
+                )
+            })?);
+        }
+    }
+    Ok(out)
+}
+
+/// `result` with the bits the SDM leaves undefined cleared, so that a snapshot records only what
+/// the architecture defines (undefined flags differ between CPU vendors, and KVM's emulator takes
+/// them from the host CPU): the RFLAGS bits the interpreter reports undefined when `case` reaches
+/// its HLT (when it models the case), and the bits `text` declares with `# undefined:`.
+pub fn mask_undefined(case: &Case, text: &str, result: &CaseResult) -> Result<CaseResult, String> {
+    let mut r = result.clone();
+    let (model, undefined) = kvmconf_guests::interp::run_with_undefined(case);
+    if model.exit == Exit::Hlt {
+        r.regs.rflags.0 &= !undefined;
+    }
+    let declared = undefined_bits(text)?;
+    if declared.is_empty() {
+        return Ok(r);
+    }
+    let mut v = serde_json::to_value(&r).expect("results serialize");
+    for (field, mask) in declared {
+        let at = field.split('.').try_fold(&mut v, |cur, p| cur.get_mut(p));
+        let value = at
+            .as_ref()
+            .and_then(|x| x.as_str())
+            .and_then(|x| u64::from_str_radix(x.strip_prefix("0x")?, 16).ok())
+            .ok_or_else(|| {
+                format!("`# undefined: {field}=…`: no hex field {field} in the result")
+            })?;
+        *at.expect("checked above") = serde_json::Value::String(format!("{:#x}", value & !mask));
+    }
+    serde_json::from_value(v).map_err(|e| format!("`# undefined:`: {e}"))
 }
 
 /// One corpus file: its path relative to the corpus directory, its text and its cases.
@@ -151,6 +206,8 @@ pub fn check(host: &Host, snapshots: &Path, file: &CorpusFile) -> Outcome {
         )));
     };
     let result = kvmconf_harness::run_fresh(host, case)?;
+    let result = mask_undefined(case, &file.text, &result)
+        .map_err(|e| Fail::failed(format!("{}: {e}", file.rel.display())))?;
     compare_snapshot(snapshots, &file.rel, &file.text, &result)
 }
 
@@ -158,7 +215,7 @@ pub fn check(host: &Host, snapshots: &Path, file: &CorpusFile) -> Outcome {
 pub fn reproduced<'a>(rel: &Path, devs: &'a [Deviation], fp: &Fingerprint) -> Vec<&'a Deviation> {
     let path = format!("cases/corpus/{}", rel.display());
     devs.iter()
-        .filter(|d| d.on_host(fp) && d.reproducer.contains(&path))
+        .filter(|d| d.on_host(fp) && d.cases.contains(&path))
         .collect()
 }
 
@@ -200,6 +257,40 @@ mod tests {
         assert_eq!(
             snapshot_file(Path::new("seed_hello.toml")),
             "corpus__seed_hello.snap"
+        );
+    }
+
+    #[test]
+    fn undefined_bits_are_cleared_from_rflags_and_declared_fields_only() {
+        use kvmconf_guests::case::Mode;
+        // mov eax, 0x10000; imul ebx, eax, 0x10000; pushfd; pop esi; hlt (prot32): IMUL leaves
+        // SF, ZF, AF and PF undefined, and PUSHFD copies them into esi.
+        let code = vec![
+            0xb8, 0x00, 0x00, 0x01, 0x00, 0x69, 0xd8, 0x00, 0x00, 0x01, 0x00, 0x9c, 0x5e, 0xf4,
+        ];
+        let mut case = Case::new("imul", Mode::Prot32, 0x1000, code);
+        case.regs.rsp = Some(kvmconf_guests::Hex(0x8000));
+        let mut r = kvmconf_guests::interp::run(&case);
+        assert_eq!(r.exit, Exit::Hlt);
+        r.regs.rflags.0 |= 0xd4;
+        r.regs.rsi.0 |= 0xd4;
+        r.regs.rdi.0 = 0xd4;
+        let text = "# undefined: regs.rsi=0xd4\n";
+        let m = mask_undefined(&case, text, &r).unwrap();
+        assert_eq!(m.regs.rflags.0 & 0xd4, 0, "IMUL's undefined flags");
+        assert_eq!(m.regs.rsi.0 & 0xd4, 0, "declared");
+        assert_eq!(m.regs.rdi.0, 0xd4, "not declared: compared as it is");
+        assert_eq!(
+            m.regs.rflags.0 & 0x801,
+            r.regs.rflags.0 & 0x801,
+            "CF and OF are defined"
+        );
+        assert!(mask_undefined(&case, "# undefined: regs.rsi=d4\n", &r).is_err());
+        assert!(mask_undefined(&case, "# undefined: regs.nosuch=0x1\n", &r).is_err());
+        assert!(
+            undefined_bits("x\n# undefined: regs.rsi\n")
+                .unwrap_err()
+                .starts_with("line 2:")
         );
     }
 

@@ -4,17 +4,17 @@
 //!
 //! The comparison itself masks nothing but the RFLAGS bits the interpreter reports as undefined at
 //! the end. A mismatch is minimised by overwriting instructions with NOPs of the same length (so
-//! branch offsets stay valid) while it persists, then classified by the mnemonics left: the class
-//! `Popcnt`, for example, when only a POPCNT and the final HLT remain. The failure message carries
-//! `class: <mnemonics>;`, which is what a deviation's `expect` matches, so on any other host (or for
-//! any other class) the same mismatch is a plain failure.
+//! branch offsets stay valid) while it persists, then pinned on its culprit instruction
+//! ([`crate::oracle::Culprit`]): `Popcnt`, for example, when only a POPCNT and the final HLT
+//! remain. Its [`Symptom`] (culprit, mode, CPL, exits) is what a deviation's oracle conditions
+//! match, so on any other host (or for any other culprit) the same mismatch is a plain failure.
 
-use crate::deviations::{Deviation, Verdict, judge};
-use crate::registry::Fail;
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
+use crate::deviations::{self, Deviation, Verdict};
+use crate::oracle::{Culprit, Symptom};
+use iced_x86::{Instruction, Mnemonic};
 use kvmconf_guests::case::{Case, MemInit, Mode};
 use kvmconf_guests::r#gen::source::SplitMix;
-use kvmconf_guests::r#gen::{CODE, Options, generate};
+use kvmconf_guests::r#gen::{Options, generate};
 use kvmconf_guests::interp::{self, Machine};
 use kvmconf_guests::result::{CaseResult, DiffMask, Event, Exit, FieldDiff, diff};
 use kvmconf_harness::fingerprint::Fingerprint;
@@ -88,54 +88,7 @@ pub fn compare_runs(a: &CaseResult, b: &CaseResult, undefined: u64) -> Vec<Field
     )
 }
 
-/// The code image of a generated case (the memory image at [`CODE`]).
-fn code_index(case: &Case) -> Option<usize> {
-    case.memory.iter().position(|m| m.addr.0 == CODE)
-}
-
-/// The instructions of a generated case's code image, in address order.
-pub fn instructions(case: &Case) -> Vec<Instruction> {
-    let Some(i) = code_index(case) else {
-        return vec![];
-    };
-    let bytes = &case.memory[i].hex.0;
-    let mut d = Decoder::with_ip(case.mode.bitness(), bytes, CODE, DecoderOptions::NONE);
-    let mut out = Vec::new();
-    while d.can_decode() {
-        out.push(d.decode());
-    }
-    out
-}
-
-/// Whether `i` is live code: neither a NOP (what minimising writes) nor HLT (how programs end).
-fn is_live(i: &Instruction) -> bool {
-    !matches!(i.mnemonic(), Mnemonic::Nop | Mnemonic::Hlt)
-}
-
-/// `case` with every live instruction (not NOP or HLT) for which `drop` holds overwritten by NOPs.
-pub fn nop_where(case: &Case, mut drop: impl FnMut(&Instruction) -> bool) -> Case {
-    let mut c = case.clone();
-    if let Some(i) = code_index(&c) {
-        for ins in instructions(case) {
-            if is_live(&ins) && drop(&ins) {
-                let off = (ins.ip() - CODE) as usize;
-                c.memory[i].hex.0[off..off + ins.len()].fill(0x90);
-            }
-        }
-    }
-    c
-}
-
-/// The distinct mnemonics of the live instructions (not NOP or HLT) of `case`, in program order.
-pub fn live_mnemonics(case: &Case) -> Vec<Mnemonic> {
-    let mut out = Vec::new();
-    for i in instructions(case).iter().filter(|i| is_live(i)) {
-        if !out.contains(&i.mnemonic()) {
-            out.push(i.mnemonic());
-        }
-    }
-    out
-}
+pub use crate::oracle::code::{instructions, is_live, live_mnemonics, nop_where};
 
 thread_local! {
     /// How often keeping one mnemonic alone reproduced a mismatch in this thread: the classes
@@ -205,24 +158,23 @@ pub fn minimise(case: &Case, mut still_differs: impl FnMut(&Case) -> bool) -> Ca
     best
 }
 
-/// The class of a minimised mismatch: the mnemonics of the instructions left (NOPs and HLT
-/// excluded), in program order, deduplicated, joined with `+`; when KVM refused to emulate, the
-/// mnemonic at KVM's RIP followed by ` refused`.
-pub fn classify(minimised: &Case, kvm: &CaseResult) -> String {
+/// The culprit of a minimised mismatch: when KVM refused to emulate, the instruction at KVM's
+/// RIP; else the one instruction left (NOPs and HLT excluded), or all of them in program order,
+/// deduplicated, when several are left ([`minimise_mismatch`] then singles one out if it can).
+pub fn classify(minimised: &Case, kvm: &CaseResult) -> Culprit {
     let ins = instructions(minimised);
     if let Exit::InternalError { .. } = kvm.exit
         && let Some(at) = ins.iter().find(|i| i.ip() == kvm.regs.rip.0)
     {
-        return format!("{:?} refused", at.mnemonic());
+        return Culprit::refused(minimised, at.mnemonic());
     }
-    let names: Vec<String> = live_mnemonics(minimised)
-        .iter()
-        .map(|m| format!("{m:?}"))
-        .collect();
-    if names.is_empty() {
-        "empty".into()
-    } else {
-        names.join("+")
+    match live_mnemonics(minimised).as_slice() {
+        [] => Culprit::Unknown,
+        [m] => Culprit::One {
+            mnemonic: *m,
+            context: vec![],
+        },
+        ms => Culprit::Several(ms.to_vec()),
     }
 }
 
@@ -233,15 +185,15 @@ pub struct Mismatch {
     pub case: Case,
     /// Its minimised form.
     pub minimised: Case,
-    /// The class (see [`classify`]).
-    pub class: String,
+    /// What the known deviations are matched against: the culprit, the case, the exits.
+    pub symptom: Symptom,
     /// The differing fields of the minimised case, `left != right`.
     pub diffs: Vec<String>,
 }
 
 impl Mismatch {
-    /// The failure message: name, class (`class: …;`, what deviations match), the minimised
-    /// program's listing, the diff, and the minimised case as JSON for replay.
+    /// The failure message: name, class (the culprit in words), the minimised program's listing,
+    /// the diff, and the minimised case as JSON for replay.
     pub fn message(&self, what: &str) -> String {
         let mut listing = String::new();
         for i in instructions(&self.minimised) {
@@ -252,15 +204,22 @@ impl Mismatch {
         format!(
             "{what}: case {:?}: class: {};\n  minimised program:\n{listing}  diff:\n    {}\n  minimised case: {}",
             self.case.name,
-            self.class,
+            self.symptom.culprit.describe(),
             self.diffs.join("\n    "),
             serde_json::to_string(&self.minimised).expect("cases serialize")
         )
     }
 
-    /// Judges this mismatch as a failure of the check `check` against the known deviations.
-    pub fn judge(&self, check: &str, what: &str, devs: &[Deviation], fp: &Fingerprint) -> Verdict {
-        judge(check, &Err(Fail::failed(self.message(what))), devs, fp)
+    /// Judges this mismatch against the known deviations of the host `fp`: the first whose oracle
+    /// conditions its symptom meets, else a failure.
+    pub fn judge(&self, what: &str, devs: &[Deviation], fp: &Fingerprint) -> Verdict {
+        match deviations::explain(&self.symptom, devs, fp) {
+            Some(d) => Verdict::KnownDeviation {
+                id: d.id.clone(),
+                message: self.message(what),
+            },
+            None => Verdict::Fail(self.message(what)),
+        }
     }
 }
 
@@ -288,18 +247,12 @@ pub fn minimise_mismatch(
         // The refused instruction is the one at KVM's RIP: no need to minimise on KVM. Keep it and
         // the final HLT (the rest NOPed) as the minimised case.
         let minimised = nop_where(case, |i| i.ip() != kvm.regs.rip.0);
-        let mut class = classify(case, kvm);
-        if let Some(m) = class.strip_suffix(" refused")
-            && refusals()
-                .iter()
-                .any(|r| r.mnemonic == m && r.mode == case.mode.name())
-        {
-            class = format!("{m} refused (listed in cases/emulator_refuses.toml)");
-        }
+        let culprit = classify(case, kvm);
+        let model = Machine::new(case).run().result;
         return Mismatch {
             case: case.clone(),
+            symptom: crate::oracle::symptom(case, culprit, kvm, &model),
             minimised,
-            class,
             diffs: compare(kvm, case).iter().map(ToString::to_string).collect(),
         };
     }
@@ -336,9 +289,9 @@ pub fn minimise_mismatch(
     };
     let start = focus(case, &mut still_differs);
     let minimised = minimise(&start, &mut still_differs);
-    let (class, diffs) = match run(&minimised) {
+    let (symptom, diffs) = match run(&minimised) {
         Ok(r) => {
-            let mut class = classify(&minimised, &r);
+            let mut pinned = classify(&minimised, &r);
             // When the minimised program still needs context (set-up of an operand, a DIV that
             // keeps the exit the same), name the culprit: the instruction that ends the shortest
             // prefix on which KVM and the interpreter disagree (see `culprit`). The class
@@ -348,22 +301,32 @@ pub fn minimise_mismatch(
             if names.len() > 1
                 && let Some(m) = culprit(&minimised, cap, &mut run)
             {
-                let context: Vec<String> = names
-                    .into_iter()
-                    .filter(|&x| x != m)
-                    .map(|x| format!("{x:?}"))
-                    .collect();
-                class = format!("{m:?}; context: {}", context.join("+"));
+                pinned = Culprit::One {
+                    mnemonic: m,
+                    context: names.into_iter().filter(|&x| x != m).collect(),
+                };
             }
-            let d = compare(&r, &minimised);
-            (class, d.iter().map(ToString::to_string).collect())
+            let (model, undefined) = interp::run_with_undefined(&minimised);
+            let d = diff(&r, &model, &undefined_masked(undefined));
+            (
+                crate::oracle::symptom(&minimised, pinned, &r, &model),
+                d.iter().map(ToString::to_string).collect(),
+            )
         }
-        Err(e) => ("harness error".into(), vec![e.to_string()]),
+        Err(e) => (
+            Symptom::new(
+                &minimised,
+                Culprit::Unknown,
+                &kvm.exit,
+                &original.result.exit,
+            ),
+            vec![e.to_string()],
+        ),
     };
     Mismatch {
         case: case.clone(),
         minimised,
-        class,
+        symptom,
         diffs,
     }
 }
@@ -579,7 +542,7 @@ fn observe(
     let mut probe = case.clone();
     for (k, img) in probe.memory.iter_mut().enumerate() {
         let now = m.peek_physical(img.addr.0, img.hex.0.len() as u64);
-        if Some(k) == code_index(case) && now != img.hex.0 {
+        if Some(k) == crate::oracle::code::code_index(case) && now != img.hex.0 {
             return None;
         }
         img.hex.0 = now;
@@ -1036,7 +999,7 @@ pub fn run_programs(
             }
         };
         for (what, m) in found {
-            let verdict = m.judge(check, &what, devs, fp);
+            let verdict = m.judge(&what, devs, fp);
             let mut t = tally.borrow_mut();
             match verdict {
                 Verdict::KnownDeviation { id, message } => {
@@ -1124,7 +1087,7 @@ mod tests {
             .filter(|&x| x != Mnemonic::Nop)
             .collect();
         assert!(left.iter().all(|&x| x == Mnemonic::Hlt), "{left:?}");
-        assert_eq!(classify(&m, &interp::run(&m)), "empty");
+        assert_eq!(classify(&m, &interp::run(&m)), Culprit::Unknown);
     }
 
     /// A long64 program: mov eax,5; bswap eax; mov ebx,7; lzcnt ecx,ebx; add eax,ebx; hlt.
@@ -1137,7 +1100,12 @@ mod tests {
             0x01, 0xd8, // add eax, ebx
             0xf4, // hlt
         ];
-        Case::new("two-classes", Mode::Long64, CODE, code)
+        Case::new(
+            "two-classes",
+            Mode::Long64,
+            kvmconf_guests::r#gen::CODE,
+            code,
+        )
     }
 
     /// A fake KVM: the interpreter, except that a program with a live BSWAP gets RDX flipped and
@@ -1169,10 +1137,10 @@ mod tests {
         let c = two_class_program();
         let kvm = fake_kvm(&c).unwrap();
         let found = explain(&c, &kvm, fake_kvm);
-        let classes: Vec<&str> = found.iter().map(|m| m.class.as_str()).collect();
+        let classes: Vec<String> = found.iter().map(|m| m.symptom.culprit.describe()).collect();
         assert_eq!(found.len(), 2, "{classes:?}");
         assert!(
-            classes.contains(&"Bswap") && classes.contains(&"Lzcnt"),
+            classes.iter().any(|c| c == "Bswap") && classes.iter().any(|c| c == "Lzcnt"),
             "{classes:?}"
         );
         for m in &found {
@@ -1188,7 +1156,7 @@ mod tests {
         };
         let found = explain(&c, &one(&c).unwrap(), one);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].class, "Lzcnt");
+        assert_eq!(found[0].symptom.culprit.describe(), "Lzcnt");
     }
 
     #[test]

@@ -8,8 +8,9 @@ pub mod corpus;
 pub mod deviations;
 pub mod differential;
 pub mod fuzz;
+pub mod oracle;
 pub mod registry;
 pub mod runner;
 pub mod snapshot;
 
-pub use registry::{Area, Check, Fail, Outcome};
+pub use registry::{Area, Check, Fail, Failure, Outcome, Part};

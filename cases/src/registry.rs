@@ -56,18 +56,24 @@ impl Area {
     }
 }
 
-/// A failed expectation as data: the field that was looked at, what was wanted and what came.
-/// Known deviations match on these parts (`cases/deviations.toml`, `[[deviation.when]]`), never
-/// on the sentence: [`Failure::text`] is for the report.
+/// One field that differed: what was looked at, what was wanted and what came, each rendered.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Part {
+    /// What was looked at (`exit`, `rax`, `KVM_SET_MSRS of [PAT …]: number of MSRs set`).
+    pub field: String,
+    /// What was wanted (`Hlt`, `0x1f80`).
+    pub wanted: String,
+    /// What came, rendered the same way.
+    pub got: String,
+}
+
+/// A failed expectation as data: the fields that differed (none when the check only gives a
+/// reason) and the sentence for the report. Known deviations match on the parts
+/// (`cases/deviations.toml`, `[[deviation.when]]`), never on the sentence.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Failure {
-    /// What was looked at (`exit`, `rax`, `KVM_SET_MSRS of [PAT …]: number of MSRs set`); empty
-    /// when the check only gives a reason.
-    pub field: String,
-    /// What was wanted, rendered (`Hlt`, `0x1f80`), when the failure compares a value.
-    pub wanted: Option<String>,
-    /// What came, rendered the same way.
-    pub got: Option<String>,
+    /// The fields that differed.
+    pub parts: Vec<Part>,
     /// The sentence for the report.
     pub text: String,
 }
@@ -76,8 +82,8 @@ impl Failure {
     /// A failure with only a reason (no field compared).
     pub fn reason(text: impl Into<String>) -> Failure {
         Failure {
+            parts: vec![],
             text: text.into(),
-            ..Failure::default()
         }
     }
 
@@ -88,12 +94,30 @@ impl Failure {
         got: impl Into<String>,
         note: &str,
     ) -> Failure {
-        let (field, wanted, got) = (field.into(), wanted.into(), got.into());
+        let part = Part {
+            field: field.into(),
+            wanted: wanted.into(),
+            got: got.into(),
+        };
         Failure {
-            text: format!("{field}: wanted {wanted}, got {got}{note}"),
-            field,
-            wanted: Some(wanted),
-            got: Some(got),
+            text: format!(
+                "{}: wanted {}, got {}{note}",
+                part.field, part.wanted, part.got
+            ),
+            parts: vec![part],
+        }
+    }
+
+    /// Several differing fields: `N difference(s):` and a line each (the first `shown`).
+    pub fn parts(parts: Vec<Part>, shown: usize) -> Failure {
+        let lines: Vec<String> = parts
+            .iter()
+            .take(shown)
+            .map(|p| format!("{}: wanted {}, got {}", p.field, p.wanted, p.got))
+            .collect();
+        Failure {
+            text: format!("{} difference(s):\n  {}", parts.len(), lines.join("\n  ")),
+            parts,
         }
     }
 }

@@ -94,6 +94,8 @@ fn snapshot(rel: &Path) -> Result<(), Failed> {
     let case = &cases[0];
     let result =
         run_fresh(&host, case).map_err(|e| format!("{}: harness error: {e}", rel.display()))?;
+    let result = corpus::mask_undefined(case, &text, &result)
+        .map_err(|e| format!("{}: {e}", rel.display()))?;
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(corpus::snapshot_dir());
     settings.set_prepend_module_to_snapshot(false);

@@ -240,10 +240,7 @@ pub fn expect_exit(got: &KvmExit, want: &KvmExit, what: &str) -> Result<(), Fail
     if got == want {
         Ok(())
     } else {
-        Err(Fail::failed(format!(
-            "{what}: wanted {want:?}, got {}",
-            describe(got)
-        )))
+        Err(Fail::field(what, format!("{want:?}"), describe(got), ""))
     }
 }
 

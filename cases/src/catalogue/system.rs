@@ -72,11 +72,12 @@ pub fn expect_errno(got: Option<i32>, want: i32, what: &str) -> Outcome {
     if got == Some(want) {
         return Ok(());
     }
-    Err(Fail::failed(format!(
-        "{what}: wanted {}, got {}",
+    Err(Fail::field(
+        what,
         errno_name(Some(want)),
-        errno_name(got)
-    )))
+        errno_name(got),
+        "",
+    ))
 }
 
 // ---- KVM_GET_API_VERSION ----

@@ -309,7 +309,7 @@ pub fn pat_reserved(value: u64) -> bool {
 }
 
 /// The id of the known deviation that explains a broken invariant, when one does on this host.
-const KNOWN_PAT: &str = super::KNOWN_IDS[3];
+const KNOWN_PAT: &str = super::PAT_RESERVED;
 
 /// A broken invariant: a short id (the finding's signature) and what happened.
 struct Bad {

@@ -16,25 +16,7 @@ pub const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// original's full deadline per candidate would make minimising take minutes.
 pub const CANDIDATE_TIMEOUT_MS: u64 = 100;
 
-/// Instruction boundaries `(offset, len)` of the code image at `CODE`.
-fn instructions(case: &Case) -> Option<(usize, Vec<(usize, usize)>)> {
-    let i = case.memory.iter().position(|m| m.addr.0 == CODE)?;
-    let code = &case.memory[i].hex.0;
-    let mut dec = iced_x86::Decoder::with_ip(
-        case.mode.bitness(),
-        code,
-        CODE,
-        iced_x86::DecoderOptions::NONE,
-    );
-    let mut out = Vec::new();
-    let mut off = 0usize;
-    while dec.can_decode() && out.len() < 4096 {
-        let ins = dec.decode();
-        out.push((off, ins.len()));
-        off += ins.len();
-    }
-    Some((i, out))
-}
+use crate::oracle::code::boundaries as instructions;
 
 /// Shrinks `case` while `reproduces` holds; returns the smallest case found (at worst `case`).
 pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case {

@@ -409,14 +409,13 @@ impl<'h> Runner<'h> {
         let finding = (!d.is_empty()).then(|| {
             let (signature, mut known) = classify(Target::GuestVsInterp, case, k, &o.result, &d);
             if known.is_none() {
-                // KVM's known ways of running a REP INS into MMIO, modelled on the trace.
-                known = explained_by_rep_ins(case, k);
-            }
-            if known.is_none() {
                 // A mismatch the host's known instruction-class deviations (LZCNT as BSR, …)
                 // explain completely is known; anything left without them stays a finding.
-                known =
-                    explained_by_known_classes(case, host_class_deviations(), |c| self.pool.run(c));
+                known = explained_by_known_classes(
+                    case,
+                    &host_class_deviations(case.mode, case.cpl),
+                    |c| self.pool.run(c),
+                );
             }
             Finding {
                 target: Target::GuestVsInterp,
@@ -455,40 +454,47 @@ impl<'h> Runner<'h> {
             result_signal(case.mode, case.cpl, &native),
             result_signal(case.mode, case.cpl, &emulated),
         ));
-        let strip = |r: &CaseResult| {
-            let mut r = r.clone();
-            r.trace
-                .retain(|e| !matches!(e, Event::MmioRead(_) | Event::MmioWrite(_)));
-            r
-        };
-        if agree(&strip(&native), &strip(&emulated), 0) {
+        if agree(&without_mmio(&native), &without_mmio(&emulated), 0) {
             return Ok(Exec {
                 signal,
                 rejected: false,
                 finding: None,
             });
         }
-        // Flags an instruction leaves undefined may differ between the CPU and the emulator.
-        let undefined = Machine::new(case).run().undefined;
-        let mask = DiffMask {
-            rflags_ignore: undefined,
-            ..DiffMask::default()
-        };
-        let d = diff(&strip(&native), &strip(&emulated), &mask);
-        let finding = (!d.is_empty()).then(|| {
-            let (signature, known) =
-                classify(Target::GuestEmulatedVsNative, case, &emulated, &native, &d);
-            Finding {
-                target: Target::GuestEmulatedVsNative,
-                signature,
-                known,
-                case: case.clone(),
-                input: Input::Case,
-                details: d
-                    .iter()
-                    .map(|f| format!("{f} (native != emulated)"))
-                    .collect(),
-            }
+        let d = paths_differ(case, &native, &emulated);
+        if d.is_empty() {
+            return Ok(Exec {
+                signal,
+                rejected: false,
+                finding: None,
+            });
+        }
+        let (signature, mut known) =
+            classify(Target::GuestEmulatedVsNative, case, &emulated, &native, &d);
+        if known.is_none() {
+            // The host's known instruction-class deviations of KVM's emulator (LZCNT as BSR, …)
+            // explain it when the rest of the program agrees on both paths, when the native run
+            // of the program as KVM's emulator runs it is the emulated run, or when each path
+            // agrees with the interpreter or differs from it only by known deviations
+            // (guest_vs_interp's own judgement of each run).
+            let classes = host_class_deviations(case.mode, case.cpl);
+            known = classes_explain_paths(case, &classes, |c| self.pool.run(c)).or_else(|| {
+                lzcnt_tzcnt_explain_paths(case, &emulated, &classes, |c| self.pool.run(c))
+            });
+        }
+        if known.is_none() {
+            known = self.each_path_explained(case, &native, &emu, &emulated)?;
+        }
+        let finding = Some(Finding {
+            target: Target::GuestEmulatedVsNative,
+            signature,
+            known,
+            case: case.clone(),
+            input: Input::Case,
+            details: d
+                .iter()
+                .map(|f| format!("{f} (native != emulated)"))
+                .collect(),
         });
         Ok(Exec {
             signal,
@@ -496,6 +502,130 @@ impl<'h> Runner<'h> {
             finding,
         })
     }
+}
+
+impl Runner<'_> {
+    /// The known deviations that explain both runs of an emulated-versus-native pair against the
+    /// interpreter: each run agrees with it or is a known `guest_vs_interp` finding, and at least
+    /// one is known (their ids, joined). `None` when either run is out of the interpreter's scope
+    /// or differs from it in a way no known deviation explains.
+    fn each_path_explained(
+        &mut self,
+        case: &Case,
+        native: &CaseResult,
+        emu: &Case,
+        emulated: &CaseResult,
+    ) -> Result<Option<String>, KvmError> {
+        let mut ids: Vec<String> = Vec::new();
+        for (c, k) in [(case, native), (emu, emulated)] {
+            let Some(o) = interpret_guest(c) else {
+                return Ok(None);
+            };
+            match self.judge_guest(c, &o, k)?.finding {
+                None => {}
+                Some(Finding {
+                    known: Some(id), ..
+                }) => ids.push(id),
+                Some(_) => return Ok(None),
+            }
+        }
+        Ok((!ids.is_empty()).then(|| ids.join(",")))
+    }
+}
+
+/// A result without its MMIO accesses: the one trace shape the native and the emulated path may
+/// differ in (the emulated path's data accesses are MMIO exits).
+fn without_mmio(r: &CaseResult) -> CaseResult {
+    let mut r = r.clone();
+    r.trace
+        .retain(|e| !matches!(e, Event::MmioRead(_) | Event::MmioWrite(_)));
+    r
+}
+
+/// The fields in which the native run of `case` and its run with the data region as MMIO differ,
+/// MMIO accesses and the RFLAGS bits the program leaves undefined (which may differ between the
+/// CPU and KVM's emulator) left out.
+fn paths_differ(
+    case: &Case,
+    native: &CaseResult,
+    emulated: &CaseResult,
+) -> Vec<kvmconf_guests::result::FieldDiff> {
+    let mask = DiffMask {
+        rflags_ignore: Machine::new(case).run().undefined,
+        ..DiffMask::default()
+    };
+    diff(&without_mmio(native), &without_mmio(emulated), &mask)
+}
+
+/// Whether known instruction-class deviations of this host's emulator explain a mismatch between
+/// the native and the emulated run of `case` completely: with every instruction of those classes
+/// NOPed, both paths (`run`, the data region in RAM and as MMIO) agree. The ids of the classes
+/// present, or `None` when none is, when the residual leaves the interpreter's scope or ends
+/// otherwise than the original (NOPing removed a loop bound or a pointer's set-up: what it would
+/// run checks nothing the program asked for), or when the paths still differ.
+pub fn classes_explain_paths(
+    case: &Case,
+    classes: &[(String, String)],
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<String> {
+    let (mut ids, mut known) = (Vec::<String>::new(), Vec::new());
+    for m in crate::oracle::code::live_mnemonics(case) {
+        let name = format!("{m:?}");
+        if let Some((id, _)) = classes
+            .iter()
+            .find(|(_, c)| crate::registry::glob(c, &name))
+        {
+            known.push(m);
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+    }
+    if ids.is_empty() {
+        return None;
+    }
+    let original = Machine::new(case).run();
+    let cap = kvmconf_guests::interp::INSTRUCTION_CAP;
+    let residual = crate::oracle::code::nop_where(case, |i| known.contains(&i.mnemonic()));
+    let predicted = crate::differential::predict(&residual, cap)?;
+    if predicted.result.exit.kind() != original.result.exit.kind() {
+        return None;
+    }
+    let emu = data_as_mmio(&residual)?;
+    let (native, emulated) = (run(&residual).ok()?, run(&emu).ok()?);
+    paths_differ(&residual, &native, &emulated)
+        .is_empty()
+        .then(|| ids.join(","))
+}
+
+/// Whether this host's LZCNT-as-BSR / TZCNT-as-BSF deviations explain a mismatch between the
+/// native and the emulated run of `case` completely: the native run of the program with those
+/// instructions written as BSR/BSF ([`crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf`]) equals the
+/// emulated run `emulated`. The ids of those deviations, or `None` (neither is a known class of
+/// this host, the program has neither instruction, or the runs still differ).
+pub fn lzcnt_tzcnt_explain_paths(
+    case: &Case,
+    emulated: &CaseResult,
+    classes: &[(String, String)],
+    mut run: impl FnMut(&Case) -> Result<CaseResult, KvmError>,
+) -> Option<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for m in crate::oracle::code::live_mnemonics(case) {
+        if !matches!(m, iced_x86::Mnemonic::Lzcnt | iced_x86::Mnemonic::Tzcnt) {
+            continue;
+        }
+        let (id, _) = classes
+            .iter()
+            .find(|(_, c)| crate::registry::glob(c, &format!("{m:?}")))?;
+        if !ids.contains(id) {
+            ids.push(id.clone());
+        }
+    }
+    let as_kvm = crate::oracle::code::lzcnt_tzcnt_as_bsr_bsf(case)?;
+    let native = run(&as_kvm).ok()?;
+    paths_differ(case, &native, emulated)
+        .is_empty()
+        .then(|| ids.join(","))
 }
 
 /// `case` with its RAM image at [`DATA`] turned into an MMIO region of the same contents (`None`
@@ -682,129 +812,33 @@ pub fn case_parser(bytes: &[u8]) -> Exec {
     }
 }
 
-/// The mnemonic (iced `Code`) of the instruction at `rip` in the case's image, if it has one there.
-pub fn code_at(case: &Case, rip: u64) -> Option<String> {
-    let cs_base = if case.mode == Mode::Real16 {
-        case.segs.cs.map_or(0, |h| h.0) << 4
-    } else {
-        0
-    };
-    let lin = cs_base + rip;
-    let m = case
-        .memory
+pub use crate::deviations::host_has;
+
+/// The state_entry/ioctl_sequence deviation a PAT write with a reserved memory type shows.
+pub const PAT_RESERVED: &str = "pvm-pat-reserved-type-accepted";
+
+/// The deviations of this host that name one instruction class and nothing else a run must show
+/// (no exit, refusal or model condition: `class = "Lzcnt"`, or a glob such as `"Ins*"`), for a
+/// case of `mode` at `cpl`: (id, class glob).
+pub fn host_class_deviations(mode: Mode, cpl: u8) -> Vec<(String, String)> {
+    crate::deviations::this_host()
         .iter()
-        .find(|m| lin >= m.addr.0 && lin < m.addr.0 + m.hex.0.len() as u64)?;
-    let off = (lin - m.addr.0) as usize;
-    let mut dec = iced_x86::Decoder::with_ip(
-        case.mode.bitness(),
-        &m.hex.0[off..],
-        rip,
-        iced_x86::DecoderOptions::NONE,
-    );
-    let ins = dec.decode();
-    (!ins.is_invalid()).then(|| format!("{:?}", ins.code()))
-}
-
-/// Known deviation ids the fuzzer can recognise; each must exist in `cases/deviations.toml`
-/// (a unit test checks this). Instruction classes KVM's emulator refuses are reported as
-/// `class:kvm-emulator-refuses:<Code>` on every host.
-pub const KNOWN_IDS: [&str; 7] = [
-    "emulator-int3-cpl0-internal-error",
-    "emulator-real-mode-idt-limit",
-    "pvm-cpl3-iopl-ignored",
-    "pvm-pat-reserved-type-accepted",
-    "pvm-cpl3-xchg-timeout",
-    rep_ins::ONE_WRITE,
-    rep_ins::REREADS,
-];
-
-/// Whether the interpreter's run of `case` executes an XCHG whose memory operand crosses a 64-byte
-/// line: a split lock (XCHG with memory is locked, SDM 2 XCHG), which a host with bus-lock
-/// detection traps and may throttle.
-pub fn runs_split_locked_xchg(case: &Case) -> bool {
-    const LINE: u64 = 64;
-    let mut found = false;
-    let mut m = Machine::new(case);
-    // Generated programs end far sooner; past this the answer is no (nothing is explained).
-    m.set_cap(1_000_000);
-    m.run_with(|m| {
-        if let Some(ins) = m.next_instruction()
-            && ins.mnemonic() == iced_x86::Mnemonic::Xchg
-        {
-            for k in 0..ins.op_count() {
-                if ins.op_kind(k) == iced_x86::OpKind::Memory
-                    && let Some(lin) = m.operand_linear(&ins, k)
-                {
-                    let last = lin + (ins.memory_size().size() as u64).max(1) - 1;
-                    found |= lin / LINE != last / LINE;
-                }
-            }
-        }
-        if found {
-            return Err(kvmconf_guests::interp::Stop::Hlt);
-        }
-        Ok(false)
-    });
-    found
-}
-
-/// Whether the deviation `id` of `cases/deviations.toml` applies to this host (its vendor module
-/// is loaded and the kernel release matches its glob).
-pub fn host_has(id: &str) -> bool {
-    static HOST: std::sync::OnceLock<(Vec<crate::deviations::Deviation>, String)> =
-        std::sync::OnceLock::new();
-    let (devs, kernel) = HOST.get_or_init(|| {
-        (
-            crate::deviations::known(),
-            std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-        )
-    });
-    devs.iter().any(|d| {
-        d.id == id
-            && std::path::Path::new("/sys/module").join(&d.module).exists()
-            && crate::registry::glob(&d.kernel, kernel)
-    })
-}
-
-fn known_if(id: &str) -> Option<String> {
-    host_has(id).then(|| id.to_string())
-}
-
-/// Whether KVM's result `kvm` for `case` is the interpreter's with every REP INS run the way this
-/// host's KVM emulator runs one into MMIO ([`rep_ins::explain`]: one write per batch after its
-/// port reads with DF = 0, the rest of a batch read again after each MMIO write with DF = 1), and
-/// nothing else differs: the ids of the deviations used, when all apply to this host.
-pub fn explained_by_rep_ins(case: &Case, kvm: &CaseResult) -> Option<String> {
-    use iced_x86::Mnemonic::{Insb, Insd, Insw};
-    if !crate::differential::live_mnemonics(case)
-        .iter()
-        .any(|m| matches!(m, Insb | Insw | Insd))
-    {
-        return None;
-    }
-    let ids = rep_ins::explain(case, kvm)?;
-    ids.iter().all(|id| host_has(id)).then(|| ids.join(","))
-}
-
-/// The differential deviations of this host that name one instruction class exactly
-/// (`expect = "class: Lzcnt;"`, or the prefix form `"class: Ins"`): (id, class prefix).
-pub fn host_class_deviations() -> &'static [(String, String)] {
-    static CLASSES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-    CLASSES.get_or_init(|| {
-        crate::deviations::known()
-            .into_iter()
-            .filter(|d| d.check.starts_with("differential.") && host_has(&d.id))
-            .filter_map(|d| {
-                let class = d.expect.strip_prefix("class: ")?;
-                let class = class.strip_suffix(';').unwrap_or(class);
-                (!class.is_empty() && class.chars().all(char::is_alphanumeric))
-                    .then(|| (d.id.clone(), class.to_string()))
-            })
-            .collect()
-    })
+        .flat_map(|d| d.when.iter().map(move |w| (d, w)))
+        .filter(|(_, w)| {
+            !w.is_check()
+                && w.refused.is_none()
+                && w.listed.is_none()
+                && w.kvm_exit.is_none()
+                && w.reference_exit.is_none()
+                && w.model.is_none()
+                && w.iopl.is_none()
+                && w.cpl.is_none_or(|c| c == cpl)
+                && w.modes
+                    .as_ref()
+                    .is_none_or(|ms| ms.iter().any(|m| m == mode.name()))
+        })
+        .filter_map(|(d, w)| Some((d.id.clone(), w.class.clone()?)))
+        .collect()
 }
 
 /// Whether a known instruction-class deviation of this host explains a mismatch of `case`
@@ -815,8 +849,8 @@ pub fn host_class_deviations() -> &'static [(String, String)] {
 /// undefined, or a loop without its bound), the program itself is judged with KVM's observed
 /// effect substituted for each execution of a class instruction
 /// ([`crate::differential::predict_observed`]) and must then agree with `run` of the whole case.
-/// INS is not NOPed as a class (its `class: Ins` entry, [`rep_ins::REREADS`], is for the
-/// differential tests): an INS left in the program is judged by KVM's modelled behaviour
+/// INS is not NOPed as a class (its `class = "Ins*"` condition, [`rep_ins::REREADS`], is for the
+/// differential tests' minimised culprits): an INS left in the program is judged by KVM's modelled behaviour
 /// ([`rep_ins::predict_by`]), whose deviations join the ids when they were needed.
 /// `None` when no class is present, neither check can be made, or KVM and the interpreter still
 /// differ (a finding of its own).
@@ -845,7 +879,7 @@ pub fn explained_by_known_classes(
     let class_of = |name: &str| -> Option<String> {
         classes
             .iter()
-            .find(|(_, c)| name.starts_with(c.as_str()))
+            .find(|(_, c)| crate::registry::glob(c, name))
             .map(|(id, _)| id.clone())
             .or_else(|| {
                 refused
@@ -900,7 +934,7 @@ pub fn explained_by_known_classes(
         known.contains(&i.mnemonic())
             && classes
                 .iter()
-                .any(|(_, c)| format!("{:?}", i.mnemonic()).starts_with(c.as_str()))
+                .any(|(_, c)| crate::registry::glob(c, &format!("{:?}", i.mnemonic())))
     };
     let (o, substituted, ins) = if has_ins {
         rep_ins::predict_by(case, |c, before| {
@@ -927,7 +961,13 @@ pub fn explained_by_known_classes(
 }
 
 /// The signature and known-deviation id of a mismatch. `kvm` is the side that ran under KVM's
-/// emulator (or the only KVM side), `reference` the other.
+/// emulator (or the only KVM side), `reference` the other. The id is that of the first deviation
+/// of this host whose oracle conditions the mismatch's [`Symptom`](crate::oracle::Symptom) meets
+/// (an emulation failure is pinned on the refused instruction; anything else on no instruction:
+/// class deviations are judged by [`explained_by_known_classes`]). An emulation failure no entry
+/// names is `class:kvm-emulator-refuses:<Code>` on every host: KVM_EXIT_INTERNAL_ERROR with
+/// KVM_INTERNAL_ERROR_EMULATION is how api.rst says KVM reports an instruction it cannot emulate,
+/// a limitation rather than a wrong result.
 pub fn classify(
     target: Target,
     case: &Case,
@@ -935,39 +975,51 @@ pub fn classify(
     reference: &CaseResult,
     d: &[kvmconf_guests::result::FieldDiff],
 ) -> (String, Option<String>) {
+    use crate::oracle::{self, Culprit};
     let head = format!("{}:{}:cpl{}", target.name(), case.mode.name(), case.cpl);
     if let Exit::InternalError { suberror: 1, .. } = kvm.exit {
-        let code = code_at(case, kvm.regs.rip.0).unwrap_or_else(|| "unknown".into());
-        let known = if code.starts_with("Int3") && host_has(KNOWN_IDS[0]) {
-            KNOWN_IDS[0].to_string()
-        } else {
-            // The differential work (issue 3, guests/examples/gen_diff.rs) lists the instructions
-            // KVM's emulator refuses: an emulation failure is a limitation, not a wrong result.
-            format!("class:kvm-emulator-refuses:{code}")
-        };
+        let at = crate::oracle::code::decode_at(case, kvm.regs.rip.0);
+        let code = at.map_or_else(|| "unknown".into(), |i| format!("{:?}", i.code()));
+        let culprit = at.map_or(Culprit::Unknown, |i| Culprit::refused(case, i.mnemonic()));
+        let s = oracle::symptom(case, culprit, kvm, reference);
+        let known = crate::deviations::explain_here(&s).map_or_else(
+            || format!("class:kvm-emulator-refuses:{code}"),
+            |d| d.id.clone(),
+        );
         return (format!("{head}:emulation-failure:{code}"), Some(known));
     }
-    if case.mode == Mode::Real16
+    // A fault the reference does not take is pinned on the faulting instruction.
+    let culprit = match kvm.exit {
+        Exit::Exception { .. }
+            if oracle::ExitSig::of(&kvm.exit) != oracle::ExitSig::of(&reference.exit) =>
+        {
+            crate::oracle::code::decode_at(case, kvm.regs.rip.0).map_or(Culprit::Unknown, |i| {
+                Culprit::Faulted {
+                    mnemonic: i.mnemonic(),
+                }
+            })
+        }
+        _ => Culprit::Unknown,
+    };
+    let s = oracle::symptom(case, culprit, kvm, reference);
+    let known = crate::deviations::explain_here(&s).map(|d| d.id.clone());
+    let sig = if case.mode == Mode::Real16
         && matches!(kvm.exit, Exit::Timeout { .. })
         && matches!(reference.exit, Exit::Shutdown)
     {
-        return (
-            format!("{head}:timeout-not-shutdown"),
-            known_if(KNOWN_IDS[1]),
-        );
-    }
-    if case.cpl == 3
+        Some("timeout-not-shutdown")
+    } else if case.cpl == 3
         && case.iopl == Some(3)
         && matches!(kvm.exit, Exit::Exception { vector: 13, .. })
     {
-        return (format!("{head}:iopl3-io-gp"), known_if(KNOWN_IDS[2]));
-    }
-    if case.cpl == 3
-        && matches!(kvm.exit, Exit::Timeout { .. })
-        && !matches!(reference.exit, Exit::Timeout { .. })
-        && runs_split_locked_xchg(case)
-    {
-        return (format!("{head}:split-lock-timeout"), known_if(KNOWN_IDS[4]));
+        Some("iopl3-io-gp")
+    } else if s.models.iter().any(|m| m == oracle::SPLIT_LOCKED_XCHG) {
+        Some("split-lock-timeout")
+    } else {
+        None
+    };
+    if let Some(sig) = sig {
+        return (format!("{head}:{sig}"), known);
     }
     let first = d
         .first()
@@ -986,7 +1038,7 @@ pub fn classify(
             kvm.exit.kind(),
             reference.exit.kind()
         ),
-        None,
+        known,
     )
 }
 
@@ -1354,10 +1406,11 @@ mod tests {
         k.trace = merge_rep_insb(&sdm.trace, 0);
         assert_ne!(k.trace, sdm.trace, "the fake merges the writes");
         let want = host_has(rep_ins::ONE_WRITE).then(|| rep_ins::ONE_WRITE.to_string());
-        assert_eq!(explained_by_rep_ins(&c, &k), want);
+        let known = |k: &CaseResult| classify(Target::GuestVsInterp, &c, k, &sdm, &[]).1;
+        assert_eq!(known(&k), want);
         k.regs.rbp.0 ^= 1;
-        assert_eq!(explained_by_rep_ins(&c, &k), None);
-        assert_eq!(explained_by_rep_ins(&c, &sdm), None);
+        assert_eq!(known(&k), None);
+        assert_eq!(known(&sdm), None);
     }
 
     #[test]
@@ -1406,10 +1459,10 @@ mod tests {
         };
         let (split, aligned) = (case(0x3e), case(0x3c));
         assert!(
-            runs_split_locked_xchg(&split),
+            crate::oracle::runs_split_locked_xchg(&split),
             "0x403e..0x4041 crosses 0x4040"
         );
-        assert!(!runs_split_locked_xchg(&aligned));
+        assert!(!crate::oracle::runs_split_locked_xchg(&aligned));
         let reference = kvmconf_guests::interp::run(&split);
         let mut kvm = reference.clone();
         kvm.exit = Exit::Timeout { ms: 1000 };
@@ -1422,9 +1475,9 @@ mod tests {
     }
 
     #[test]
-    fn known_ids_exist_in_the_deviations_file() {
+    fn named_ids_exist_in_the_deviations_file() {
         let devs = crate::deviations::known();
-        for id in KNOWN_IDS {
+        for id in [PAT_RESERVED, rep_ins::ONE_WRITE, rep_ins::REREADS] {
             assert!(
                 devs.iter().any(|d| d.id == id),
                 "{id} not in cases/deviations.toml"

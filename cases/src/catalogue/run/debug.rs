@@ -89,10 +89,12 @@ pub(super) fn sw_bp_exit(host: &Host) -> Outcome {
             ensure_eq!(pc, CODE + 1, "pc of the KVM_EXIT_DEBUG for INT3 (the INT3)");
             Ok(())
         }
-        other => Err(Fail::failed(format!(
-            "INT3 with KVM_GUESTDBG_USE_SW_BP: wanted Debug, got {}",
-            describe(&other)
-        ))),
+        other => Err(Fail::field(
+            "INT3 with KVM_GUESTDBG_USE_SW_BP",
+            "Debug",
+            describe(&other),
+            "",
+        )),
     }
 }
 

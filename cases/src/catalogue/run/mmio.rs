@@ -186,13 +186,16 @@ pub(super) fn fail_entry_cs_l_and_d(host: &Host) -> Outcome {
             "KVM_EXIT_INTERNAL_ERROR suberror (KVM_INTERNAL_ERROR_EMULATION = 1) for the invalid state"
         ),
         other => {
-            return Err(Fail::failed(format!(
-                "exit with CS.L = CS.D = 1 in IA-32e mode (accepted by KVM_SET_SREGS): wanted \
-                 FailEntry (hardware_entry_failure_reason {}) or InternalError, got {}",
-                entry_failure_reason(module.as_deref())
-                    .map_or("non-zero".to_string(), |r| format!("{r:#x}")),
-                describe(other)
-            )));
+            return Err(Fail::field(
+                "exit with CS.L = CS.D = 1 in IA-32e mode (accepted by KVM_SET_SREGS)",
+                format!(
+                    "FailEntry (hardware_entry_failure_reason {}) or InternalError",
+                    entry_failure_reason(module.as_deref())
+                        .map_or("non-zero".to_string(), |r| format!("{r:#x}"))
+                ),
+                describe(other),
+                "",
+            ));
         }
     }
     let r = g.regs()?;

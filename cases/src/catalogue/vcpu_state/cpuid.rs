@@ -53,45 +53,40 @@ pub(super) fn cpuid_diffs(
     want: &[kvm_cpuid_entry2],
     got: impl Fn(&kvm_cpuid_entry2) -> Option<[u32; 4]>,
     expect: impl Fn(&kvm_cpuid_entry2) -> ([u32; 4], [u32; 4]),
-) -> Vec<String> {
+) -> Vec<Part> {
     let mut d = Vec::new();
     for w in want {
         let Some(r) = got(w) else {
-            d.push(format!(
-                "{what} lacks leaf {:#x}.{:#x}",
-                w.function, w.index
-            ));
+            d.push(Part {
+                field: format!("{what} leaf {:#x}.{:#x}", w.function, w.index),
+                wanted: "present".into(),
+                got: "absent".into(),
+            });
             continue;
         };
         let (e, m) = expect(w);
         for (k, name) in ["eax", "ebx", "ecx", "edx"].iter().enumerate() {
             if r[k] & !m[k] != e[k] & !m[k] {
-                d.push(format!(
-                    "{what} leaf {:#x}.{:#x} {name}: wanted {:#x}, got {:#x}{}",
-                    w.function,
-                    w.index,
-                    e[k],
-                    r[k],
-                    if m[k] != 0 {
-                        format!(" (bits {:#x} not compared)", m[k])
+                d.push(Part {
+                    field: format!("{what} leaf {:#x}.{:#x} {name}", w.function, w.index),
+                    wanted: format!("{:#x}", e[k]),
+                    got: if m[k] != 0 {
+                        format!("{:#x} (bits {:#x} not compared)", r[k], m[k])
                     } else {
-                        String::new()
-                    }
-                ));
+                        format!("{:#x}", r[k])
+                    },
+                });
             }
         }
     }
     d
 }
 
-pub(super) fn report_diffs(d: Vec<String>) -> Outcome {
-    ensure!(
-        d.is_empty(),
-        "{} difference(s):\n  {}",
-        d.len(),
-        d.iter().take(12).cloned().collect::<Vec<_>>().join("\n  ")
-    );
-    Ok(())
+pub(super) fn report_diffs(d: Vec<Part>) -> Outcome {
+    if d.is_empty() {
+        return Ok(());
+    }
+    Err(Fail::Failed(Failure::parts(d, 12)))
 }
 
 pub(super) fn cpuid2_round_trip(host: &Host) -> Outcome {
@@ -111,11 +106,11 @@ pub(super) fn cpuid2_round_trip(host: &Host) -> Outcome {
         |w| ([w.eax, w.ebx, w.ecx, w.edx], dynamic_mask(w)),
     );
     if got.len() != want.len() {
-        d.push(format!(
-            "KVM_GET_CPUID2 entry count: wanted {}, got {}",
-            want.len(),
-            got.len()
-        ));
+        d.push(Part {
+            field: "KVM_GET_CPUID2 entry count".into(),
+            wanted: want.len().to_string(),
+            got: got.len().to_string(),
+        });
     }
     report_diffs(d)
 }

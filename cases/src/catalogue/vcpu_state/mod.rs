@@ -4,7 +4,7 @@
 
 use crate::catalogue::fixture::{Guest, expect_exit};
 use crate::catalogue::harness::{CODE, case, program};
-use crate::registry::{Fail, Outcome, ioctl, require_cap};
+use crate::registry::{Fail, Failure, Outcome, Part, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
 use kvmconf_guests::case::Mode;

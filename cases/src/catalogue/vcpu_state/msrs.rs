@@ -190,12 +190,22 @@ pub(super) fn msrs_tsc_round_trip(host: &Host) -> Outcome {
     host.with_vm(Mode::Long64, |_vm, vcpu| {
         set_msrs_all(vcpu, &[(MSR_TSC, TSC_SET)])?;
         let t = get_msr(vcpu, MSR_TSC)?;
-        ensure!(
-            (TSC_SET..TSC_SET + TSC_SLACK).contains(&t),
-            "IA32_TSC read after setting IA32_TSC to {TSC_SET:#x}: wanted a value in [{TSC_SET:#x}, +{TSC_SLACK:#x}), got {t:#x}"
-        );
-        Ok(())
+        in_tsc_window("IA32_TSC read", t)
     })
+}
+
+/// Fails unless `v`, read as `what` after IA32_TSC was set to [`TSC_SET`], lies in the window of
+/// [`TSC_SLACK`] above it.
+pub(super) fn in_tsc_window(what: &str, v: u64) -> Outcome {
+    if (TSC_SET..TSC_SET + TSC_SLACK).contains(&v) {
+        return Ok(());
+    }
+    Err(Fail::field(
+        format!("{what} after setting IA32_TSC to {TSC_SET:#x}"),
+        format!("a value in [{TSC_SET:#x}, +{TSC_SLACK:#x})"),
+        format!("{v:#x}"),
+        "",
+    ))
 }
 
 pub(super) fn rdtsc_matches_msr(host: &Host, cpl: u8) -> Outcome {
@@ -209,10 +219,7 @@ pub(super) fn rdtsc_matches_msr(host: &Host, cpl: u8) -> Outcome {
     g.run_to_hlt()?;
     let guest = g.read_u64(OUT)?;
     let after = get_msr(g.vcpu(), MSR_TSC)?;
-    ensure!(
-        (TSC_SET..TSC_SET + TSC_SLACK).contains(&guest),
-        "cpl{cpl} RDTSC after setting IA32_TSC to {TSC_SET:#x}: wanted a value in [{TSC_SET:#x}, +{TSC_SLACK:#x}), got {guest:#x}"
-    );
+    in_tsc_window(&format!("cpl{cpl} RDTSC"), guest)?;
     ensure!(
         guest <= after,
         "cpl{cpl} RDTSC {guest:#x} is past IA32_TSC read after the exit ({after:#x})"

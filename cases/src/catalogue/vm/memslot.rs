@@ -269,12 +269,17 @@ pub(super) fn memslot_readonly_flag_change_succeeds(host: &Host) -> Outcome {
     let mut vm = vm_with_extra(host, 0)?;
     let r = slot_errno(vm.try_set_memslot(extra(KVM_MEM_READONLY)))?;
     let read_back = guest_read32(&mut vm, EXTRA_GPA)?;
-    ensure!(
-        r.is_none(),
-        "changing an existing slot's flags to KVM_MEM_READONLY: wanted success (flags may be modified), got {} (errno {}); the slot then reads {read_back:x?}",
-        std::io::Error::from_raw_os_error(r.unwrap_or(0)),
-        r.unwrap_or(0)
-    );
+    if let Some(e) = r {
+        return Err(Fail::field(
+            "changing an existing slot's flags to KVM_MEM_READONLY",
+            "success (flags may be modified)",
+            format!(
+                "{} (errno {e}); the slot then reads {read_back:x?}",
+                std::io::Error::from_raw_os_error(e)
+            ),
+            "",
+        ));
+    }
     // Now read-only: a guest write goes to the VMM.
     let w = run32(&mut vm, "write", |a| {
         a.mov(dword_ptr(EXTRA_GPA), 1u32)?;

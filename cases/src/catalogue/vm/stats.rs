@@ -164,10 +164,14 @@ impl Stats {
                 "{what}: {name}: data offset modulo 8 (u64 values)"
             );
             if let Some(l) = last_off {
-                ensure!(
-                    off > l,
-                    "{what}: {name}: data offset {off:#x} not after the previous statistic's {l:#x} (same order as the descriptors)"
-                );
+                if off <= l {
+                    return Err(Fail::field(
+                        format!("{what}: {name}: data offset"),
+                        format!("after the previous statistic's {l:#x}"),
+                        format!("{off:#x}"),
+                        " (same order as the descriptors)",
+                    ));
+                }
             }
             last_off = Some(off);
         }

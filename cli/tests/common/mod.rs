@@ -33,7 +33,7 @@ pub fn text(b: &[u8]) -> String {
 
 /// The path of a file in `cases/corpus/`.
 pub fn corpus(name: &str) -> String {
-    format!("{}/../../cases/corpus/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/../cases/corpus/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Skips (printing why) unless /dev/kvm can be opened; panics in CI when it exists.

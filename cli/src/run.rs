@@ -2,22 +2,16 @@
 //! fixed-seed differential sample against this host, with a progress line, a per-case timeout, a
 //! table and summary, and JSON / TAP / JUnit outputs.
 
+use crate::common::{self, EXIT_FAIL, EXIT_OK};
 use crate::report::{Report, Row, Summary, junit, table, tap};
 use kvmconf_cases::deviations::{self, Verdict};
 use kvmconf_cases::registry::{Area, glob};
 use kvmconf_cases::runner::{Item, Sources, items, run_item, source_tree_corpus};
-use kvmconf_harness::{Host, KvmError, fingerprint};
-use std::io::{IsTerminal, Write};
+use kvmconf_harness::fingerprint;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
-
-/// Exit code of `kvmconf run`: every case passed or is a known deviation.
-pub const RUN_OK: u8 = 0;
-/// Exit code of `kvmconf run`: an unexpected failure.
-pub const RUN_FAIL: u8 = 1;
-/// Exit code of `kvmconf run`: bad usage or no /dev/kvm.
-pub const RUN_USAGE: u8 = 2;
 
 /// Generated programs a mode in the differential sample by default.
 pub const DEFAULT_PROGRAMS: u32 = 300;
@@ -115,38 +109,21 @@ fn sources(a: &RunArgs) -> Result<Sources, String> {
     })
 }
 
-fn write_file(path: &PathBuf, text: &str) -> Result<(), String> {
-    // Write to a temporary file first so an interrupted run leaves no half report.
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 /// Runs `kvmconf run`.
 pub fn main(a: RunArgs) -> u8 {
     let checks = match sources(&a).and_then(|src| select(&a.area, &a.case, &src)) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("kvmconf run: {e}");
-            return RUN_USAGE;
-        }
+        Err(e) => return common::bad_input("run", e),
     };
     if a.list {
         for c in &checks {
             println!("{:<12} {:<70} {}", c.area().name(), c.id(), c.doc());
         }
-        return RUN_OK;
+        return EXIT_OK;
     }
-    let host = match Host::open() {
+    let host = match common::open_host("run") {
         Ok(h) => Arc::new(h),
-        Err(e) => {
-            eprintln!("kvmconf run: {e}");
-            return match e {
-                KvmError::NoKvm(_) => RUN_USAGE,
-                _ => RUN_FAIL,
-            };
-        }
+        Err(code) => return code,
     };
     let fp = fingerprint::read(Some(&host));
     let devs = Arc::new(deviations::known());
@@ -207,26 +184,26 @@ pub fn main(a: RunArgs) -> u8 {
         areas: Summary::by_area(&rows),
         results: rows,
     };
-    let mut out = std::io::stdout().lock();
     let text = if a.tap { tap(&report) } else { table(&report) };
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    // The files are written even when nobody reads standard output any more.
+    let printed = common::print_out(&text);
     if let Some(p) = &a.json {
         let j = serde_json::to_string_pretty(&report).expect("reports serialize");
-        if let Err(e) = write_file(p, &j) {
-            eprintln!("kvmconf run: {e}");
-            return RUN_FAIL;
+        if let Err(code) = common::write_output("run", p, &j) {
+            return code;
         }
     }
     if let Some(p) = &a.junit
-        && let Err(e) = write_file(p, &junit(&report))
+        && let Err(code) = common::write_output("run", p, &junit(&report))
     {
-        eprintln!("kvmconf run: {e}");
-        return RUN_FAIL;
+        return code;
+    }
+    if let Err(code) = printed {
+        return code;
     }
     if report.summary.fail > 0 {
-        RUN_FAIL
+        EXIT_FAIL
     } else {
-        RUN_OK
+        EXIT_OK
     }
 }

@@ -145,13 +145,13 @@ fn exec_bad_input_exits_2_naming_file_line_and_expectation_and_runs_nothing() {
 }
 
 #[test]
-fn exec_without_kvm_exits_3_and_run_exits_2() {
+fn exec_and_run_without_kvm_exit_3() {
     let env = [("KVMCONF_KVM_PATH", "/nonexistent/kvm")];
     let o = kvmconf(&["exec", &corpus("seed_hello.toml")], None, &env);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("/nonexistent/kvm"));
     let o = kvmconf(&["run"], None, &env);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
 }
 
 #[test]

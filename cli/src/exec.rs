@@ -4,11 +4,10 @@
 //! which case every KVM result is compared field by field with the interpreter's and each mismatch
 //! is printed to stderr (only the RFLAGS bits the interpreter reports as undefined are masked).
 
-use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_NO_KVM, EXIT_OK};
-use kvmconf_guests::case::{Located, load_file};
+use crate::common::{self, EXIT_OK, stdout_error};
 use kvmconf_guests::interp;
-use kvmconf_guests::result::{CaseResult, DiffMask, diff};
-use kvmconf_harness::{Host, KvmError, Pool, run_fresh};
+use kvmconf_guests::result::CaseResult;
+use kvmconf_harness::{Pool, run_fresh};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -45,81 +44,69 @@ pub enum Oracle {
     Both,
 }
 
-/// Compares a KVM result with the interpreter's for the same case; returns the diff lines
-/// (`path: kvm != interp`), empty when they agree. Only the RFLAGS bits the interpreter reports as
-/// undefined at the end are masked.
+/// The fields in which KVM's result differs from the interpreter's for `case` (the differential
+/// oracle's comparison, undefined flags masked), one line each.
 pub fn oracle_diff(kvm: &CaseResult, case: &kvmconf_guests::case::Case) -> Vec<String> {
-    let (model, undefined) = interp::run_with_undefined(case);
-    let mask = DiffMask {
-        rflags_ignore: undefined,
-        ..DiffMask::default()
-    };
-    diff(kvm, &model, &mask)
+    kvmconf_cases::differential::compare(kvm, case)
         .iter()
         .map(ToString::to_string)
         .collect()
 }
 
-fn print_result(out: &mut impl Write, r: &CaseResult, pretty: bool) -> bool {
+/// The oracle's judgement of a mismatching case, one line a mismatch: each minimised and pinned
+/// on its culprit ([`kvmconf_cases::differential::explain`]), then the known deviation of this
+/// host that explains it or `unexplained`.
+fn verdict_lines(
+    host: &kvmconf_harness::Host,
+    kvm: &CaseResult,
+    case: &kvmconf_guests::case::Case,
+) -> Vec<String> {
+    let mut pool = Pool::new(host, 1);
+    kvmconf_cases::differential::explain(case, kvm, |c| pool.run(c))
+        .iter()
+        .map(|m| {
+            let class = m.symptom.culprit.describe();
+            match kvmconf_cases::deviations::explain_here(&m.symptom) {
+                Some(d) => format!("class {class}: known deviation {}", d.id),
+                None => format!("class {class}: unexplained"),
+            }
+        })
+        .collect()
+}
+
+fn print_result(out: &mut impl Write, r: &CaseResult, pretty: bool) -> Result<(), u8> {
     let text = if pretty {
         serde_json::to_string_pretty(r)
     } else {
         serde_json::to_string(r)
     }
     .expect("results serialize");
-    writeln!(out, "{text}").is_ok()
-}
-
-/// Reads every file; prints every error; returns the cases or None.
-pub fn load_all(files: &[PathBuf]) -> Option<Vec<Located>> {
-    let mut cases = Vec::new();
-    let mut bad = false;
-    for f in files {
-        match load_file(f) {
-            Ok(mut v) => cases.append(&mut v),
-            Err(e) => {
-                eprintln!("kvmconf: bad input: {e}");
-                bad = true;
-            }
-        }
-    }
-    (!bad).then_some(cases)
-}
-
-/// Opens /dev/kvm or explains why not.
-pub fn open_host() -> Result<Host, u8> {
-    Host::open().map_err(|e| {
-        eprintln!("kvmconf: {e}");
-        match e {
-            KvmError::NoKvm(_) => EXIT_NO_KVM,
-            _ => EXIT_FAIL,
-        }
-    })
+    writeln!(out, "{text}").map_err(|e| stdout_error(&e))
 }
 
 /// Runs `kvmconf exec`.
 pub fn main(a: ExecArgs) -> u8 {
-    let Some(cases) = load_all(&a.files) else {
-        return EXIT_BAD_INPUT;
+    let cases = match common::load_cases("exec", &a.files) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if a.oracle == Oracle::Interp {
         for c in &cases {
-            if !print_result(&mut out, &interp::run(&c.case), a.pretty) {
-                return EXIT_FAIL;
+            if let Err(code) = print_result(&mut out, &interp::run(&c.case), a.pretty) {
+                return code;
             }
         }
-        let _ = out.flush();
-        return EXIT_OK;
+        return out.flush().map_or_else(|e| stdout_error(&e), |()| EXIT_OK);
     }
-    let host = match open_host() {
+    let host = match common::open_host("exec") {
         Ok(h) => h,
         Err(code) => return code,
     };
     let mut pool = Pool::new(&host, 4);
     pool.verify = a.verify_reset;
-    let mut code = EXIT_OK;
+    let (mut differ, mut harness_errors) = (false, false);
     let mut mismatches = 0usize;
     for c in &cases {
         let r = if a.fresh {
@@ -129,8 +116,8 @@ pub fn main(a: ExecArgs) -> u8 {
         };
         match r {
             Ok(r) => {
-                if !print_result(&mut out, &r, a.pretty) {
-                    return EXIT_FAIL;
+                if let Err(code) = print_result(&mut out, &r, a.pretty) {
+                    return code;
                 }
                 if a.oracle == Oracle::Both {
                     let d = oracle_diff(&r, &c.case);
@@ -144,7 +131,10 @@ pub fn main(a: ExecArgs) -> u8 {
                         for line in d {
                             eprintln!("  {line}");
                         }
-                        code = EXIT_FAIL;
+                        for line in verdict_lines(&host, &r, &c.case) {
+                            eprintln!("  verdict: {line}");
+                        }
+                        differ = true;
                     }
                 }
             }
@@ -153,16 +143,18 @@ pub fn main(a: ExecArgs) -> u8 {
                     "kvmconf: {}:{}: case {:?}: harness error: {e}",
                     c.file, c.line, c.case.name
                 );
-                code = EXIT_FAIL;
+                harness_errors = true;
             }
         }
     }
-    let _ = out.flush();
+    if let Err(e) = out.flush() {
+        return stdout_error(&e);
+    }
     if a.oracle == Oracle::Both {
         eprintln!(
             "kvmconf: oracle both: {} cases, {mismatches} mismatches",
             cases.len()
         );
     }
-    code
+    common::outcome(differ, harness_errors)
 }

@@ -7,8 +7,7 @@
 //! three generated-program loops alternate a batch at a time, and each ratio is the median of the
 //! rounds' ratios, so a drift in the host's speed hits both sides of a ratio alike.
 
-use crate::exec::open_host;
-use crate::{EXIT_FAIL, EXIT_OK};
+use crate::common::{EXIT_FAIL, EXIT_HARNESS, EXIT_OK, open_host};
 use kvmconf_cases::differential::{BATCH, compare, compare_batch};
 use kvmconf_guests::asm::assemble;
 use kvmconf_guests::case::{Case, Mode};
@@ -76,16 +75,25 @@ fn trivial_case(mode: Mode) -> Case {
     c
 }
 
+/// Why a measurement stopped: the exit code ([`EXIT_FAIL`] for a case that did not end as
+/// expected, [`EXIT_HARNESS`] for a harness error) and what happened.
+type Failure = (u8, String);
+
+/// A harness error as a [`Failure`].
+fn harness(e: impl std::fmt::Display) -> Failure {
+    (EXIT_HARNESS, e.to_string())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
-fn rate(n: u64, f: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
+fn rate(n: u64, f: impl FnOnce() -> Result<(), Failure>) -> Result<f64, Failure> {
     Ok(n as f64 / secs(f)?)
 }
 
-fn secs(f: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
+fn secs(f: impl FnOnce() -> Result<(), Failure>) -> Result<f64, Failure> {
     let t = Instant::now();
     f()?;
     Ok(t.elapsed().as_secs_f64())
@@ -93,7 +101,7 @@ fn secs(f: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
 
 /// Runs `kvmconf bench`.
 pub fn main(a: BenchArgs) -> u8 {
-    let host = match open_host() {
+    let host = match open_host("bench") {
         Ok(h) => h,
         Err(code) => return code,
     };
@@ -112,41 +120,44 @@ pub fn main(a: BenchArgs) -> u8 {
     // Per round: differential over pooled, batched and one at a time.
     let mut ratios: [Vec<f64>; 2] = Default::default();
     let ng = (a.cases / 4).max(10);
-    let check = |r: &kvmconf_guests::CaseResult| -> Result<(), String> {
+    let check = |r: &kvmconf_guests::CaseResult| -> Result<(), Failure> {
         if r.exit != kvmconf_guests::Exit::Hlt || r.trace.len() != 1 {
-            return Err(format!("the trivial case did not end as expected: {r:?}"));
+            return Err((
+                EXIT_FAIL,
+                format!("the trivial case did not end as expected: {r:?}"),
+            ));
         }
         Ok(())
     };
     let rounds = a.rounds.max(1);
     for round in 0..rounds {
-        let res: Result<(), String> = (|| {
+        let res: Result<(), Failure> = (|| {
             cols[0].push(rate(nf, || {
                 for _ in 0..nf {
-                    check(&run_fresh(&host, &case).map_err(|e| e.to_string())?)?;
+                    check(&run_fresh(&host, &case).map_err(harness)?)?;
                 }
                 Ok(())
             })?);
             cols[1].push(rate(n, || {
                 for _ in 0..n {
-                    check(&pool.run(&case).map_err(|e| e.to_string())?)?;
+                    check(&pool.run(&case).map_err(harness)?)?;
                 }
                 Ok(())
             })?);
             cols[2].push(rate(nf, || {
                 baseline::fresh_loop(kvm, cpuid, &model, nf)
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .map_err(harness)
             })?);
             cols[3].push(rate(n, || {
                 baseline::reuse_loop(kvm, cpuid, &model, n)
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .map_err(harness)
             })?);
             cols[4].push(rate(n, || {
                 baseline::minimal_reuse_loop(kvm, cpuid, &model, n)
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .map_err(harness)
             })?);
             // The generated programs three ways, interleaved a batch at a time so that all three
             // see the same host (its speed drifts within a round): KVM only on the pool (the
@@ -164,7 +175,7 @@ pub fn main(a: BenchArgs) -> u8 {
                                 (i..end).map(|j| case_from_seed(mode, seed, j)).collect();
                             t_pooled += secs(|| {
                                 for c in &pre {
-                                    pool.run(c).map_err(|e| e.to_string())?;
+                                    pool.run(c).map_err(harness)?;
                                 }
                                 Ok(())
                             })?;
@@ -174,7 +185,7 @@ pub fn main(a: BenchArgs) -> u8 {
                                 let batch: Vec<Case> =
                                     (i..end).map(|j| case_from_seed(mode, seed, j)).collect();
                                 std::hint::black_box(
-                                    compare_batch(&mut pool, &batch).map_err(|e| e.to_string())?,
+                                    compare_batch(&mut pool, &batch).map_err(harness)?,
                                 );
                                 Ok(())
                             })?;
@@ -183,7 +194,7 @@ pub fn main(a: BenchArgs) -> u8 {
                             t_single += secs(|| {
                                 for j in i..end {
                                     let c = case_from_seed(mode, seed, j);
-                                    let r = pool.run(&c).map_err(|e| e.to_string())?;
+                                    let r = pool.run(&c).map_err(harness)?;
                                     std::hint::black_box(compare(&r, &c));
                                 }
                                 Ok(())
@@ -201,9 +212,9 @@ pub fn main(a: BenchArgs) -> u8 {
             ratios[1].push(t_pooled / t_single);
             Ok(())
         })();
-        if let Err(e) = res {
+        if let Err((code, e)) = res {
             eprintln!("kvmconf bench: {e}");
-            return EXIT_FAIL;
+            return code;
         }
         if !a.json {
             eprintln!("round {}/{rounds} done", round + 1);

@@ -579,8 +579,16 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
         rout.contains(&format!(": guest_vs_interp: {sig} ")),
         "{rout}"
     );
+    // Every known class the explanation needs is named (on some CPUs BSR's zero-source entry
+    // too): LZCNT's among them.
+    let known = rout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT reproduced (known deviation "))
+        .map_or("", |k| k.trim_end_matches(')'));
     assert!(
-        rout.contains("RESULT reproduced (known deviation kvm-pvm-emulator-lzcnt-as-bsr)"),
+        known
+            .split(',')
+            .any(|id| id == "kvm-pvm-emulator-lzcnt-as-bsr"),
         "{rout}"
     );
     assert_eq!(r.status.code(), Some(1), "{rout}");

@@ -87,3 +87,26 @@ fn exec_oracle_both_mismatch_prints_diff_and_exits_one() {
     // KVM's results are still printed, one per case.
     assert_eq!(text(&o.stdout).lines().count(), 2);
 }
+
+/// A reproducer of a known deviation gets the oracle's verdict: the culprit and the entry of
+/// `cases/deviations.toml` that explains it on this host (the same as every other driver names,
+/// `cases/tests/verdicts.rs`), or `unexplained` where the host behaves otherwise.
+#[test]
+fn exec_oracle_both_names_the_known_deviation_of_a_reproducer() {
+    need_kvm!();
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../cases/corpus/deviations/pvm_int_n_cpl3.toml"
+    );
+    let o = kvmconf(&["exec", "--oracle", "both", file], "");
+    let err = text(&o.stderr);
+    if kvmconf_cases::fuzz::host_has("pvm-int-n-cpl3-ud") {
+        assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+        assert!(
+            err.contains("  verdict: class Int: known deviation pvm-int-n-cpl3-ud\n"),
+            "{err}"
+        );
+    } else {
+        assert!(!err.contains("known deviation pvm-int-n-cpl3-ud"), "{err}");
+    }
+}

@@ -2,8 +2,8 @@
 //! verdicts, the corpus, and generated programs from a fixed seed) with the host fingerprint, and
 //! later rerun the same set and report what changed — for kernel and VMM upgrades.
 
+use crate::common::{self, EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK};
 use crate::report::Row;
-use crate::{EXIT_BAD_INPUT, EXIT_FAIL, EXIT_OK};
 use kvmconf_cases::deviations::{self, Verdict};
 use kvmconf_cases::registry::glob;
 use kvmconf_cases::runner::run_one;
@@ -297,8 +297,8 @@ fn run_set(
     Ok(entries)
 }
 
-fn open() -> Result<(Arc<Host>, Fingerprint), u8> {
-    let host = crate::exec::open_host()?;
+fn open(cmd: &str) -> Result<(Arc<Host>, Fingerprint), u8> {
+    let host = common::open_host(cmd)?;
     let fp = fingerprint::read(Some(&host));
     Ok((Arc::new(host), fp))
 }
@@ -317,7 +317,7 @@ pub fn record(a: RecordArgs) -> u8 {
             dir.display()
         );
     }
-    let (host, fp) = match open() {
+    let (host, fp) = match open("record") {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -345,10 +345,8 @@ pub fn record(a: RecordArgs) -> u8 {
         entries,
     };
     let text = serde_json::to_string(&b).expect("baselines serialize");
-    let tmp = a.out.with_extension("partial");
-    if let Err(e) = std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &a.out)) {
-        eprintln!("kvmconf record: cannot write {}: {e}", a.out.display());
-        return EXIT_FAIL;
+    if let Err(code) = common::write_output("record", &a.out, &text) {
+        return code;
     }
     eprintln!(
         "kvmconf record: {} results in {:.1} s, {} bytes written to {}",
@@ -363,14 +361,14 @@ pub fn record(a: RecordArgs) -> u8 {
 /// Reads and checks a baseline; the error names the file and what is wrong.
 pub fn load(path: &Path) -> Result<Baseline, String> {
     let f = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{f}: cannot read: {e}"))?;
+    let text = common::read_input(path)?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         let what = if e.is_eof() {
             "truncated (the JSON ends early)"
         } else {
             "not valid JSON"
         };
-        format!("{f}: {what}: {e}")
+        common::json_error(path, what, &e)
     })?;
     match v.get("schema").and_then(Value::as_str) {
         Some(SCHEMA) => {}
@@ -645,7 +643,7 @@ pub fn compare(a: CompareArgs) -> u8 {
             return EXIT_BAD_INPUT;
         }
     };
-    let (host, fp) = match open() {
+    let (host, fp) = match open("compare") {
         Ok(x) => x,
         Err(code) => return code,
     };

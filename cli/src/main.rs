@@ -1,29 +1,22 @@
-//! The `kvmconf` command: the conformance run (`run`), case files on KVM (`exec`) and the
-//! harness benchmark (`bench`).
+//! The `kvmconf` command: the conformance run (`run`), case files on KVM (`exec`), the harness
+//! benchmark (`bench`), baselines (`record`, `compare`), fuzzing (`fuzz`) and reproducers
+//! (`repro`). Every subcommand exits with the codes of [`common`].
 #![forbid(unsafe_code)]
 
 mod baseline;
 mod bench;
+mod common;
+mod emit_c;
 mod exec;
 mod fuzz;
+mod procstat;
 mod report;
 mod repro;
 mod run;
 
 use clap::{Parser, Subcommand};
+use common::{EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_OK};
 use std::process::ExitCode;
-
-/// Exit code: everything ran (and, with an oracle, agreed).
-pub const EXIT_OK: u8 = 0;
-/// Exit code: a case failed, an oracle disagreed, or the harness failed.
-pub const EXIT_FAIL: u8 = 1;
-/// Exit code: bad input or usage.
-pub const EXIT_BAD_INPUT: u8 = 2;
-/// Exit code: no usable /dev/kvm.
-pub const EXIT_NO_KVM: u8 = 3;
-/// Exit code: whoever read standard output (or error) went away, as `kvmconf … | head -1` does:
-/// 128 + SIGPIPE, what a shell reports for a command that signal ended.
-pub const EXIT_BROKEN_PIPE: i32 = 128 + 13;
 
 /// Makes a print into a closed pipe end the process quietly with [`EXIT_BROKEN_PIPE`]. Rust
 /// ignores SIGPIPE, so such a write fails with EPIPE and `println!` panics; restoring the signal's
@@ -32,7 +25,7 @@ fn exit_quietly_on_broken_pipe() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if is_broken_pipe_panic(info.payload()) {
-            std::process::exit(EXIT_BROKEN_PIPE);
+            std::process::exit(i32::from(EXIT_BROKEN_PIPE));
         }
         default(info);
     }));
