@@ -1,4 +1,5 @@
-//! KVM_EXIT_HLT and KVM_EXIT_SHUTDOWN, and the kvm_run fields if_flag, cr8, apic_base and immediate_exit.
+//! KVM_EXIT_HLT and KVM_EXIT_SHUTDOWN, and the kvm_run fields if_flag, cr8, apic_base and
+//! immediate_exit.
 
 use super::*;
 

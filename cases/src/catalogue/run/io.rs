@@ -1,4 +1,5 @@
-//! KVM_EXIT_IO: OUT and IN of every size, REP OUTS/INS in both directions, and IN completed by an immediate_exit run.
+//! KVM_EXIT_IO: OUT and IN of every size, REP OUTS/INS in both directions, and IN completed by an
+//! immediate_exit run.
 
 use super::*;
 

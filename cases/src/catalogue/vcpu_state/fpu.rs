@@ -1,4 +1,5 @@
-//! KVM_GET/SET_FPU and KVM_GET/SET_XSAVE: round trips, what the guest reads at CPL0 and CPL3, and a rejected XSTATE_BV.
+//! KVM_GET/SET_FPU and KVM_GET/SET_XSAVE: round trips, what the guest reads at CPL0 and CPL3, and a
+//! rejected XSTATE_BV.
 
 use super::*;
 

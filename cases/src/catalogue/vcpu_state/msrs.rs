@@ -1,4 +1,5 @@
-//! KVM_GET/SET_MSRS: round trips, counts that stop at the first unknown MSR, the TSC, and what the guest reads.
+//! KVM_GET/SET_MSRS: round trips, counts that stop at the first unknown MSR, the TSC, and what the
+//! guest reads.
 
 use super::*;
 

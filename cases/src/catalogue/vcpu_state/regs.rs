@@ -1,4 +1,5 @@
-//! KVM_GET/SET_REGS and KVM_GET/SET_SREGS: round trips in every mode, what the guest sees, and rejected special registers.
+//! KVM_GET/SET_REGS and KVM_GET/SET_SREGS: round trips in every mode, what the guest sees, and
+//! rejected special registers.
 
 use super::*;
 

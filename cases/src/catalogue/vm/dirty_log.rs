@@ -1,4 +1,5 @@
-//! KVM_GET_DIRTY_LOG: exact bitmaps at CPL0 and CPL3 under 4 KiB and 2 MiB guest pages, reads that log nothing, bit 0.
+//! KVM_GET_DIRTY_LOG: exact bitmaps at CPL0 and CPL3 under 4 KiB and 2 MiB guest pages, reads that
+//! log nothing, bit 0.
 
 use super::*;
 

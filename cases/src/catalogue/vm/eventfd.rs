@@ -1,4 +1,5 @@
-//! KVM_IOEVENTFD and KVM_IRQFD: guest accesses that signal an eventfd, and eventfds that raise an interrupt.
+//! KVM_IOEVENTFD and KVM_IRQFD: guest accesses that signal an eventfd, and eventfds that raise an
+//! interrupt.
 
 use super::*;
 

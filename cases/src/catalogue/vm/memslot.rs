@@ -1,4 +1,5 @@
-//! KVM_SET_USER_MEMORY_REGION: adding, overlapping, misaligned, flagged, out-of-range, deleted, moved, resized and read-only memslots.
+//! KVM_SET_USER_MEMORY_REGION: adding, overlapping, misaligned, flagged, out-of-range, deleted,
+//! moved, resized and read-only memslots.
 
 use super::*;
 

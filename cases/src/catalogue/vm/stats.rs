@@ -1,4 +1,5 @@
-//! KVM_GET_STATS_FD on VM and vCPU fds: the binary statistics header, descriptors, id string and counters.
+//! KVM_GET_STATS_FD on VM and vCPU fds: the binary statistics header, descriptors, id string and
+//! counters.
 
 use super::*;
 

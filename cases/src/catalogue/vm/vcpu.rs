@@ -1,4 +1,5 @@
-//! KVM_CREATE_VCPU on a VM fd: the recommended count, the id range, the max_vcpus limit and duplicate ids.
+//! KVM_CREATE_VCPU on a VM fd: the recommended count, the id range, the max_vcpus limit and
+//! duplicate ids.
 
 use super::*;
 
