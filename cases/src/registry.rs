@@ -1,7 +1,7 @@
 //! The one registry of conformance checks: each [`Check`] runs under `cargo nextest` (one test
 //! each, via libtest-mimic) and under `kvmconf run`, with no second copy anywhere.
 
-use kvmconf_harness::Host;
+use kvmconf_harness::{Errno, Host, IoctlFailure};
 use std::fmt;
 
 /// The area a check belongs to.
@@ -175,6 +175,22 @@ impl From<kvmconf_harness::KvmError> for Fail {
     }
 }
 
+macro_rules! ioctl_fail {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Fail {
+            fn from(e: $t) -> Fail {
+                Fail::failed(e.to_string())
+            }
+        }
+    )*};
+}
+// `KVM_… failed: <strerror> (errno N)`, the text `ioctl("KVM_…")` gives.
+ioctl_fail!(
+    kvmconf_harness::SystemError,
+    kvmconf_harness::VmError,
+    kvmconf_harness::VcpuError
+);
+
 /// What a check returns.
 pub type Outcome = Result<(), Fail>;
 
@@ -195,6 +211,28 @@ impl fmt::Debug for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Check({})", self.id)
     }
+}
+
+/// Declares an area's `CHECKS`, in report order: `checks! { Vm; "vm.id", DOC, run; … }`. A run
+/// is a check function `fn(&Host) -> Outcome`, or `f(arg, …)` for one function registered with
+/// several parameters (CPL, mode, page size), which runs as `f(host, arg, …)`.
+#[macro_export]
+macro_rules! checks {
+    ($area:ident; $($id:literal, $doc:expr, $f:ident $(($($arg:expr),* $(,)?))?;)*) => {
+        /// This area's checks, in report order.
+        pub const CHECKS: &[$crate::registry::Check] = &[$($crate::registry::Check {
+            id: $id,
+            area: $crate::registry::Area::$area,
+            doc: $doc,
+            run: $crate::checks!(@run $f $(($($arg),*))?),
+        },)*];
+    };
+    (@run $f:ident) => {
+        $f
+    };
+    (@run $f:ident ($($arg:expr),*)) => {
+        |host: &kvmconf_harness::Host| $f(host, $($arg),*)
+    };
 }
 
 /// Fails with a message unless `cond` holds.
@@ -235,14 +273,12 @@ pub fn require_cap(host: &Host, cap: u32, name: &str) -> Outcome {
     }
 }
 
-/// Maps a kvm-ioctls error to a failure naming the ioctl.
-pub fn ioctl(name: &'static str) -> impl Fn(kvm_ioctls::Error) -> Fail {
-    move |e| {
-        Fail::failed(format!(
-            "{name} failed: {} (errno {})",
-            std::io::Error::from_raw_os_error(e.errno()),
-            e.errno()
-        ))
+/// Maps a typed harness error to a failure naming the ioctl as the check calls it
+/// (`"{name} failed: <strerror> (errno N)"`); an error that is no ioctl's is shown as it is.
+pub fn ioctl<E: IoctlFailure>(name: &'static str) -> impl Fn(E) -> Fail {
+    move |e| match e.errno() {
+        Some(n) => Fail::failed(format!("{name} failed: {}", Errno(n))),
+        None => Fail::failed(format!("{name} failed: {e}")),
     }
 }
 
@@ -272,6 +308,25 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_ioctl_errors_read_like_ioctl_name() {
+        use kvmconf_harness::{VcpuError, VmError};
+        let e = VcpuError::GetRegs(Errno(libc::EINVAL));
+        assert_eq!(
+            Fail::from(e).to_string(),
+            ioctl("KVM_GET_REGS")(e).to_string()
+        );
+        assert_eq!(
+            Fail::from(e).to_string(),
+            "KVM_GET_REGS failed: Invalid argument (os error 22) (errno 22)"
+        );
+        let v = VmError::CreateVcpu(Errno(libc::EEXIST));
+        assert_eq!(
+            ioctl("KVM_CREATE_VCPU id 1")(v).to_string(),
+            "KVM_CREATE_VCPU id 1 failed: File exists (os error 17) (errno 17)"
+        );
+    }
 
     #[test]
     fn glob_matches_stars_and_questions() {

@@ -14,21 +14,27 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod abi;
 pub mod affinity;
 pub mod baseline;
 pub mod exit;
 pub mod fingerprint;
+pub mod ioctl;
 pub mod kcov;
 pub mod kvm;
 pub mod memory;
 pub mod pool;
 pub mod raw;
-pub mod raw_vcpu;
 pub mod rlimit;
 pub mod run;
 pub mod skip;
 pub mod state;
+pub mod vcpu;
+pub mod vm;
 pub mod watchdog;
 
-pub use kvm::{Host, KvmError, TestVcpu, TestVm};
+pub use ioctl::{Errno, IoctlFailure};
+pub use kvm::{Host, KvmError, MemslotError, Slot, SystemError, TestVcpu, TestVm};
 pub use pool::{Pool, run_fresh};
+pub use vcpu::{Vcpu, VcpuError};
+pub use vm::{Vm, VmError};

@@ -9,24 +9,10 @@ use std::collections::BTreeSet;
 
 const PAGE: u64 = 4096;
 
-fn load_image(vm: &TestVm, model: &GuestModel, pages: &mut BTreeSet<u64>) -> Result<(), KvmError> {
-    for (addr, bytes) in &model.image {
-        vm.mem.write(*addr, bytes)?;
-        let end = addr + bytes.len() as u64;
-        let mut p = addr & !(PAGE - 1);
-        while p < end {
-            pages.insert(p);
-            p += PAGE;
-        }
-    }
-    Ok(())
-}
-
 /// Runs `case` on a new VM that is closed afterwards.
 pub fn run_fresh(host: &Host, case: &Case) -> Result<CaseResult, KvmError> {
     let model = GuestModel::build(case);
-    let mut vm = host.create_vm(&model.layout, false)?;
-    load_image(&vm, &model, &mut BTreeSet::new())?;
+    let mut vm = host.boot(&model, false)?;
     run::execute(&mut vm, &model, case)
 }
 
@@ -124,8 +110,7 @@ impl<'h> Pool<'h> {
                         .expect("pool is not empty");
                     self.vms.swap_remove(i);
                 }
-                let vm = self.host.create_vm(&model.layout, true)?;
-                load_image(&vm, &model, &mut BTreeSet::new())?;
+                let vm = self.host.boot(&model, true)?;
                 self.stats.created += 1;
                 self.vms.push(Pooled {
                     vm,

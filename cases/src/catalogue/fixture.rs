@@ -4,14 +4,13 @@
 use crate::catalogue::harness::{case, program};
 use crate::registry::{Fail, ioctl};
 use iced_x86::code_asm::{CodeAssembler, IcedError};
-use kvm_bindings::{kvm_regs, kvm_sregs};
-use kvm_ioctls::VcpuFd;
 use kvmconf_guests::case::{Case, MemInit, Mode};
 use kvmconf_guests::layout::GuestModel;
 use kvmconf_guests::num::HexBytes;
+use kvmconf_harness::abi::{kvm_regs, kvm_sregs};
 use kvmconf_harness::exit::KvmExit;
 use kvmconf_harness::watchdog::{self, Deadline};
-use kvmconf_harness::{Host, TestVm};
+use kvmconf_harness::{Host, TestVcpu, TestVm};
 use std::time::Duration;
 
 /// How long one KVM_RUN may take before a check gives up on it.
@@ -36,12 +35,7 @@ impl Guest {
     /// Creates the VM for `c`, loads its image and sets its starting state.
     pub fn boot(host: &Host, c: &Case) -> Result<Guest, Fail> {
         let model = GuestModel::build(c);
-        let mut vm = host.create_vm(&model.layout, false)?;
-        for (addr, bytes) in &model.image {
-            vm.mem
-                .write(*addr, bytes)
-                .map_err(|e| Fail::failed(format!("loading the image: {e}")))?;
-        }
+        let mut vm = host.boot(&model, false)?;
         vm.vcpu.prepare_thread()?;
         vm.vcpu.set_state(&model.cpu)?;
         Ok(Guest { vm, model })
@@ -59,8 +53,13 @@ impl Guest {
     }
 
     /// The vCPU.
-    pub fn vcpu(&self) -> &VcpuFd {
-        self.vm.vcpu.fd()
+    pub fn vcpu(&self) -> &TestVcpu {
+        &self.vm.vcpu
+    }
+
+    /// The vCPU, mutably (for `kvm_run` and the coalesced ring).
+    pub fn vcpu_mut(&mut self) -> &mut TestVcpu {
+        &mut self.vm.vcpu
     }
 
     /// KVM_RUN once, with a deadline of [`RUN_LIMIT`]; the raw errno on failure.
@@ -94,17 +93,17 @@ impl Guest {
 
     /// KVM_GET_REGS.
     pub fn regs(&self) -> Result<kvm_regs, Fail> {
-        self.vcpu().get_regs().map_err(ioctl("KVM_GET_REGS"))
+        self.vcpu().try_get_regs().map_err(ioctl("KVM_GET_REGS"))
     }
 
     /// KVM_SET_REGS.
     pub fn set_regs(&self, r: &kvm_regs) -> Result<(), Fail> {
-        self.vcpu().set_regs(r).map_err(ioctl("KVM_SET_REGS"))
+        self.vcpu().try_set_regs(r).map_err(ioctl("KVM_SET_REGS"))
     }
 
     /// KVM_GET_SREGS.
     pub fn sregs(&self) -> Result<kvm_sregs, Fail> {
-        self.vcpu().get_sregs().map_err(ioctl("KVM_GET_SREGS"))
+        self.vcpu().try_get_sregs().map_err(ioctl("KVM_GET_SREGS"))
     }
 
     /// The harness stub (vector) a HLT exit came from, if it came from one.
@@ -175,7 +174,9 @@ impl Guest {
         let mut s = self.sregs()?;
         s.idt.base = IDT_ADDR;
         s.idt.limit = 256 * 16 - 1;
-        self.vcpu().set_sregs(&s).map_err(ioctl("KVM_SET_SREGS"))
+        self.vcpu()
+            .try_set_sregs(&s)
+            .map_err(ioctl("KVM_SET_SREGS"))
     }
 
     /// After a HLT in a hand-written handler: (vector, interrupted rip, interrupted rflags).

@@ -1,7 +1,7 @@
 //! Harness checks: each CPU mode boots and reports its exits, the run loop serves I/O and MMIO,
 //! stubs report exceptions, the watchdog stops spinning guests, and pooled VMs equal fresh ones.
 
-use crate::registry::{Area, Check, Fail, Outcome};
+use crate::registry::{Fail, Outcome};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
 use kvmconf_guests::asm::assemble;
@@ -12,10 +12,7 @@ use kvmconf_guests::result::{CaseResult, DiffMask, Event, Exit, diff};
 use kvmconf_harness::{Host, Pool, run_fresh};
 use std::time::{Duration, Instant};
 
-/// Where test programs are loaded.
-pub const CODE: u64 = 0x1000;
-/// Stack top for test programs.
-pub const STACK: u64 = 0x8000;
+pub use kvmconf_harness::kvm::{CODE, STACK};
 
 /// Assembles a program for `mode` at [`CODE`].
 pub fn program(
@@ -235,10 +232,6 @@ fn spin_cpl0_timeout(host: &Host) -> Outcome {
     spin(host, Mode::Real16, 0)
 }
 
-fn spin_cpl3_timeout(host: &Host) -> Outcome {
-    spin(host, Mode::Long64, 3)
-}
-
 fn stub_case(
     name: &str,
     cpl: u8,
@@ -451,10 +444,6 @@ fn single_step_cpl0(host: &Host) -> Outcome {
         single_step_records_each_instruction(host, mode, 0)?;
     }
     Ok(())
-}
-
-fn single_step_cpl3(host: &Host) -> Outcome {
-    single_step_records_each_instruction(host, Mode::Long64, 3)
 }
 
 fn cpl3_port_io_with_iopl3(host: &Host) -> Outcome {
@@ -778,140 +767,27 @@ fn int_n_reaches_its_gate(host: &Host, cpl: u8) -> Outcome {
     Ok(())
 }
 
-fn int_n_cpl0(host: &Host) -> Outcome {
-    int_n_reaches_its_gate(host, 0)
+crate::checks! {
+    Harness;
+    "harness.seed_hello_real16_writes_hello_and_halts", "api.rst 4.10 KVM_RUN, 5. kvm_run KVM_EXIT_IO/KVM_EXIT_HLT; seed program", seed_hello_real16;
+    "harness.hello_prot32_writes_hello_and_halts", "api.rst KVM_EXIT_IO; SDM 3A 9.9 protected mode", hello_prot32;
+    "harness.hello_long64_writes_hello_and_halts", "api.rst KVM_EXIT_IO; SDM 3A 9.8.5 IA-32e mode", hello_long64;
+    "harness.io_in_scripted_value_then_all_ones", "api.rst KVM_EXIT_IO (direction IN, data_offset)", io_in_scripted;
+    "harness.mmio_read_modify_write_served_by_vmm", "api.rst KVM_EXIT_MMIO", mmio_read_modify_write;
+    "harness.triple_fault_exits_shutdown", "api.rst KVM_EXIT_SHUTDOWN; SDM 3A 6.15 #DF", triple_fault_shutdown;
+    "harness.spinning_guest_cpl0_times_out_and_vm_stays_usable", "api.rst KVM_SET_SIGNAL_MASK, KVM_RUN EINTR, immediate_exit", spin_cpl0_timeout;
+    "harness.spinning_guest_cpl3_times_out_and_vm_stays_usable", "api.rst KVM_SET_SIGNAL_MASK, KVM_RUN EINTR, immediate_exit", spin(Mode::Long64, 3);
+    "harness.stubs_report_de_ud_gp_pf_with_error_code_and_cr2", "SDM 3A 6.15 exception reference (#DE, #UD, #GP, #PF error code)", stubs_report_exceptions;
+    "harness.alu_program_cpl0_equals_cpl3", "SDM 2 instruction reference; kvmconf CPL3 HLT convention", alu_cpl0_equals_cpl3;
+    "harness.single_step_cpl0_one_exit_per_instruction", "api.rst 4.38 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), KVM_EXIT_DEBUG", single_step_cpl0;
+    "harness.single_step_cpl3_one_exit_per_instruction", "api.rst 4.38 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), KVM_EXIT_DEBUG", single_step_records_each_instruction(Mode::Long64, 3);
+    "harness.cpl3_port_io_with_iopl3_reaches_vmm", "api.rst KVM_SET_REGS (rflags); SDM 1 18.5.1 I/O privilege level", cpl3_port_io_with_iopl3;
+    "harness.cpl3_port_io_with_iopl0_raises_gp", "SDM 1 18.5 protected-mode I/O; SDM 3A 6.15 #GP", cpl3_iopl0_port_io_gp;
+    "harness.exit_budget_stops_chatty_guest", "kvmconf case format: max_exits", exit_budget_stops_chatty_guest;
+    "harness.vcpu_reset_after_single_stepped_hlt_behaves_fresh", "api.rst KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_MP_STATE, KVM_SET_VCPU_EVENTS, KVM_SET_GUEST_DEBUG", reset_after_single_stepped_hlt;
+    "harness.rejected_state_is_a_result_and_vm_stays_usable", "api.rst 4.14 KVM_SET_SREGS (invalid CR0: EINVAL); kvmconf rejected exit", rejected_state_is_a_result;
+    "harness.four_gib_guest_runs_prot32_and_long64", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION; kvmconf memory_mib up to 16384", four_gib_guest_runs;
+    "harness.int_n_cpl0_reaches_its_gate_or_gp_past_idt_limit", "SDM 2 INT n (gate DPL, IDT limit -> #GP(vector*8+2)); SDM 3A 6.12", int_n_reaches_its_gate(0);
+    "harness.int_n_cpl3_reaches_its_gate_or_gp_past_idt_limit", "SDM 2 INT n (gate DPL, IDT limit -> #GP(vector*8+2)); SDM 3A 6.12", int_n_reaches_its_gate(3);
+    "harness.pooled_vm_results_equal_fresh_vm_results", "api.rst 4.8 KVM_GET_DIRTY_LOG; kvmconf pool reset", pool_equals_fresh;
 }
-
-fn int_n_cpl3(host: &Host) -> Outcome {
-    int_n_reaches_its_gate(host, 3)
-}
-
-/// The harness checks.
-pub const CHECKS: &[Check] = &[
-    Check {
-        id: "harness.seed_hello_real16_writes_hello_and_halts",
-        area: Area::Harness,
-        doc: "api.rst 4.10 KVM_RUN, 5. kvm_run KVM_EXIT_IO/KVM_EXIT_HLT; seed program",
-        run: seed_hello_real16,
-    },
-    Check {
-        id: "harness.hello_prot32_writes_hello_and_halts",
-        area: Area::Harness,
-        doc: "api.rst KVM_EXIT_IO; SDM 3A 9.9 protected mode",
-        run: hello_prot32,
-    },
-    Check {
-        id: "harness.hello_long64_writes_hello_and_halts",
-        area: Area::Harness,
-        doc: "api.rst KVM_EXIT_IO; SDM 3A 9.8.5 IA-32e mode",
-        run: hello_long64,
-    },
-    Check {
-        id: "harness.io_in_scripted_value_then_all_ones",
-        area: Area::Harness,
-        doc: "api.rst KVM_EXIT_IO (direction IN, data_offset)",
-        run: io_in_scripted,
-    },
-    Check {
-        id: "harness.mmio_read_modify_write_served_by_vmm",
-        area: Area::Harness,
-        doc: "api.rst KVM_EXIT_MMIO",
-        run: mmio_read_modify_write,
-    },
-    Check {
-        id: "harness.triple_fault_exits_shutdown",
-        area: Area::Harness,
-        doc: "api.rst KVM_EXIT_SHUTDOWN; SDM 3A 6.15 #DF",
-        run: triple_fault_shutdown,
-    },
-    Check {
-        id: "harness.spinning_guest_cpl0_times_out_and_vm_stays_usable",
-        area: Area::Harness,
-        doc: "api.rst KVM_SET_SIGNAL_MASK, KVM_RUN EINTR, immediate_exit",
-        run: spin_cpl0_timeout,
-    },
-    Check {
-        id: "harness.spinning_guest_cpl3_times_out_and_vm_stays_usable",
-        area: Area::Harness,
-        doc: "api.rst KVM_SET_SIGNAL_MASK, KVM_RUN EINTR, immediate_exit",
-        run: spin_cpl3_timeout,
-    },
-    Check {
-        id: "harness.stubs_report_de_ud_gp_pf_with_error_code_and_cr2",
-        area: Area::Harness,
-        doc: "SDM 3A 6.15 exception reference (#DE, #UD, #GP, #PF error code)",
-        run: stubs_report_exceptions,
-    },
-    Check {
-        id: "harness.alu_program_cpl0_equals_cpl3",
-        area: Area::Harness,
-        doc: "SDM 2 instruction reference; kvmconf CPL3 HLT convention",
-        run: alu_cpl0_equals_cpl3,
-    },
-    Check {
-        id: "harness.single_step_cpl0_one_exit_per_instruction",
-        area: Area::Harness,
-        doc: "api.rst 4.38 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), KVM_EXIT_DEBUG",
-        run: single_step_cpl0,
-    },
-    Check {
-        id: "harness.single_step_cpl3_one_exit_per_instruction",
-        area: Area::Harness,
-        doc: "api.rst 4.38 KVM_SET_GUEST_DEBUG (KVM_GUESTDBG_SINGLESTEP), KVM_EXIT_DEBUG",
-        run: single_step_cpl3,
-    },
-    Check {
-        id: "harness.cpl3_port_io_with_iopl3_reaches_vmm",
-        area: Area::Harness,
-        doc: "api.rst KVM_SET_REGS (rflags); SDM 1 18.5.1 I/O privilege level",
-        run: cpl3_port_io_with_iopl3,
-    },
-    Check {
-        id: "harness.cpl3_port_io_with_iopl0_raises_gp",
-        area: Area::Harness,
-        doc: "SDM 1 18.5 protected-mode I/O; SDM 3A 6.15 #GP",
-        run: cpl3_iopl0_port_io_gp,
-    },
-    Check {
-        id: "harness.exit_budget_stops_chatty_guest",
-        area: Area::Harness,
-        doc: "kvmconf case format: max_exits",
-        run: exit_budget_stops_chatty_guest,
-    },
-    Check {
-        id: "harness.vcpu_reset_after_single_stepped_hlt_behaves_fresh",
-        area: Area::Harness,
-        doc: "api.rst KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_MP_STATE, KVM_SET_VCPU_EVENTS, KVM_SET_GUEST_DEBUG",
-        run: reset_after_single_stepped_hlt,
-    },
-    Check {
-        id: "harness.rejected_state_is_a_result_and_vm_stays_usable",
-        area: Area::Harness,
-        doc: "api.rst 4.14 KVM_SET_SREGS (invalid CR0: EINVAL); kvmconf rejected exit",
-        run: rejected_state_is_a_result,
-    },
-    Check {
-        id: "harness.four_gib_guest_runs_prot32_and_long64",
-        area: Area::Harness,
-        doc: "api.rst 4.35 KVM_SET_USER_MEMORY_REGION; kvmconf memory_mib up to 16384",
-        run: four_gib_guest_runs,
-    },
-    Check {
-        id: "harness.int_n_cpl0_reaches_its_gate_or_gp_past_idt_limit",
-        area: Area::Harness,
-        doc: "SDM 2 INT n (gate DPL, IDT limit -> #GP(vector*8+2)); SDM 3A 6.12",
-        run: int_n_cpl0,
-    },
-    Check {
-        id: "harness.int_n_cpl3_reaches_its_gate_or_gp_past_idt_limit",
-        area: Area::Harness,
-        doc: "SDM 2 INT n (gate DPL, IDT limit -> #GP(vector*8+2)); SDM 3A 6.12",
-        run: int_n_cpl3,
-    },
-    Check {
-        id: "harness.pooled_vm_results_equal_fresh_vm_results",
-        area: Area::Harness,
-        doc: "api.rst 4.8 KVM_GET_DIRTY_LOG; kvmconf pool reset",
-        run: pool_equals_fresh,
-    },
-];

@@ -2,17 +2,17 @@
 //! limits it reports, KVM_GET_VCPU_MMAP_SIZE, the supported and emulated CPUID, the MSR index
 //! lists and the feature MSRs, unknown ioctls at every fd level, and KVM_CREATE_VM's type.
 
-use crate::registry::{Area, Check, Fail, Outcome, ioctl, require_cap};
+use crate::registry::{Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
-use kvm_bindings::{
+use kvmconf_harness::Host;
+use kvmconf_harness::abi::{
     KVM_CAP_CHECK_EXTENSION_VM, KVM_CAP_COALESCED_MMIO, KVM_CAP_EXT_CPUID, KVM_CAP_EXT_EMUL_CPUID,
     KVM_CAP_GET_MSR_FEATURES, KVM_CAP_IOEVENTFD, KVM_CAP_IRQCHIP, KVM_CAP_IRQFD,
     KVM_CAP_MAX_VCPU_ID, KVM_CAP_MAX_VCPUS, KVM_CAP_NR_MEMSLOTS, KVM_CAP_NR_VCPUS,
     KVM_CAP_READONLY_MEM, KVM_CAP_SET_TSS_ADDR, KVM_CAP_USER_MEMORY, KVM_CAP_VM_TYPES,
     KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2, kvm_msr_entry, kvm_run,
 };
-use kvmconf_harness::Host;
-use kvmconf_harness::raw::{self, CpuidReply, Level};
+use kvmconf_harness::kvm::CpuidReply;
 use std::collections::{BTreeMap, BTreeSet};
 
 const PAGE: usize = 4096;
@@ -37,22 +37,25 @@ pub const CATALOGUE_CAPS: &[(u32, &str)] = &[
     (KVM_CAP_COALESCED_MMIO, "COALESCED_MMIO"),
     (KVM_CAP_SET_TSS_ADDR, "SET_TSS_ADDR"),
     (KVM_CAP_CHECK_EXTENSION_VM, "CHECK_EXTENSION_VM"),
-    (kvm_bindings::KVM_CAP_ADJUST_CLOCK, "ADJUST_CLOCK"),
-    (kvm_bindings::KVM_CAP_PIT2, "PIT2"),
-    (kvm_bindings::KVM_CAP_PIT_STATE2, "PIT_STATE2"),
+    (kvmconf_harness::abi::KVM_CAP_ADJUST_CLOCK, "ADJUST_CLOCK"),
+    (kvmconf_harness::abi::KVM_CAP_PIT2, "PIT2"),
+    (kvmconf_harness::abi::KVM_CAP_PIT_STATE2, "PIT_STATE2"),
     (
-        kvm_bindings::KVM_CAP_SET_IDENTITY_MAP_ADDR,
+        kvmconf_harness::abi::KVM_CAP_SET_IDENTITY_MAP_ADDR,
         "SET_IDENTITY_MAP_ADDR",
     ),
-    (kvm_bindings::KVM_CAP_COALESCED_PIO, "COALESCED_PIO"),
+    (kvmconf_harness::abi::KVM_CAP_COALESCED_PIO, "COALESCED_PIO"),
     (
-        kvm_bindings::KVM_CAP_MULTI_ADDRESS_SPACE,
+        kvmconf_harness::abi::KVM_CAP_MULTI_ADDRESS_SPACE,
         "MULTI_ADDRESS_SPACE",
     ),
-    (kvm_bindings::KVM_CAP_BINARY_STATS_FD, "BINARY_STATS_FD"),
-    (kvm_bindings::KVM_CAP_ENABLE_CAP_VM, "ENABLE_CAP_VM"),
     (
-        kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+        kvmconf_harness::abi::KVM_CAP_BINARY_STATS_FD,
+        "BINARY_STATS_FD",
+    ),
+    (kvmconf_harness::abi::KVM_CAP_ENABLE_CAP_VM, "ENABLE_CAP_VM"),
+    (
+        kvmconf_harness::abi::KVM_CAP_X86_USER_SPACE_MSR,
         "X86_USER_SPACE_MSR",
     ),
 ];
@@ -80,10 +83,10 @@ pub fn expect_errno(got: Option<i32>, want: i32, what: &str) -> Outcome {
 // ---- KVM_GET_API_VERSION ----
 
 fn api_version_is_12(host: &Host) -> Outcome {
-    ensure_eq!(host.kvm().get_api_version(), 12, "KVM_GET_API_VERSION");
+    ensure_eq!(host.api_version(), 12, "KVM_GET_API_VERSION");
     let again = kvmconf_harness::Host::open()?;
     ensure_eq!(
-        again.kvm().get_api_version(),
+        again.api_version(),
         12,
         "KVM_GET_API_VERSION on a second /dev/kvm handle"
     );
@@ -190,13 +193,13 @@ fn check_extension_nr_memslots_positive(host: &Host) -> Outcome {
 
 fn check_extension_on_vm_fd_matches_the_api(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_CHECK_EXTENSION_VM, "CHECK_EXTENSION_VM")?;
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    let vm = host.try_create_vm()?;
     ensure_eq!(
-        vm.check_extension_raw(libc::c_ulong::from(UNKNOWN_CAP)),
+        vm.check_extension_raw(UNKNOWN_CAP),
         0,
         "KVM_CHECK_EXTENSION on a VM fd for an unassigned capability"
     );
-    let v = vm.check_extension_raw(libc::c_ulong::from(KVM_CAP_USER_MEMORY));
+    let v = vm.check_extension_raw(KVM_CAP_USER_MEMORY);
     ensure!(
         v > 0,
         "KVM_CHECK_EXTENSION(KVM_CAP_USER_MEMORY) on a VM fd: wanted > 0, got {v}"
@@ -207,8 +210,7 @@ fn check_extension_on_vm_fd_matches_the_api(host: &Host) -> Outcome {
 // ---- KVM_GET_VCPU_MMAP_SIZE ----
 
 fn mmap_size(host: &Host) -> Result<usize, Fail> {
-    host.kvm()
-        .get_vcpu_mmap_size()
+    host.try_vcpu_mmap_size()
         .map_err(ioctl("KVM_GET_VCPU_MMAP_SIZE"))
 }
 
@@ -245,7 +247,7 @@ fn vcpu_mmap_size_fits_kvm_run(host: &Host) -> Outcome {
 
 /// Asks with a buffer of `KVM_MAX_CPUID_ENTRIES` (the kernel's limit, 256) and returns the reply.
 fn cpuid_full(host: &Host, emulated: bool) -> Result<CpuidReply, Fail> {
-    let r = raw::cpuid(host.kvm(), emulated, 256);
+    let r = host.cpuid(emulated, 256);
     let name = cpuid_name(emulated);
     if let Some(e) = r.errno {
         return Err(Fail::failed(format!(
@@ -284,7 +286,7 @@ fn cpuid_short_buffer_e2big(host: &Host, emulated: bool) -> Outcome {
         if nent >= n {
             continue;
         }
-        let r = raw::cpuid(host.kvm(), emulated, nent);
+        let r = host.cpuid(emulated, nent);
         expect_errno(
             r.errno,
             libc::E2BIG,
@@ -304,7 +306,7 @@ fn cpuid_exact_buffer_succeeds(host: &Host, emulated: bool) -> Outcome {
         n,
         "{name}: entries filled vs nent"
     );
-    let exact = raw::cpuid(host.kvm(), emulated, n);
+    let exact = host.cpuid(emulated, n);
     ensure_eq!(
         errno_name(exact.errno),
         "success",
@@ -470,7 +472,7 @@ fn require_list(host: &Host, feature: bool) -> Outcome {
 
 fn msr_list_full(host: &Host, feature: bool) -> Result<Vec<u32>, Fail> {
     let name = list_name(feature);
-    let r = raw::msr_index_list(host.kvm(), feature, 4096);
+    let r = host.msr_index_list(feature, 4096);
     if r.errno.is_some() {
         return Err(Fail::failed(format!(
             "{name} with room for 4096 indices: wanted success, got {}",
@@ -490,7 +492,7 @@ fn msr_list_short_buffer_e2big_reports_count(host: &Host, feature: bool) -> Outc
     let mut sizes = vec![0, n - 1];
     sizes.dedup();
     for cap in sizes {
-        let r = raw::msr_index_list(host.kvm(), feature, cap);
+        let r = host.msr_index_list(feature, cap);
         expect_errno(
             r.errno,
             libc::E2BIG,
@@ -502,7 +504,7 @@ fn msr_list_short_buffer_e2big_reports_count(host: &Host, feature: bool) -> Outc
             "{name} with room for {cap}: nmsrs adjusted to the actual number of MSRs"
         );
     }
-    let exact = raw::msr_index_list(host.kvm(), feature, n);
+    let exact = host.msr_index_list(feature, n);
     ensure_eq!(
         errno_name(exact.errno),
         "success",
@@ -542,11 +544,10 @@ fn feature_msrs_readable_with_system_get_msrs(host: &Host) -> Outcome {
             ..Default::default()
         })
         .collect();
-    let mut msrs = kvm_bindings::Msrs::from_entries(&entries)
+    let mut msrs = kvmconf_harness::abi::Msrs::from_entries(&entries)
         .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
     let n = host
-        .kvm()
-        .get_msrs(&mut msrs)
+        .try_get_msrs(&mut msrs)
         .map_err(ioctl("KVM_GET_MSRS (system)"))?;
     ensure_eq!(
         n,
@@ -556,14 +557,13 @@ fn feature_msrs_readable_with_system_get_msrs(host: &Host) -> Outcome {
     );
     // One at a time as well: each index alone reads.
     for &index in &list {
-        let mut one = kvm_bindings::Msrs::from_entries(&[kvm_msr_entry {
+        let mut one = kvmconf_harness::abi::Msrs::from_entries(&[kvm_msr_entry {
             index,
             ..Default::default()
         }])
         .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
         let n = host
-            .kvm()
-            .get_msrs(&mut one)
+            .try_get_msrs(&mut one)
             .map_err(ioctl("KVM_GET_MSRS (system)"))?;
         ensure_eq!(n, 1, "system KVM_GET_MSRS of feature MSR {index:#x} alone");
     }
@@ -582,7 +582,7 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
         !list.contains(&bogus),
         "{bogus:#x} is listed as a feature MSR"
     );
-    let mut msrs = kvm_bindings::Msrs::from_entries(&[
+    let mut msrs = kvmconf_harness::abi::Msrs::from_entries(&[
         kvm_msr_entry {
             index: first,
             ..Default::default()
@@ -598,8 +598,7 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
     ])
     .map_err(|e| Fail::failed(format!("building kvm_msrs: {e:?}")))?;
     let n = host
-        .kvm()
-        .get_msrs(&mut msrs)
+        .try_get_msrs(&mut msrs)
         .map_err(ioctl("KVM_GET_MSRS (system)"))?;
     ensure_eq!(
         n,
@@ -612,14 +611,17 @@ fn system_get_msrs_stops_at_non_feature_msr(host: &Host) -> Outcome {
 // ---- unknown ioctls ----
 
 fn unknown_ioctl_on_dev_kvm_enotty(host: &Host) -> Outcome {
-    let e = raw::unassigned_ioctl(Level::System(host.kvm()));
+    let e = host.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
-        (e != 0).then_some(e),
+        e,
         libc::ENOTTY,
-        &format!("unassigned ioctl {:#x} on /dev/kvm", raw::UNASSIGNED_IOCTL),
+        &format!(
+            "unassigned ioctl {:#x} on /dev/kvm",
+            kvmconf_harness::ioctl::UNASSIGNED_IOCTL
+        ),
     )?;
     ensure_eq!(
-        host.kvm().get_api_version(),
+        host.api_version(),
         12,
         "KVM_GET_API_VERSION after the rejected ioctl"
     );
@@ -627,29 +629,35 @@ fn unknown_ioctl_on_dev_kvm_enotty(host: &Host) -> Outcome {
 }
 
 fn unknown_ioctl_on_vm_fd_enotty(host: &Host) -> Outcome {
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    let e = raw::unassigned_ioctl(Level::Vm(&vm));
+    let vm = host.try_create_vm()?;
+    let e = vm.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
-        (e != 0).then_some(e),
+        e,
         libc::ENOTTY,
-        &format!("unassigned ioctl {:#x} on a VM fd", raw::UNASSIGNED_IOCTL),
+        &format!(
+            "unassigned ioctl {:#x} on a VM fd",
+            kvmconf_harness::ioctl::UNASSIGNED_IOCTL
+        ),
     )?;
-    vm.create_vcpu(0)
+    vm.try_create_vcpu(0)
         .map_err(ioctl("KVM_CREATE_VCPU after the rejected ioctl"))?;
     Ok(())
 }
 
 fn unknown_ioctl_on_vcpu_fd_enotty(host: &Host) -> Outcome {
-    let vm = host.kvm().create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-    let vcpu = vm.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-    let before = vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
-    let e = raw::unassigned_ioctl(Level::Vcpu(&vcpu));
+    let vm = host.try_create_vm()?;
+    let vcpu = vm.try_create_vcpu(0)?;
+    let before = vcpu.try_get_regs()?;
+    let e = vcpu.try_unassigned_ioctl().err().map(|e| e.errno());
     expect_errno(
-        (e != 0).then_some(e),
+        e,
         libc::ENOTTY,
-        &format!("unassigned ioctl {:#x} on a vCPU fd", raw::UNASSIGNED_IOCTL),
+        &format!(
+            "unassigned ioctl {:#x} on a vCPU fd",
+            kvmconf_harness::ioctl::UNASSIGNED_IOCTL
+        ),
     )?;
-    let after = vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let after = vcpu.try_get_regs()?;
     ensure_eq!(
         format!("{after:?}"),
         format!("{before:?}"),
@@ -668,7 +676,7 @@ fn create_vm_invalid_type_einval(host: &Host) -> Outcome {
         bad.push(u64::from(t));
     }
     for t in bad {
-        match host.kvm().create_vm_with_type(t) {
+        match host.try_create_vm_with_type(t) {
             Ok(_) => {
                 return Err(Fail::failed(format!(
                     "KVM_CREATE_VM type {t:#x} (KVM_CAP_VM_TYPES {types:#x}): wanted EINVAL, got a VM"
@@ -682,63 +690,10 @@ fn create_vm_invalid_type_einval(host: &Host) -> Outcome {
         }
     }
     // The system fd still works.
-    host.kvm()
-        .create_vm()
+    host.try_create_vm()
         .map_err(ioctl("KVM_CREATE_VM type 0 after the rejected ones"))?;
     Ok(())
 }
-
-macro_rules! both {
-    ($f:ident, $sup:ident, $emu:ident) => {
-        fn $sup(h: &Host) -> Outcome {
-            $f(h, false)
-        }
-        fn $emu(h: &Host) -> Outcome {
-            $f(h, true)
-        }
-    };
-}
-
-both!(
-    cpuid_short_buffer_e2big,
-    supported_cpuid_short_buffer_e2big,
-    emulated_cpuid_short_buffer_e2big
-);
-both!(
-    cpuid_exact_buffer_succeeds,
-    supported_cpuid_exact_buffer_succeeds,
-    emulated_cpuid_exact_buffer_succeeds
-);
-both!(
-    cpuid_no_duplicates,
-    supported_cpuid_no_duplicates,
-    emulated_cpuid_no_duplicates
-);
-both!(
-    cpuid_multi_entry_functions_have_significant_index,
-    supported_cpuid_significant_index,
-    emulated_cpuid_significant_index
-);
-both!(
-    cpuid_repeated_calls_identical,
-    supported_cpuid_repeated,
-    emulated_cpuid_repeated
-);
-both!(
-    msr_list_short_buffer_e2big_reports_count,
-    msr_list_e2big,
-    msr_feature_list_e2big
-);
-both!(
-    msr_list_no_duplicates,
-    msr_list_unique,
-    msr_feature_list_unique
-);
-both!(
-    msr_list_repeated_calls_identical,
-    msr_list_repeated,
-    msr_feature_list_repeated
-);
 
 const API: &str = "api.rst 4.1 KVM_GET_API_VERSION";
 const CHECK_EXT: &str = "api.rst 4.4 KVM_CHECK_EXTENSION";
@@ -746,210 +701,40 @@ const CPUID: &str = "api.rst 4.46 KVM_GET_SUPPORTED_CPUID";
 const EMUL: &str = "api.rst 4.88 KVM_GET_EMULATED_CPUID";
 const MSRLIST: &str = "api.rst 4.3 KVM_GET_MSR_INDEX_LIST, KVM_GET_MSR_FEATURE_INDEX_LIST";
 
-/// The system checks.
-pub const CHECKS: &[Check] = &[
-    Check {
-        id: "system.api_version_is_12",
-        area: Area::System,
-        doc: API,
-        run: api_version_is_12,
-    },
-    Check {
-        id: "system.check_extension_unknown_cap_returns_0",
-        area: Area::System,
-        doc: "api.rst 4.4 KVM_CHECK_EXTENSION (0 if unsupported)",
-        run: check_extension_unknown_cap_returns_0,
-    },
-    Check {
-        id: "system.check_extension_user_memory_reported",
-        area: Area::System,
-        doc: "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_USER_MEMORY), 4.6 KVM_SET_MEMORY_REGION removed",
-        run: check_extension_user_memory_reported,
-    },
-    Check {
-        id: "system.check_extension_catalogue_caps_non_negative_and_stable",
-        area: Area::System,
-        doc: CHECK_EXT,
-        run: check_extension_values_stable_and_non_negative,
-    },
-    Check {
-        id: "system.check_extension_nr_vcpus_at_most_max_vcpus",
-        area: Area::System,
-        doc: "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_NR_VCPUS, KVM_CAP_MAX_VCPUS)",
-        run: check_extension_nr_vcpus_at_most_max_vcpus,
-    },
-    Check {
-        id: "system.check_extension_max_vcpu_id_at_least_max_vcpus",
-        area: Area::System,
-        doc: "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_MAX_VCPU_ID)",
-        run: check_extension_max_vcpu_id_at_least_max_vcpus,
-    },
-    Check {
-        id: "system.check_extension_nr_memslots_positive",
-        area: Area::System,
-        doc: "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_NR_MEMSLOTS, 16-bit slot id)",
-        run: check_extension_nr_memslots_positive,
-    },
-    Check {
-        id: "system.check_extension_on_vm_fd_answers_like_system_fd",
-        area: Area::System,
-        doc: "api.rst 4.4 KVM_CHECK_EXTENSION (KVM_CAP_CHECK_EXTENSION_VM for vm ioctl)",
-        run: check_extension_on_vm_fd_matches_the_api,
-    },
-    Check {
-        id: "system.vcpu_mmap_size_whole_pages",
-        area: Area::System,
-        doc: "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 4.10 KVM_RUN (mmap of the vcpu fd)",
-        run: vcpu_mmap_size_whole_pages,
-    },
-    Check {
-        id: "system.vcpu_mmap_size_fits_kvm_run",
-        area: Area::System,
-        doc: "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 5. The kvm_run structure",
-        run: vcpu_mmap_size_fits_kvm_run,
-    },
-    Check {
-        id: "system.supported_cpuid_short_buffer_e2big",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_short_buffer_e2big,
-    },
-    Check {
-        id: "system.supported_cpuid_exact_buffer_succeeds",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_exact_buffer_succeeds,
-    },
-    Check {
-        id: "system.supported_cpuid_no_duplicate_function_index",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_no_duplicates,
-    },
-    Check {
-        id: "system.supported_cpuid_repeated_function_has_significant_index",
-        area: Area::System,
-        doc: "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)",
-        run: supported_cpuid_significant_index,
-    },
-    Check {
-        id: "system.supported_cpuid_repeated_calls_identical",
-        area: Area::System,
-        doc: CPUID,
-        run: supported_cpuid_repeated,
-    },
-    Check {
-        id: "system.supported_cpuid_leaf0_max_leaf_covers_entries",
-        area: Area::System,
-        doc: "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0, 0x80000000",
-        run: supported_cpuid_leaf0_max_leaf_covers_entries,
-    },
-    Check {
-        id: "system.supported_cpuid_vendor_string_present",
-        area: Area::System,
-        doc: "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0",
-        run: supported_cpuid_vendor_string_present,
-    },
-    Check {
-        id: "system.emulated_cpuid_short_buffer_e2big",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_short_buffer_e2big,
-    },
-    Check {
-        id: "system.emulated_cpuid_exact_buffer_succeeds",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_exact_buffer_succeeds,
-    },
-    Check {
-        id: "system.emulated_cpuid_no_duplicate_function_index",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_no_duplicates,
-    },
-    Check {
-        id: "system.emulated_cpuid_repeated_function_has_significant_index",
-        area: Area::System,
-        doc: "api.rst 4.88 KVM_GET_EMULATED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)",
-        run: emulated_cpuid_significant_index,
-    },
-    Check {
-        id: "system.emulated_cpuid_repeated_calls_identical",
-        area: Area::System,
-        doc: EMUL,
-        run: emulated_cpuid_repeated,
-    },
-    Check {
-        id: "system.msr_index_list_short_buffer_e2big_reports_count",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_list_e2big,
-    },
-    Check {
-        id: "system.msr_index_list_no_duplicates",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_list_unique,
-    },
-    Check {
-        id: "system.msr_index_list_repeated_calls_identical",
-        area: Area::System,
-        doc: "api.rst 4.3 KVM_GET_MSR_INDEX_LIST (does not change otherwise)",
-        run: msr_list_repeated,
-    },
-    Check {
-        id: "system.msr_feature_index_list_short_buffer_e2big_reports_count",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_feature_list_e2big,
-    },
-    Check {
-        id: "system.msr_feature_index_list_no_duplicates",
-        area: Area::System,
-        doc: MSRLIST,
-        run: msr_feature_list_unique,
-    },
-    Check {
-        id: "system.msr_feature_index_list_repeated_calls_identical",
-        area: Area::System,
-        doc: "api.rst 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST (does not change otherwise)",
-        run: msr_feature_list_repeated,
-    },
-    Check {
-        id: "system.get_msrs_every_feature_msr_reads",
-        area: Area::System,
-        doc: "api.rst 4.18 KVM_GET_MSRS (system ioctl), 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST",
-        run: feature_msrs_readable_with_system_get_msrs,
-    },
-    Check {
-        id: "system.get_msrs_non_feature_msr_stops_count",
-        area: Area::System,
-        doc: "api.rst 4.18 KVM_GET_MSRS (returns the number of msrs successfully returned)",
-        run: system_get_msrs_stops_at_non_feature_msr,
-    },
-    Check {
-        id: "system.unknown_ioctl_on_dev_kvm_enotty",
-        area: Area::System,
-        doc: "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)",
-        run: unknown_ioctl_on_dev_kvm_enotty,
-    },
-    Check {
-        id: "system.unknown_ioctl_on_vm_fd_enotty",
-        area: Area::System,
-        doc: "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)",
-        run: unknown_ioctl_on_vm_fd_enotty,
-    },
-    Check {
-        id: "system.unknown_ioctl_on_vcpu_fd_enotty",
-        area: Area::System,
-        doc: "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)",
-        run: unknown_ioctl_on_vcpu_fd_enotty,
-    },
-    Check {
-        id: "system.create_vm_invalid_type_einval",
-        area: Area::System,
-        doc: "api.rst 4.2 KVM_CREATE_VM (machine type identifier; EINVAL general error)",
-        run: create_vm_invalid_type_einval,
-    },
-];
+crate::checks! {
+    System;
+    "system.api_version_is_12", API, api_version_is_12;
+    "system.check_extension_unknown_cap_returns_0", "api.rst 4.4 KVM_CHECK_EXTENSION (0 if unsupported)", check_extension_unknown_cap_returns_0;
+    "system.check_extension_user_memory_reported", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_USER_MEMORY), 4.6 KVM_SET_MEMORY_REGION removed", check_extension_user_memory_reported;
+    "system.check_extension_catalogue_caps_non_negative_and_stable", CHECK_EXT, check_extension_values_stable_and_non_negative;
+    "system.check_extension_nr_vcpus_at_most_max_vcpus", "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_NR_VCPUS, KVM_CAP_MAX_VCPUS)", check_extension_nr_vcpus_at_most_max_vcpus;
+    "system.check_extension_max_vcpu_id_at_least_max_vcpus", "api.rst 4.7 KVM_CREATE_VCPU (KVM_CAP_MAX_VCPU_ID)", check_extension_max_vcpu_id_at_least_max_vcpus;
+    "system.check_extension_nr_memslots_positive", "api.rst 4.35 KVM_SET_USER_MEMORY_REGION (KVM_CAP_NR_MEMSLOTS, 16-bit slot id)", check_extension_nr_memslots_positive;
+    "system.check_extension_on_vm_fd_answers_like_system_fd", "api.rst 4.4 KVM_CHECK_EXTENSION (KVM_CAP_CHECK_EXTENSION_VM for vm ioctl)", check_extension_on_vm_fd_matches_the_api;
+    "system.vcpu_mmap_size_whole_pages", "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 4.10 KVM_RUN (mmap of the vcpu fd)", vcpu_mmap_size_whole_pages;
+    "system.vcpu_mmap_size_fits_kvm_run", "api.rst 4.5 KVM_GET_VCPU_MMAP_SIZE, 5. The kvm_run structure", vcpu_mmap_size_fits_kvm_run;
+    "system.supported_cpuid_short_buffer_e2big", CPUID, cpuid_short_buffer_e2big(false);
+    "system.supported_cpuid_exact_buffer_succeeds", CPUID, cpuid_exact_buffer_succeeds(false);
+    "system.supported_cpuid_no_duplicate_function_index", CPUID, cpuid_no_duplicates(false);
+    "system.supported_cpuid_repeated_function_has_significant_index", "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)", cpuid_multi_entry_functions_have_significant_index(false);
+    "system.supported_cpuid_repeated_calls_identical", CPUID, cpuid_repeated_calls_identical(false);
+    "system.supported_cpuid_leaf0_max_leaf_covers_entries", "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0, 0x80000000", supported_cpuid_leaf0_max_leaf_covers_entries;
+    "system.supported_cpuid_vendor_string_present", "api.rst 4.46 KVM_GET_SUPPORTED_CPUID (entries are the host cpuid); SDM 2 CPUID leaf 0", supported_cpuid_vendor_string_present;
+    "system.emulated_cpuid_short_buffer_e2big", EMUL, cpuid_short_buffer_e2big(true);
+    "system.emulated_cpuid_exact_buffer_succeeds", EMUL, cpuid_exact_buffer_succeeds(true);
+    "system.emulated_cpuid_no_duplicate_function_index", EMUL, cpuid_no_duplicates(true);
+    "system.emulated_cpuid_repeated_function_has_significant_index", "api.rst 4.88 KVM_GET_EMULATED_CPUID (KVM_CPUID_FLAG_SIGNIFCANT_INDEX)", cpuid_multi_entry_functions_have_significant_index(true);
+    "system.emulated_cpuid_repeated_calls_identical", EMUL, cpuid_repeated_calls_identical(true);
+    "system.msr_index_list_short_buffer_e2big_reports_count", MSRLIST, msr_list_short_buffer_e2big_reports_count(false);
+    "system.msr_index_list_no_duplicates", MSRLIST, msr_list_no_duplicates(false);
+    "system.msr_index_list_repeated_calls_identical", "api.rst 4.3 KVM_GET_MSR_INDEX_LIST (does not change otherwise)", msr_list_repeated_calls_identical(false);
+    "system.msr_feature_index_list_short_buffer_e2big_reports_count", MSRLIST, msr_list_short_buffer_e2big_reports_count(true);
+    "system.msr_feature_index_list_no_duplicates", MSRLIST, msr_list_no_duplicates(true);
+    "system.msr_feature_index_list_repeated_calls_identical", "api.rst 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST (does not change otherwise)", msr_list_repeated_calls_identical(true);
+    "system.get_msrs_every_feature_msr_reads", "api.rst 4.18 KVM_GET_MSRS (system ioctl), 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST", feature_msrs_readable_with_system_get_msrs;
+    "system.get_msrs_non_feature_msr_stops_count", "api.rst 4.18 KVM_GET_MSRS (returns the number of msrs successfully returned)", system_get_msrs_stops_at_non_feature_msr;
+    "system.unknown_ioctl_on_dev_kvm_enotty", "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)", unknown_ioctl_on_dev_kvm_enotty;
+    "system.unknown_ioctl_on_vm_fd_enotty", "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)", unknown_ioctl_on_vm_fd_enotty;
+    "system.unknown_ioctl_on_vcpu_fd_enotty", "api.rst 4. API description (ioctls a kernel does not support return -ENOTTY)", unknown_ioctl_on_vcpu_fd_enotty;
+    "system.create_vm_invalid_type_einval", "api.rst 4.2 KVM_CREATE_VM (machine type identifier; EINVAL general error)", create_vm_invalid_type_einval;
+}
