@@ -364,6 +364,11 @@ impl<'h> Runner<'h> {
                 finding: None,
             });
         }
+        if let Some(longer) = crate::oracle::predict::with_deadline_for_exits(case, k, &o.result) {
+            // A timeout is a result only when it outlasts the exits the program makes.
+            let k = self.pool.run(&longer)?;
+            return self.judge_guest(&longer, o, &k);
+        }
         if let Exit::InternalError { suberror: 1, .. } = k.exit {
             // KVM's emulator gave up: classified by the instruction, no field diff needed.
             let (signature, known) = classify(Target::GuestVsInterp, case, k, &o.result, &[]);

@@ -260,3 +260,62 @@ fn observe(
     let rflags = (c.rflags & !STATUS) | (a.regs.rflags.0 & STATUS);
     Some((regs(&a), rflags, undefined, a.trace))
 }
+
+/// Deadline per exit the interpreter predicts, in µs: ten times the ≈11 µs an I/O round trip
+/// costs on the slowest host measured (`../shared/HOST.md`), so a program that makes tens of
+/// thousands of port or MMIO exits is not cut short on a slow or loaded host.
+pub const DEADLINE_US_PER_EXIT: u64 = 100;
+
+/// `case` with a deadline that allows for the exits the interpreter predicts (`model`: one per
+/// trace event, [`DEADLINE_US_PER_EXIT`] each, plus a second), when KVM's run `kvm` timed out
+/// where the interpreter's did not; `None` when that is not so or the case's deadline already
+/// allows for them. A timeout is a result only when it outlasts that deadline.
+pub fn with_deadline_for_exits(case: &Case, kvm: &CaseResult, model: &CaseResult) -> Option<Case> {
+    if !matches!(kvm.exit, Exit::Timeout { .. }) || matches!(model.exit, Exit::Timeout { .. }) {
+        return None;
+    }
+    let need = (model.trace.len() as u64)
+        .saturating_mul(DEADLINE_US_PER_EXIT)
+        .div_ceil(1000)
+        .saturating_add(1000);
+    if case.deadline_ms() >= need {
+        return None;
+    }
+    let mut c = case.clone();
+    c.timeout_ms = Some(need);
+    Some(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvmconf_guests::case::Mode;
+
+    #[test]
+    fn a_timeout_gets_a_deadline_for_its_predicted_exits_once() {
+        let c = Case::new("t", Mode::Long64, 0x1000, vec![0xf4]);
+        let mut model = kvmconf_guests::interp::run(&c);
+        let mut kvm = model.clone();
+        kvm.exit = Exit::Timeout { ms: 1000 };
+        // Few exits: the case's own second suffices.
+        assert!(with_deadline_for_exits(&c, &kvm, &model).is_none());
+        // out 0xf1, al: one I/O exit each.
+        let out = kvmconf_guests::interp::run(&Case::new(
+            "o",
+            Mode::Long64,
+            0x1000,
+            vec![0xe6, 0xf1, 0xf4],
+        ));
+        model.trace = vec![out.trace[0]; 50_000];
+        let longer = with_deadline_for_exits(&c, &kvm, &model).expect("50,000 exits");
+        assert_eq!(
+            longer.timeout_ms,
+            Some(50_000 * DEADLINE_US_PER_EXIT / 1000 + 1000)
+        );
+        // Once: the longer deadline already allows for them.
+        assert!(with_deadline_for_exits(&longer, &kvm, &model).is_none());
+        // Not for a run that did not time out, or that the interpreter also times out.
+        assert!(with_deadline_for_exits(&c, &model, &model).is_none());
+        assert!(with_deadline_for_exits(&c, &kvm, &kvm).is_none());
+    }
+}
