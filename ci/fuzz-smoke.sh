@@ -88,6 +88,19 @@ else
 fi
 
 cargo build -q --release -p kvmconf
+# Every finding file the cargo-fuzz targets wrote is replayed under its oracle: a known deviation
+# among them means a target crashed on what the oracle should have recognised (it fails the
+# smoke); any other is a finding to triage, listed.
+if [ -n "${KVMCONF_FUZZ_CASES:-}" ] && [ -d "$KVMCONF_FUZZ_CASES" ]; then
+  for f in "$KVMCONF_FUZZ_CASES"/*.toml; do
+    [ -e "$f" ] || continue
+    r="$("$CARGO_TARGET_DIR/release/kvmconf" repro "$f" 2>/dev/null | grep -a '^RESULT' || true)"
+    case "$r" in
+      *"known deviation"*) echo "cargo-fuzz crashed on a known deviation: $f: $r"; status=1 ;;
+      *) echo "cargo-fuzz finding to triage: $f: ${r:-no RESULT line}" ;;
+    esac
+  done
+fi
 for t in case_parser guest_vs_interp guest_emulated_vs_native state_entry ioctl_sequence; do
   if [ "$t" != case_parser ] && [ "$have_kvm" = 0 ]; then
     echo "SKIP: kvmconf fuzz --target $t: requirement not met: /dev/kvm unavailable"

@@ -520,11 +520,25 @@ impl Runner<'_> {
 }
 
 /// `case` with its RAM image at [`DATA`] turned into an MMIO region of the same contents (`None`
-/// when it has no such image).
+/// when it has no such image). A shorter image is padded with zeros to the end of its page (or to
+/// the next image), as the guest RAM it stands for reads there: otherwise an access or a dump past
+/// the image would read the VMM's answer for unmapped MMIO on one path and RAM on the other.
 pub fn data_as_mmio(case: &Case) -> Option<Case> {
+    const PAGE: u64 = 0x1000;
     let i = case.memory.iter().position(|m| m.addr.0 == DATA)?;
     let mut c = case.clone();
-    let m = c.memory.remove(i);
+    let mut m = c.memory.remove(i);
+    let end = DATA + m.hex.0.len() as u64;
+    let next = c
+        .memory
+        .iter()
+        .map(|x| x.addr.0)
+        .chain(c.mmio.iter().map(|x| x.addr.0))
+        .filter(|&a| a >= end)
+        .min()
+        .unwrap_or(u64::MAX);
+    let to = end.next_multiple_of(PAGE).min(next);
+    m.hex.0.resize((to - DATA) as usize, 0);
     c.mmio.push(kvmconf_guests::case::MmioRegion {
         addr: m.addr,
         len: kvmconf_guests::Hex(m.hex.0.len() as u64),
@@ -1402,5 +1416,21 @@ mod tests {
         assert_eq!(m.mmio[0].addr.0, DATA);
         assert!(m.memory.iter().all(|x| x.addr.0 != DATA));
         m.validate().expect("still valid");
+        // A short image is padded with zeros to its page's end, as the RAM it replaces reads.
+        let mut short = c.clone();
+        let d = short.memory.iter_mut().find(|x| x.addr.0 == DATA).unwrap();
+        d.hex.0 = vec![0xab; 0x10];
+        let m = data_as_mmio(&short).unwrap();
+        assert_eq!(m.mmio[0].len.0, 0x1000);
+        assert_eq!(
+            &m.mmio[0].hex.0[..0x11],
+            &[[0xab; 0x10].as_slice(), &[0]].concat()[..]
+        );
+        // Up to the next image only.
+        short.memory.push(kvmconf_guests::case::MemInit {
+            addr: kvmconf_guests::Hex(DATA + 0x800),
+            hex: kvmconf_guests::num::HexBytes(vec![1; 8]),
+        });
+        assert_eq!(data_as_mmio(&short).unwrap().mmio[0].len.0, 0x800);
     }
 }
