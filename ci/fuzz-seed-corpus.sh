@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Writes the seed corpora of the cargo-fuzz targets into fuzz/corpus/<target>/ (git-ignored):
-# the hand-written case files of cases/corpus/ and generated cases (the fixed-seed generator, one
+# the hand-written case files of cases/corpus/ (TOML and JSON: every deviation reproducer, so the
+# smoke runs each through the cargo-fuzz targets) and generated cases (the fixed-seed generator, one
 # JSON case a file) for the guest and parser targets, and deterministic byte strings for the
 # Arbitrary-driven targets (state_entry, ioctl_sequence).
 # Usage: ci/fuzz-seed-corpus.sh [GENERATED_PER_MODE]   (default 64)
@@ -17,7 +18,7 @@ cargo run -q -p kvmconf-guests --example gen_diff -- write long64 4 "$n" cpl3 > 
 for t in guest_vs_interp guest_emulated_vs_native case_parser; do
   d="fuzz/corpus/$t"
   mkdir -p "$d"
-  find cases/corpus -name '*.toml' | while read -r f; do
+  find cases/corpus \( -name '*.toml' -o -name '*.json' \) | while read -r f; do
     cp "$f" "$d/seed-$(basename "$(dirname "$f")")-$(basename "$f")"
   done
   for f in "$gen_dir"/*.jsonl; do
