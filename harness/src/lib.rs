@@ -24,7 +24,6 @@ pub mod kcov;
 pub mod kvm;
 pub mod memory;
 pub mod pool;
-pub mod raw;
 pub mod rlimit;
 pub mod run;
 pub mod skip;

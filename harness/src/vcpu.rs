@@ -87,9 +87,8 @@ impl Vcpu {
         Vcpu { fd, xsave2 }
     }
 
-    /// The kvm-ioctls handle: only for the fuzz targets and the bench, which have not moved to
-    /// the typed methods yet. Catalogue checks use the `try_` methods.
-    pub fn fd(&self) -> &VcpuFd {
+    /// The kvm-ioctls handle, for the harness's own run loop and reset.
+    pub(crate) fn fd(&self) -> &VcpuFd {
         &self.fd
     }
 

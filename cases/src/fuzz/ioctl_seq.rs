@@ -10,13 +10,13 @@
 use super::artifact::H32;
 use super::state_entry::StateChanges;
 use super::{Exec, Finding, Input, Target, host_has, signal_of, state_entry};
-use kvm_bindings::{Msrs, kvm_msr_entry};
 use kvmconf_guests::Hex;
 use kvmconf_guests::case::{Case, Mode};
 use kvmconf_guests::r#gen::source::SplitMix;
 use kvmconf_guests::layout::GuestModel;
 use kvmconf_guests::result::Exit;
-use kvmconf_harness::raw::{Slot, map_in};
+use kvmconf_harness::abi::{Msrs, kvm_msr_entry, kvm_regs};
+use kvmconf_harness::kvm::Slot;
 use kvmconf_harness::{Host, KvmError, TestVm, run};
 use serde::{Deserialize, Serialize};
 
@@ -144,7 +144,7 @@ impl Reg {
         Reg::Rflags,
     ];
 
-    fn slot(self, r: &mut kvm_bindings::kvm_regs) -> &mut u64 {
+    fn slot(self, r: &mut kvm_regs) -> &mut u64 {
         match self {
             Reg::Rax => &mut r.rax,
             Reg::Rcx => &mut r.rcx,
@@ -317,13 +317,6 @@ struct Bad {
     what: String,
 }
 
-fn ioctl_error(ioctl: &'static str) -> impl Fn(kvm_ioctls::Error) -> KvmError {
-    move |e| KvmError::Ioctl {
-        ioctl,
-        errno: e.errno(),
-    }
-}
-
 /// Issues `call` on `vm` and checks its invariants; returns the outcome's signal string.
 fn issue(
     call: &Call,
@@ -348,7 +341,7 @@ fn issue(
                 size: size.0,
                 offset: offset.0,
             };
-            match map_in(vm, s) {
+            match vm.try_set_memslot(s) {
                 Ok(()) => "slot ok".into(),
                 Err(e) => match e.errno() {
                     // api.rst 4.35 and kvm_set_memory_region: bad flags, size or alignment
@@ -368,12 +361,11 @@ fn issue(
             }
         }
         Call::SetReg { reg, value } => {
-            let fd = vm.vcpu.fd();
-            let mut r = fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
+            let mut r = vm.vcpu.try_get_regs()?;
             *reg.slot(&mut r) = value.0;
-            match fd.set_regs(&r) {
+            match vm.vcpu.try_set_regs(&r) {
                 Ok(()) => {
-                    let back = fd.get_regs().map_err(ioctl_error("KVM_GET_REGS"))?;
+                    let back = vm.vcpu.try_get_regs()?;
                     if back != r {
                         fail(
                             "regs-roundtrip",
@@ -433,7 +425,6 @@ fn issue(
         }
         Call::SetMsr { msr, value } => {
             let (index, value) = (msr.0, value.0);
-            let fd = vm.vcpu.fd();
             let entries = [kvm_msr_entry {
                 index,
                 data: value,
@@ -442,12 +433,12 @@ fn issue(
             let Ok(msrs) = Msrs::from_entries(&entries) else {
                 return Ok("msr not issued".into());
             };
-            match fd.set_msrs(&msrs) {
+            match vm.vcpu.try_set_msrs(&msrs) {
                 Ok(n) => {
                     if n == 1 && MSRS[..3].contains(&index) {
                         let mut get = msrs.clone();
                         get.as_mut_slice()[0].data = 0;
-                        if let Ok(1) = fd.get_msrs(&mut get) {
+                        if let Ok(1) = vm.vcpu.try_get_msrs(&mut get) {
                             let got = get.as_slice()[0].data;
                             if got != value {
                                 fail(
