@@ -568,6 +568,16 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
         bytes.len() == 2 && bytes[1] < bytes[0],
         "shrunk program: {t}"
     );
+    // The NOPs the shrinking wrote were taken out again, branches re-aimed: none is left, and the
+    // `# minimised:` line counts the bytes of what was written.
+    let written = kvmconf_guests::case::parse_cases(path, &t).expect("the file parses");
+    let case = &written[0].case;
+    assert_eq!(case.memory[0].hex.0.len(), bytes[1], "{t}");
+    let nops = kvmconf_cases::oracle::code::instructions(case)
+        .iter()
+        .filter(|i| i.mnemonic() == iced_x86::Mnemonic::Nop)
+        .count();
+    assert_eq!(nops, 0, "NOPs left in the minimised program: {t}");
     // The shrunk program was run again on a fresh VM before it was written, and reproduced.
     assert!(
         t.contains("# fresh VM: the minimised case reproduces on a fresh VM\n"),

@@ -1,6 +1,7 @@
-//! A delta-debugging minimiser over a case's program: instructions are replaced by NOPs of the
-//! same length (so branch targets stay put) in shrinking chunks while the finding keeps its
-//! signature; then the NOPs are dropped if that still reproduces, registers are zeroed one by
+//! A delta-debugging minimiser over a case's program, driving the oracle's shrinker
+//! ([`crate::oracle::shrink`]): instructions are replaced by NOPs of the same length (so branch
+//! targets stay put) while the finding keeps its signature; then the NOPs are taken out with the
+//! branches re-aimed ([`shrink::compact`]) if that still reproduces, registers are zeroed one by
 //! one, the data image is cleared in halves and I/O answers are dropped.
 
 use kvmconf_guests::case::Case;
@@ -16,7 +17,36 @@ pub const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// original's full deadline per candidate would make minimising take minutes.
 pub const CANDIDATE_TIMEOUT_MS: u64 = 100;
 
-use crate::oracle::code::boundaries as instructions;
+use crate::oracle::shrink;
+
+/// A minimisation under way: the smallest case yet, the candidates kept, and the budget spent.
+struct Shrink<'a> {
+    best: Case,
+    steps: Vec<Case>,
+    tries: usize,
+    started: std::time::Instant,
+    /// The deadline the kept steps get (the original's).
+    timeout_ms: Option<u64>,
+    reproduces: &'a mut dyn FnMut(&Case) -> bool,
+}
+
+impl Shrink<'_> {
+    /// Runs candidate `c` within the budget; keeps it (as the best and a step) if it reproduces.
+    fn attempt(&mut self, c: &Case) -> bool {
+        if self.tries >= MAX_TRIES || self.started.elapsed() > MAX_TIME || c.validate().is_err() {
+            return false;
+        }
+        self.tries += 1;
+        if !(self.reproduces)(c) {
+            return false;
+        }
+        self.best = c.clone();
+        let mut step = c.clone();
+        step.timeout_ms = self.timeout_ms;
+        self.steps.push(step);
+        true
+    }
+}
 
 /// Shrinks `case` while `reproduces` holds; returns the smallest case found (at worst `case`).
 pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case {
@@ -29,74 +59,33 @@ pub fn minimise(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Case 
 /// (each smaller than the one before; the last is the smallest), with `case`'s deadline. Empty
 /// when nothing could be taken away.
 pub fn minimise_steps(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) -> Vec<Case> {
-    let mut steps: Vec<Case> = Vec::new();
     let mut best = case.clone();
     best.timeout_ms = Some(case.deadline_ms().min(CANDIDATE_TIMEOUT_MS));
     if !reproduces(&best) {
         // Needs the full deadline (a timeout finding): minimise with it.
         best.timeout_ms = case.timeout_ms;
     }
-    let started = std::time::Instant::now();
-    let mut tries = 0usize;
-    let mut attempt = |c: &Case, best: &mut Case, tries: &mut usize| -> bool {
-        if *tries >= MAX_TRIES || started.elapsed() > MAX_TIME || c.validate().is_err() {
-            return false;
-        }
-        *tries += 1;
-        if reproduces(c) {
-            *best = c.clone();
-            let mut step = c.clone();
-            step.timeout_ms = case.timeout_ms;
-            steps.push(step);
-            true
-        } else {
-            false
-        }
+    let mut s = Shrink {
+        best,
+        steps: Vec::new(),
+        tries: 0,
+        started: std::time::Instant::now(),
+        timeout_ms: case.timeout_ms,
+        reproduces,
     };
-    // 1. NOP out chunks of instructions (never the last one, the final HLT).
-    if let Some((mi, ins)) = instructions(&best) {
-        let body = ins.len().saturating_sub(1);
-        let mut live: Vec<bool> = vec![true; body];
-        let mut chunk = body.div_ceil(2).max(1);
-        loop {
-            let mut start = 0;
-            while start < body {
-                let end = (start + chunk).min(body);
-                if live[start..end].iter().any(|&l| l) {
-                    let mut c = best.clone();
-                    for (k, &(off, len)) in ins.iter().enumerate().take(end).skip(start) {
-                        if live[k] {
-                            c.memory[mi].hex.0[off..off + len].fill(0x90);
-                        }
-                    }
-                    if attempt(&c, &mut best, &mut tries) {
-                        live[start..end].fill(false);
-                    }
-                }
-                start = end;
-            }
-            if chunk == 1 {
-                break;
-            }
-            chunk = chunk.div_ceil(2);
-        }
-        // 2. Drop the NOPs we wrote (targets move: keep only if it still reproduces).
-        let mut c = best.clone();
-        let code = &best.memory[mi].hex.0;
-        let mut kept = Vec::new();
-        for (k, &(off, len)) in ins.iter().enumerate() {
-            if k >= body || live[k] {
-                kept.extend_from_slice(&code[off..off + len]);
-            }
-        }
-        if kept.len() < code.len() {
-            c.memory[mi].hex.0 = kept;
-            attempt(&c, &mut best, &mut tries);
-        }
+    // 1. NOP out instructions as the oracle's shrinker does: one mnemonic kept alone, then runs of
+    //    instructions halving down to one (never the final HLT).
+    let start = s.best.clone();
+    let focused = shrink::focus(&start, |c| s.attempt(c));
+    shrink::minimise(&focused, |c| s.attempt(c));
+    // 2. Take the NOPs out, branches re-aimed at the instructions they reached (kept only if it
+    //    still reproduces).
+    if let Some(c) = shrink::compact(&s.best) {
+        s.attempt(&c);
     }
     // 3. Zero registers (rip, rsp and rbx, the data pointer, stay).
     for r in 0..16 {
-        let mut c = best.clone();
+        let mut c = s.best.clone();
         let g = &mut c.regs;
         let slot = match r {
             0 => &mut g.rax,
@@ -118,41 +107,41 @@ pub fn minimise_steps(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) ->
         };
         if slot.is_some() {
             *slot = None;
-            attempt(&c, &mut best, &mut tries);
+            s.attempt(&c);
         }
     }
     // 4. Clear the other images (data, then stack) in halves, and the MMIO buffers.
     for which in 0..2 {
         let n = if which == 0 {
-            best.memory.len()
+            s.best.memory.len()
         } else {
-            best.mmio.len()
+            s.best.mmio.len()
         };
         for i in 0..n {
             let len = if which == 0 {
-                best.memory[i].hex.0.len()
+                s.best.memory[i].hex.0.len()
             } else {
-                best.mmio[i].hex.0.len()
+                s.best.mmio[i].hex.0.len()
             };
-            if which == 0 && best.memory[i].addr.0 == CODE {
+            if which == 0 && s.best.memory[i].addr.0 == CODE {
                 continue;
             }
             let mut piece = len.div_ceil(2).max(1);
             while piece >= 64 || piece == len {
-                let mut s = 0;
-                while s < len {
-                    let e = (s + piece).min(len);
-                    let mut c = best.clone();
+                let mut from = 0;
+                while from < len {
+                    let e = (from + piece).min(len);
+                    let mut c = s.best.clone();
                     let buf = if which == 0 {
                         &mut c.memory[i].hex.0
                     } else {
                         &mut c.mmio[i].hex.0
                     };
-                    if buf[s..e].iter().any(|&b| b != 0) {
-                        buf[s..e].fill(0);
-                        attempt(&c, &mut best, &mut tries);
+                    if buf[from..e].iter().any(|&b| b != 0) {
+                        buf[from..e].fill(0);
+                        s.attempt(&c);
                     }
-                    s = e;
+                    from = e;
                 }
                 if piece == 1 {
                     break;
@@ -163,7 +152,7 @@ pub fn minimise_steps(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) ->
     }
     // 5. Trim trailing zeros of the data images (RAM is zero anyway) and MMIO buffers.
     {
-        let mut c = best.clone();
+        let mut c = s.best.clone();
         c.memory
             .retain(|m| m.addr.0 == CODE || m.hex.0.iter().any(|&b| b != 0));
         for m in c.memory.iter_mut().filter(|m| m.addr.0 != CODE) {
@@ -174,17 +163,17 @@ pub fn minimise_steps(case: &Case, reproduces: &mut dyn FnMut(&Case) -> bool) ->
             let n = m.hex.0.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
             m.hex.0.truncate(n);
         }
-        if c != best {
-            attempt(&c, &mut best, &mut tries);
+        if c != s.best {
+            s.attempt(&c);
         }
     }
     // 6. Drop I/O answers.
-    if !best.io_in.is_empty() {
-        let mut c = best.clone();
+    if !s.best.io_in.is_empty() {
+        let mut c = s.best.clone();
         c.io_in.clear();
-        attempt(&c, &mut best, &mut tries);
+        s.attempt(&c);
     }
-    steps
+    s.steps
 }
 
 /// What re-running a shrunk case on a fresh VM found ([`verify_fresh`]). Shrinking runs its
@@ -319,12 +308,36 @@ mod tests {
         assert_eq!(m.memory[0].hex.0, vec![0xba, 3, 0, 0, 0, 0xf4]);
     }
 
+    /// The NOPs are taken out with the loop's branch re-aimed: what is left is the three
+    /// instructions the finding needs and the HLT, and it still reproduces.
+    #[test]
+    fn minimise_takes_the_nops_out_and_keeps_the_loop_on_its_target() {
+        // mov ecx,3; xor edx,edx; L: add edx,1; mov eax,7; loop L; hlt — the "finding" is rdx = 3.
+        let code = vec![
+            0xb9, 3, 0, 0, 0, 0x31, 0xd2, 0x83, 0xc2, 0x01, 0xb8, 7, 0, 0, 0, 0xe2, 0xf6, 0xf4,
+        ];
+        let mut c = Case::new("m", Mode::Prot32, CODE, code);
+        c.regs.rsp = Some(0x8000.into());
+        let mut repro = |c: &Case| {
+            let r = kvmconf_guests::interp::run(c);
+            r.exit == kvmconf_guests::result::Exit::Hlt && r.regs.rdx.0 == 3
+        };
+        let m = minimise(&c, &mut repro);
+        assert_eq!(
+            m.memory[0].hex.0,
+            vec![0xb9, 3, 0, 0, 0, 0x83, 0xc2, 0x01, 0xe2, 0xfb, 0xf4]
+        );
+        assert!(repro(&m));
+    }
+
     /// A shrink whose candidates ran on a "pool" that leaks RDX from one run into the next (a
     /// stale register, as a pooled VM could leak state): the predicate of the finding, rdx = 3 at
     /// the end, then holds for candidates that no longer set it, and only a fresh run tells.
     #[test]
     fn a_step_that_reproduces_only_on_the_pool_falls_back_to_the_last_fresh_one() {
-        let code = vec![0xb8, 1, 0, 0, 0, 0xb9, 2, 0, 0, 0, 0xba, 3, 0, 0, 0, 0xf4];
+        // mov edx,3; mov eax,1; mov ecx,2; hlt: the last run is NOPed first, so the first step
+        // keeps the MOV to EDX and the next ones lose it.
+        let code = vec![0xba, 3, 0, 0, 0, 0xb8, 1, 0, 0, 0, 0xb9, 2, 0, 0, 0, 0xf4];
         let mut c = Case::new("m", Mode::Prot32, CODE, code);
         c.regs.rsp = Some(0x8000.into());
         let sets_rdx = |c: &Case| c.memory[0].hex.0.windows(2).any(|w| w == [0xba, 3]);

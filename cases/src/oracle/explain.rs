@@ -6,12 +6,12 @@ use crate::deviations::{self, Deviation, Verdict};
 use crate::oracle::code::{instructions, is_live, live_mnemonics, nop_where};
 use crate::oracle::compare::{agrees, compare, undefined_masked};
 use crate::oracle::predict::{predict, run_capped, trial_cap};
-use crate::oracle::shrink::{focus, minimise};
+use crate::oracle::shrink::{compact, focus, minimise};
 use crate::oracle::{Culprit, Symptom};
 use iced_x86::{Instruction, Mnemonic};
 use kvmconf_guests::case::Case;
 use kvmconf_guests::interp::{self, Machine};
-use kvmconf_guests::result::{CaseResult, Exit, diff};
+use kvmconf_guests::result::{CaseResult, Exit, FieldDiff, diff};
 use kvmconf_harness::KvmError;
 use kvmconf_harness::fingerprint::Fingerprint;
 
@@ -129,24 +129,25 @@ pub fn minimise_mismatch(
             .into_iter()
             .map(|d| d.path)
             .collect();
-    let mut still_differs = |trial: &Case| {
+    // What a trial differs in, when it still shows the mismatch.
+    let differs_in = |trial: &Case,
+                      run: &mut dyn FnMut(&Case) -> Result<CaseResult, KvmError>|
+     -> Option<Vec<FieldDiff>> {
         let o = run_capped(trial, cap);
         if o.tainted || o.result.exit.kind() != model_kind {
-            return false;
+            return None;
         }
-        match run(trial) {
-            Ok(r) => {
-                let d = diff(&r, &o.result, &undefined_masked(o.undefined));
-                r.exit.kind() == kvm.exit.kind()
-                    && !d.is_empty()
-                    && d.iter().all(|f| paths.contains(&f.path))
-            }
-            Err(_) => false,
-        }
+        let r = run(trial).ok()?;
+        let d = diff(&r, &o.result, &undefined_masked(o.undefined));
+        (r.exit.kind() == kvm.exit.kind()
+            && !d.is_empty()
+            && d.iter().all(|f| paths.contains(&f.path)))
+        .then_some(d)
     };
+    let mut still_differs = |trial: &Case| differs_in(trial, &mut run).is_some();
     let start = focus(case, &mut still_differs);
     let minimised = minimise(&start, &mut still_differs);
-    let (symptom, diffs) = match run(&minimised) {
+    let (symptom, diffs, fields) = match run(&minimised) {
         Ok(r) => {
             let mut pinned = classify(&minimised, &r);
             // When the minimised program still needs context (set-up of an operand, a DIV that
@@ -168,6 +169,7 @@ pub fn minimise_mismatch(
             (
                 crate::oracle::symptom(&minimised, pinned, &r, &model),
                 d.iter().map(ToString::to_string).collect(),
+                Some(d.into_iter().map(|f| f.path).collect::<Vec<_>>()),
             )
         }
         Err(e) => (
@@ -178,8 +180,25 @@ pub fn minimise_mismatch(
                 &original.result.exit,
             ),
             vec![e.to_string()],
+            None,
         ),
     };
+    // The case shown and written has its NOPs taken out, once the culprit is classified (so what
+    // the known deviations match stays the same), and only while KVM and the interpreter still
+    // differ in the same fields.
+    let mut shown = (minimised, diffs);
+    if let (Some(fields), Some(c)) = (fields, compact(&shown.0)) {
+        let d = differs_in(&c, &mut run);
+        // Run the minimised case again, so the pooled VM the next trial (a residual, the next
+        // program) runs on has last run what it ran before compaction existed: with the compacted
+        // run last, the differential test met mismatches that a rerun did not show (pool or KVM
+        // state surviving the reset; not understood yet).
+        let _ = run(&shown.0);
+        if let Some(d) = d.filter(|d| d.iter().map(|f| &f.path).eq(fields.iter())) {
+            shown = (c, d.iter().map(ToString::to_string).collect());
+        }
+    }
+    let (minimised, diffs) = shown;
     Mismatch {
         case: case.clone(),
         minimised,
