@@ -275,7 +275,12 @@ pub fn reachable_kinds(image: &[(u64, Vec<u8>)], cs_base: u64, rip: u64) -> Stat
 }
 
 /// [`reachable_kinds`] in one bitness; `None` where the search gives up.
-fn path_kinds(image: &[(u64, Vec<u8>)], cs_base: u64, rip: u64, bitness: u32) -> Option<StateKinds> {
+fn path_kinds(
+    image: &[(u64, Vec<u8>)],
+    cs_base: u64,
+    rip: u64,
+    bitness: u32,
+) -> Option<StateKinds> {
     let ip_mask = match bitness {
         16 => 0xffff,
         32 => 0xffff_ffff,
@@ -336,16 +341,15 @@ fn path_kinds(image: &[(u64, Vec<u8>)], cs_base: u64, rip: u64, bitness: u32) ->
 fn is_near_branch(i: &iced_x86::Instruction) -> bool {
     matches!(
         i.op0_kind(),
-        iced_x86::OpKind::NearBranch16 | iced_x86::OpKind::NearBranch32 | iced_x86::OpKind::NearBranch64
+        iced_x86::OpKind::NearBranch16
+            | iced_x86::OpKind::NearBranch32
+            | iced_x86::OpKind::NearBranch64
     )
 }
 
 /// MOV to CR0/CR3/CR4 (and any CR): it can change paging or the mode under the code.
 fn writes_cr(i: &iced_x86::Instruction) -> bool {
-    matches!(
-        i.code(),
-        Code::Mov_cr_r32 | Code::Mov_cr_r64
-    ) || i.mnemonic() == Mnemonic::Lmsw
+    matches!(i.code(), Code::Mov_cr_r32 | Code::Mov_cr_r64) || i.mnemonic() == Mnemonic::Lmsw
 }
 
 #[cfg(test)]
@@ -388,7 +392,11 @@ mod tests {
         assert_eq!(at(&[0xff, 0xe0]), StateKinds::ALL, "jmp rax");
         assert_eq!(at(&[0xc3]), StateKinds::ALL, "ret");
         assert_eq!(at(&[0x90, 0x90]), StateKinds::ALL, "runs off the end");
-        assert_eq!(at(&[0x0f, 0x22, 0xd8, 0xf4]), StateKinds::ALL, "mov cr3, eax");
+        assert_eq!(
+            at(&[0x0f, 0x22, 0xd8, 0xf4]),
+            StateKinds::ALL,
+            "mov cr3, eax"
+        );
         assert_eq!(at(&[0xcd, 0x03]), StateKinds::ALL, "int 3");
     }
 }

@@ -637,10 +637,7 @@ fn stale_state_pairs() -> Result<Vec<(&'static str, Case, Case, u64)>, Fail> {
         }
     };
     let v = [
-        (
-            pair("msr_star", &wrmsr(STAR), &rdmsr(STAR))?,
-            V,
-        ),
+        (pair("msr_star", &wrmsr(STAR), &rdmsr(STAR))?, V),
         (
             pair(
                 "msr_kernel_gs_base_by_swapgs",
@@ -718,7 +715,11 @@ fn pool_after_state_changes_equals_fresh(host: &Host, pool: &mut Pool<'_>) -> Ou
     let plain = case("plain", Mode::Long64, hello(Mode::Long64)?);
     for (name, write, read, value) in stale_state_pairs()? {
         let fresh_read = run(host, &read)?;
-        ensure_eq!(fresh_read.exit, Exit::Hlt, "{name}: the reader's exit on a fresh VM");
+        ensure_eq!(
+            fresh_read.exit,
+            Exit::Hlt,
+            "{name}: the reader's exit on a fresh VM"
+        );
         ensure!(
             fresh_read.regs.rax.0 != value,
             "{name}: a fresh vCPU's reader already sees the value the writer sets ({value:#x})"
@@ -726,7 +727,12 @@ fn pool_after_state_changes_equals_fresh(host: &Host, pool: &mut Pool<'_>) -> Ou
         for c in [&plain, &write, &read] {
             let pooled = pool.run(c)?;
             let fresh = run(host, c)?;
-            ensure_eq!(fresh.exit, Exit::Hlt, "{name}: {} exit on a fresh VM", c.name);
+            ensure_eq!(
+                fresh.exit,
+                Exit::Hlt,
+                "{name}: {} exit on a fresh VM",
+                c.name
+            );
             let d = diff(&pooled, &fresh, &DiffMask::default());
             ensure!(
                 d.is_empty(),
