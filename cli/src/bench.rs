@@ -59,6 +59,18 @@ pub struct Figures {
     differential_interleaved_cases_per_s: f64,
     /// The same for the loop one program at a time.
     differential_interleaved_over_pooled: f64,
+    /// Harness pooled over the raw regs+sregs-only loop, the median of the rounds' ratios.
+    pooled_reset_over_raw_regs_sregs: f64,
+    /// Each round's pooled over raw regs+sregs-only ratio.
+    pooled_reset_over_raw_regs_sregs_rounds: Vec<f64>,
+    /// Execs/s of the `kvmconf fuzz --target guest_vs_interp` loop (one worker, no minimising).
+    fuzz_guest_vs_interp_cases_per_s: f64,
+    /// Execs/s of `Pool::run` alone on the same generated programs.
+    fuzz_pooled_cases_per_s: f64,
+    /// Fuzz loop over KVM-only pooled rate on the same programs, the median of the rounds' ratios.
+    fuzz_guest_vs_interp_over_pooled: f64,
+    /// Each round's fuzz over pooled ratio.
+    fuzz_guest_vs_interp_over_pooled_rounds: Vec<f64>,
 }
 
 fn trivial_case(mode: Mode) -> Case {
@@ -82,6 +94,14 @@ type Failure = (u8, String);
 /// A harness error as a [`Failure`].
 fn harness(e: impl std::fmt::Display) -> Failure {
     (EXIT_HARNESS, e.to_string())
+}
+
+/// Per-round ratios for the human output.
+fn fmt_rounds(v: &[f64]) -> String {
+    v.iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -116,10 +136,12 @@ pub fn main(a: BenchArgs) -> u8 {
     let kvm = host.kvm();
     let cpuid = host.supported_cpuid();
     let mut pool = Pool::new(&host, 1);
-    let mut cols: [Vec<f64>; 8] = Default::default();
-    // Per round: differential over pooled, batched and one at a time.
-    let mut ratios: [Vec<f64>; 2] = Default::default();
+    let mut cols: [Vec<f64>; 10] = Default::default();
+    // Per round: differential over pooled, batched and one at a time; pooled over the raw
+    // regs+sregs floor; the fuzz loop over pooled.
+    let mut ratios: [Vec<f64>; 4] = Default::default();
     let ng = (a.cases / 4).max(10);
+    let nz = (a.cases / 2).max(10);
     let check = |r: &kvmconf_guests::CaseResult| -> Result<(), Failure> {
         if r.exit != kvmconf_guests::Exit::Hlt || r.trace.len() != 1 {
             return Err((
@@ -210,6 +232,16 @@ pub fn main(a: BenchArgs) -> u8 {
             cols[7].push(n / t_single);
             ratios[0].push(t_pooled / t_batched);
             ratios[1].push(t_pooled / t_single);
+            let (hp, rm) = (cols[1][cols[1].len() - 1], cols[4][cols[4].len() - 1]);
+            ratios[2].push(hp / rm);
+            // The fuzz loop and the pool alone on the same generated programs, alternating
+            // which goes first.
+            let (t_fuzz, t_fpool) =
+                crate::fuzz::bench::guest_vs_interp_round(&host, seed, nz, round % 2 == 0)
+                    .map_err(|e| (EXIT_HARNESS, e))?;
+            cols[8].push(nz as f64 / t_fuzz);
+            cols[9].push(nz as f64 / t_fpool);
+            ratios[3].push(t_fpool / t_fuzz);
             Ok(())
         })();
         if let Err((code, e)) = res {
@@ -220,9 +252,11 @@ pub fn main(a: BenchArgs) -> u8 {
             eprintln!("round {}/{rounds} done", round + 1);
         }
     }
-    let [hf, hp, rf, rr, rm, gp, dl, di] = cols.map(median);
+    let [hf, hp, rf, rr, rm, gp, dl, di, fz, fp] = cols.map(median);
     let rounds_ratios = ratios[0].clone();
-    let [dl_ratio, di_ratio] = ratios.map(median);
+    let reset_rounds = ratios[2].clone();
+    let fuzz_rounds = ratios[3].clone();
+    let [dl_ratio, di_ratio, reset_ratio, fuzz_ratio] = ratios.map(median);
     let f = Figures {
         mode: mode.name().into(),
         rounds,
@@ -240,6 +274,12 @@ pub fn main(a: BenchArgs) -> u8 {
         differential_over_pooled_rounds: rounds_ratios,
         differential_interleaved_cases_per_s: di,
         differential_interleaved_over_pooled: di_ratio,
+        pooled_reset_over_raw_regs_sregs: reset_ratio,
+        pooled_reset_over_raw_regs_sregs_rounds: reset_rounds,
+        fuzz_guest_vs_interp_cases_per_s: fz,
+        fuzz_pooled_cases_per_s: fp,
+        fuzz_guest_vs_interp_over_pooled: fuzz_ratio,
+        fuzz_guest_vs_interp_over_pooled_rounds: fuzz_rounds,
     };
     if a.json {
         println!(
@@ -271,8 +311,16 @@ pub fn main(a: BenchArgs) -> u8 {
             f.fresh_over_raw_fresh
         );
         println!(
-            "  pooled / raw floor           {:>10.2}",
+            "  pooled / raw floor           {:>10.2}   (ratio of medians)",
             f.pooled_over_raw_minimal
+        );
+        println!(
+            "  pooled reset / raw regs+sregs{:>10.2}   (median of the rounds' ratios; target >= 0.8)",
+            f.pooled_reset_over_raw_regs_sregs
+        );
+        println!(
+            "    each round                 {:>10}",
+            fmt_rounds(&f.pooled_reset_over_raw_regs_sregs_rounds)
         );
         println!(
             "  generated programs, pooled   {:>10.0} cases/s  (KVM only, {ng} a round, alternating with the loops below)",
@@ -286,15 +334,29 @@ pub fn main(a: BenchArgs) -> u8 {
             "  differential / pooled        {:>10.2}   (median of the rounds' ratios; target >= 0.5)",
             f.differential_over_pooled
         );
-        let each: Vec<String> = f
-            .differential_over_pooled_rounds
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect();
-        println!("    each round                 {:>10}", each.join(" "));
+        println!(
+            "    each round                 {:>10}",
+            fmt_rounds(&f.differential_over_pooled_rounds)
+        );
         println!(
             "  differential, one at a time  {:>10.0} cases/s  ({:.2} of pooled)",
             di, f.differential_interleaved_over_pooled
+        );
+        println!(
+            "  fuzz guest_vs_interp         {:>10.0} cases/s  (kvmconf fuzz loop, 1 worker, {nz} inputs a round)",
+            fz
+        );
+        println!(
+            "  the same programs, pooled    {:>10.0} cases/s  (KVM only)",
+            fp
+        );
+        println!(
+            "  fuzz / pooled                {:>10.2}   (median of the rounds' ratios; target >= 0.9)",
+            f.fuzz_guest_vs_interp_over_pooled
+        );
+        println!(
+            "    each round                 {:>10}",
+            fmt_rounds(&f.fuzz_guest_vs_interp_over_pooled_rounds)
         );
     }
     EXIT_OK

@@ -4,7 +4,7 @@
 //! signature; known deviations are counted as known; each new finding is minimised and written
 //! atomically to the artifacts folder as a case file that `kvmconf repro` replays.
 
-mod bench;
+pub(crate) mod bench;
 
 use crate::common::{self, EXIT_BAD_INPUT, EXIT_FAIL, EXIT_HARNESS, EXIT_OK, open_host};
 use crate::procstat::{Figure, ThreadUse, rss_kib};

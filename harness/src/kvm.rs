@@ -756,16 +756,24 @@ impl TestVcpu {
         Ok(crate::state::from_kvm(&r, &s))
     }
 
-    /// Restores XSAVE, XCRs, debug registers, MSRs and MP state to their values at creation
-    /// (vCPU events are restored by [`TestVcpu::load_state`]).
-    pub fn reset_aux(&mut self) -> Result<(), KvmError> {
-        self.vcpu.try_set_xsave(&self.aux.xsave)?;
-        if let Some(x) = &self.aux.xcrs {
+    /// Restores the kinds in `which` of XSAVE, XCRs, debug registers, MSRs and MP state to their
+    /// values at creation (vCPU events are restored by [`TestVcpu::load_state`]).
+    pub fn reset_aux(&mut self, which: crate::touch::StateKinds) -> Result<(), KvmError> {
+        if which.xsave {
+            self.vcpu.try_set_xsave(&self.aux.xsave)?;
+        }
+        if let (true, Some(x)) = (which.xcrs, &self.aux.xcrs) {
             self.vcpu.try_set_xcrs(x)?;
         }
-        self.vcpu.try_set_debugregs(&self.aux.debugregs)?;
-        self.vcpu.try_set_msrs(&self.aux.msrs)?;
-        self.vcpu.try_set_mp_state(self.aux.mp_state)?;
+        if which.debugregs {
+            self.vcpu.try_set_debugregs(&self.aux.debugregs)?;
+        }
+        if which.msrs {
+            self.vcpu.try_set_msrs(&self.aux.msrs)?;
+        }
+        if which.mp_state {
+            self.vcpu.try_set_mp_state(self.aux.mp_state)?;
+        }
         Ok(())
     }
 

@@ -28,6 +28,7 @@ pub mod rlimit;
 pub mod run;
 pub mod skip;
 pub mod state;
+pub mod touch;
 pub mod vcpu;
 pub mod vm;
 pub mod watchdog;

@@ -2,6 +2,7 @@
 
 use crate::kvm::{Host, KvmError, TestVm};
 use crate::run;
+use crate::touch::{Finished, StateKinds};
 use kvmconf_guests::case::Case;
 use kvmconf_guests::layout::{GuestModel, Layout};
 use kvmconf_guests::result::CaseResult;
@@ -37,6 +38,8 @@ struct Pooled {
     shape: Shape,
     /// The last case's image: what RAM held before the guest ran (zero elsewhere).
     loaded: Vec<(u64, Vec<u8>)>,
+    /// What the last case was, to decide which state kinds it could have changed.
+    finished: Option<Finished>,
     uses: u64,
 }
 
@@ -49,6 +52,10 @@ pub struct PoolStats {
     pub reused: u64,
     /// Pages cleared by resets.
     pub pages_cleared: u64,
+    /// State kinds (XSAVE, XCRs, debug registers, MSRs, MP state) restored by resets.
+    pub kinds_restored: u64,
+    /// State kinds resets left alone because the last case could not have changed them.
+    pub kinds_skipped: u64,
 }
 
 /// VMs kept between cases, reset instead of recreated.
@@ -116,6 +123,7 @@ impl<'h> Pool<'h> {
                     vm,
                     shape,
                     loaded: Vec::new(),
+                    finished: None,
                     uses: 0,
                 });
                 self.vms.len() - 1
@@ -129,6 +137,7 @@ impl<'h> Pool<'h> {
         p.loaded = model.image;
         match result {
             Ok(r) => {
+                p.finished = Some(Finished::new(&r.exit, case.single_step, &model.cpu));
                 if case.single_step && !self.reuse_after_single_step {
                     self.vms.swap_remove(idx);
                 }
@@ -178,7 +187,14 @@ impl<'h> Pool<'h> {
             }
         }
         self.stats.pages_cleared += cleared;
-        p.vm.vcpu.reset_aux()?;
+        let kinds = match p.finished {
+            None => StateKinds::NONE,
+            Some(f) if f.narrowable(self.dirty.len()) => f.kinds(&p.loaded),
+            Some(_) => StateKinds::ALL,
+        };
+        self.stats.kinds_restored += kinds.count();
+        self.stats.kinds_skipped += StateKinds::ALL.count() - kinds.count();
+        p.vm.vcpu.reset_aux(kinds)?;
         if self.verify {
             verify_image(&p.vm, model)?;
         }

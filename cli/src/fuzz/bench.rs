@@ -245,3 +245,61 @@ pub fn bench(a: &FuzzArgs, seed: u64) -> u8 {
     );
     EXIT_OK
 }
+
+/// One round of `kvmconf bench`'s fuzz figure: seconds for the `guest_vs_interp` fuzz loop (one
+/// worker, minimisation off) over inputs `0..n` of `seed`, and seconds for `Pool::run` alone of
+/// the same generated programs (generated beforehand, untimed), in that order or the other.
+pub(crate) fn guest_vs_interp_round(
+    host: &Host,
+    seed: u64,
+    n: u64,
+    fuzz_first: bool,
+) -> Result<(f64, f64), String> {
+    let cases: Vec<Case> = (0..n)
+        .map(|i| kvmconf_cases::fuzz::gen_guest(&mut source_for(seed, i)))
+        .collect();
+    let fuzz = || -> Result<f64, String> {
+        let dir =
+            std::env::temp_dir().join(format!("kvmconf-bench-fuzz-{}-{seed}", std::process::id()));
+        let cfg = Config {
+            target: Target::GuestVsInterp,
+            seed,
+            cases: Some(n),
+            duration: None,
+            jobs: 1,
+            artifacts: dir.clone(),
+            stats_every: 0.0,
+            quiet: true,
+            minimise: false,
+            keep_known: false,
+            pin_cpu: None,
+        };
+        let t = Instant::now();
+        let (s, _) = run(&cfg);
+        let secs = t.elapsed().as_secs_f64();
+        let _ = std::fs::remove_dir_all(&dir);
+        if s.errors > 0 || s.panics > 0 {
+            return Err(format!(
+                "the fuzz loop had {} harness errors and {} panics",
+                s.errors, s.panics
+            ));
+        }
+        Ok(secs)
+    };
+    let pooled = || -> Result<f64, String> {
+        let mut pool = Pool::new(host, 4);
+        let t = Instant::now();
+        for c in &cases {
+            // A harness error here is one the fuzz loop counts too; the bench times both alike.
+            let _ = std::hint::black_box(pool.run(c));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    if fuzz_first {
+        let f = fuzz()?;
+        Ok((f, pooled()?))
+    } else {
+        let p = pooled()?;
+        Ok((fuzz()?, p))
+    }
+}
