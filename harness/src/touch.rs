@@ -125,10 +125,13 @@ impl Finished {
     }
 
     /// For a [`Finished::narrowable`] case that ran `image`: the kinds its start state (TF set:
-    /// a trap writes DR6) and its reachable code can change.
+    /// a trap writes DR6) and its reachable code can change, and XCR0 always (one ioctl): the
+    /// pooled-equals-fresh test cannot show a stale XCR0 on a host where a later XGETBV does not
+    /// see what XSETBV wrote, so nothing would prove skipping it safe.
     pub fn kinds(&self, image: &[(u64, Vec<u8>)]) -> StateKinds {
         let start = StateKinds {
             debugregs: self.start_tf,
+            xcrs: true,
             ..StateKinds::NONE
         };
         start.union(reachable_kinds(image, self.cs_base, self.rip))
