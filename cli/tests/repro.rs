@@ -17,6 +17,35 @@ fn kvmconf(args: &[&str]) -> Output {
     common::run_kvmconf(args, None, &[])
 }
 
+/// Runs `kvmconf fuzz --target TARGET --seed SEED EXTRA…`, then `--artifacts ARTS` when given.
+fn fuzz(target: &str, seed: &str, extra: &[&str], arts: Option<&Path>) -> Output {
+    let mut args = vec!["fuzz", "--target", target, "--seed", seed];
+    args.extend_from_slice(extra);
+    if let Some(arts) = arts {
+        args.extend(["--artifacts", arts.to_str().unwrap()]);
+    }
+    kvmconf(&args)
+}
+
+/// Replays `file` with `kvmconf repro`, asserting that it reproduced a known deviation (exit 1)
+/// and that its output contains `want`; returns that output.
+fn repro_reproduces(file: &str, want: &str) -> String {
+    let r = kvmconf(&["repro", file]);
+    let rout = text(&r.stdout);
+    assert!(rout.contains(want), "{rout}");
+    assert!(
+        rout.contains("RESULT reproduced (known deviation "),
+        "{rout}"
+    );
+    assert_eq!(r.status.code(), Some(1), "{rout}");
+    rout
+}
+
+/// Whether `id` is one of the comma-separated deviation ids in `list` (a closing `)` ignored).
+fn lists_known(list: &str, id: &str) -> bool {
+    list.trim_end_matches(')').split(',').any(|k| k == id)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kvmconf-repro-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).expect("scratch dir");
@@ -263,20 +292,12 @@ fn fuzz_ioctl_sequence_writes_a_shrunk_sequence_file_that_repro_replays() {
     need_kvm!();
     let dir = scratch("seqfuzz");
     let arts = dir.join("artifacts");
-    let o = kvmconf(&[
-        "fuzz",
-        "--target",
+    let o = fuzz(
         "ioctl_sequence",
-        "--seed",
         "1",
-        "--cases",
-        "300",
-        "--keep-known",
-        "--stats-every",
-        "0",
-        "--artifacts",
-        arts.to_str().unwrap(),
-    ]);
+        &["--cases", "300", "--keep-known", "--stats-every", "0"],
+        Some(&arts),
+    );
     let out = text(&o.stdout);
     assert!(out.contains("panics 0; harness errors 0"), "{out}");
     let files = files_in(&arts);
@@ -294,13 +315,10 @@ fn fuzz_ioctl_sequence_writes_a_shrunk_sequence_file_that_repro_replays() {
     assert!(t.contains("# target: ioctl_sequence\n"), "{t}");
     assert!(t.contains("-> 1 calls\n"), "the PAT call alone: {t}");
     assert_eq!(t.matches("[[call]]").count(), 1, "{t}");
-    let r = kvmconf(&["repro", files[0].to_str().unwrap()]);
-    let rout = text(&r.stdout);
-    assert!(
-        rout.contains("RESULT reproduced (known deviation pvm-pat-reserved-type-accepted)"),
-        "{rout}"
+    repro_reproduces(
+        files[0].to_str().unwrap(),
+        "RESULT reproduced (known deviation pvm-pat-reserved-type-accepted)",
     );
-    assert_eq!(r.status.code(), Some(1), "{rout}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -393,34 +411,18 @@ fn repro_bad_files_exit_2_naming_file_line_and_expectation() {
 fn fuzz_case_parser_run_is_clean_and_replayable() {
     let dir = scratch("fuzz");
     let arts = dir.join("artifacts");
-    let args = [
-        "fuzz",
-        "--target",
+    let o = fuzz(
         "case_parser",
-        "--seed",
         "42",
-        "--cases",
-        "2000",
-        "--jobs",
-        "2",
-        "--artifacts",
-        arts.to_str().unwrap(),
-    ];
-    let o = kvmconf(&args);
+        &["--cases", "2000", "--jobs", "2"],
+        Some(&arts),
+    );
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
     assert!(out.contains("fuzz case_parser: 2000 execs"), "{out}");
     assert!(out.contains("panics 0"), "{out}");
     assert!(out.contains("resources: fds"), "{out}");
-    let r = kvmconf(&[
-        "fuzz",
-        "--target",
-        "case_parser",
-        "--seed",
-        "42",
-        "--index",
-        "7",
-    ]);
+    let r = fuzz("case_parser", "42", &["--index", "7"], None);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r.stdout));
     assert!(
         text(&r.stdout).contains("input 7 of seed 42"),
@@ -432,23 +434,10 @@ fn fuzz_case_parser_run_is_clean_and_replayable() {
 
 #[test]
 fn fuzz_guest_vs_interp_short_run_reports_statistics() {
-    if let kvmconf_harness::skip::Requirement::Skip(r) = kvmconf_harness::skip::require_kvm() {
-        kvmconf_harness::skip::print_skip(module_path!(), &r);
-        return;
-    }
+    need_kvm!();
     let dir = scratch("gvi");
     let arts = dir.join("artifacts");
-    let o = kvmconf(&[
-        "fuzz",
-        "--target",
-        "guest_vs_interp",
-        "--seed",
-        "1",
-        "--cases",
-        "300",
-        "--artifacts",
-        arts.to_str().unwrap(),
-    ]);
+    let o = fuzz("guest_vs_interp", "1", &["--cases", "300"], Some(&arts));
     let out = text(&o.stdout);
     assert!(out.contains("fuzz guest_vs_interp: 300 execs"), "{out}");
     assert!(out.contains("panics 0; harness errors 0"), "{out}");
@@ -491,19 +480,12 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
     let dir = scratch("index");
     let arts = dir.join("artifacts");
     let replay = |extra: &[&str], arts: &Path| {
-        let mut args = vec![
-            "fuzz",
-            "--target",
+        fuzz(
             "guest_vs_interp",
-            "--seed",
             "2026",
-            "--index",
-            "8571",
-            "--artifacts",
-            arts.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        kvmconf(&args)
+            &[&["--index", "8571"], extra].concat(),
+            Some(arts),
+        )
     };
     let o = replay(&[], &arts);
     let out = text(&o.stdout);
@@ -525,13 +507,8 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
         .lines()
         .next()
         .and_then(|l| l.split_once("(known: "))
-        .map_or("", |(_, k)| k.trim_end_matches(')'));
-    assert!(
-        label
-            .split(',')
-            .any(|id| id == "kvm-pvm-emulator-lzcnt-as-bsr"),
-        "{out}"
-    );
+        .map_or("", |(_, k)| k);
+    assert!(lists_known(label, "kvm-pvm-emulator-lzcnt-as-bsr"), "{out}");
     assert!(
         out.contains("not written (--keep-known writes it)"),
         "{out}"
@@ -573,25 +550,17 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
         t.contains("# fresh VM: the minimised case reproduces on a fresh VM\n"),
         "{t}"
     );
-    let r = kvmconf(&["repro", path]);
-    let rout = text(&r.stdout);
-    assert!(
-        rout.contains(&format!(": guest_vs_interp: {sig} ")),
-        "{rout}"
-    );
+    let rout = repro_reproduces(path, &format!(": guest_vs_interp: {sig} "));
     // Every known class the explanation needs is named (on some CPUs BSR's zero-source entry
     // too): LZCNT's among them.
     let known = rout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT reproduced (known deviation "))
-        .map_or("", |k| k.trim_end_matches(')'));
+        .unwrap_or_default();
     assert!(
-        known
-            .split(',')
-            .any(|id| id == "kvm-pvm-emulator-lzcnt-as-bsr"),
+        lists_known(known, "kvm-pvm-emulator-lzcnt-as-bsr"),
         "{rout}"
     );
-    assert_eq!(r.status.code(), Some(1), "{rout}");
     // --no-minimise: the same file name, the program as generated.
     let raw = dir.join("raw");
     let o = replay(&["--keep-known", "--no-minimise"], &raw);
@@ -612,18 +581,12 @@ fn fuzz_index_of_a_sequence_finding_writes_one_shrunk_sequence_file() {
     need_kvm!();
     let dir = scratch("seqindex");
     let arts = dir.join("artifacts");
-    let o = kvmconf(&[
-        "fuzz",
-        "--target",
+    let o = fuzz(
         "ioctl_sequence",
-        "--seed",
         "1",
-        "--index",
-        "39",
-        "--keep-known",
-        "--artifacts",
-        arts.to_str().unwrap(),
-    ]);
+        &["--index", "39", "--keep-known"],
+        Some(&arts),
+    );
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
     let files = files_in(&arts);
@@ -636,14 +599,14 @@ fn fuzz_index_of_a_sequence_finding_writes_one_shrunk_sequence_file() {
     assert_eq!(files.len(), 1, "{files:?}");
     let t = std::fs::read_to_string(&files[0]).unwrap();
     assert!(t.contains("# minimised: 32 -> 1 calls\n"), "{t}");
-    let r = kvmconf(&["repro", files[0].to_str().unwrap()]);
-    let rout = text(&r.stdout);
-    assert!(rout.contains("ioctl_sequence:msr-pat-reserved"), "{rout}");
+    let rout = repro_reproduces(
+        files[0].to_str().unwrap(),
+        "ioctl_sequence:msr-pat-reserved",
+    );
     assert!(
         rout.contains("RESULT reproduced (known deviation pvm-pat-reserved-type-accepted)"),
         "{rout}"
     );
-    assert_eq!(r.status.code(), Some(1), "{rout}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -654,18 +617,12 @@ fn fuzz_index_without_a_difference_writes_nothing() {
     need_kvm!();
     let dir = scratch("nodiff");
     let arts = dir.join("artifacts");
-    let o = kvmconf(&[
-        "fuzz",
-        "--target",
+    let o = fuzz(
         "guest_vs_interp",
-        "--seed",
         "2026",
-        "--index",
-        "0",
-        "--keep-known",
-        "--artifacts",
-        arts.to_str().unwrap(),
-    ]);
+        &["--index", "0", "--keep-known"],
+        Some(&arts),
+    );
     let out = text(&o.stdout);
     assert!(
         out.starts_with("input 0 of seed 2026: no difference"),
@@ -688,22 +645,20 @@ fn fuzz_guest_batches_run_every_index_once_whatever_the_workers() {
     let mut summaries = Vec::new();
     for jobs in ["1", "2"] {
         let arts = dir.join(format!("artifacts-{jobs}"));
-        let o = kvmconf(&[
-            "fuzz",
-            "--target",
+        let o = fuzz(
             "guest_vs_interp",
-            "--seed",
             "3",
-            "--cases",
-            "70",
-            "--jobs",
-            jobs,
-            "--no-minimise",
-            "--stats-every",
-            "0",
-            "--artifacts",
-            arts.to_str().unwrap(),
-        ]);
+            &[
+                "--cases",
+                "70",
+                "--jobs",
+                jobs,
+                "--no-minimise",
+                "--stats-every",
+                "0",
+            ],
+            Some(&arts),
+        );
         let out = text(&o.stdout);
         let line = out
             .lines()
