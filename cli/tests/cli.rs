@@ -34,15 +34,7 @@ fn printing_into_a_closed_pipe_exits_141_without_a_panic() {
         arts.as_str(),
     ];
     for args in [&["run", "--list"][..], &fuzz[..]] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmconf"))
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kvmconf starts");
-        drop(child.stdout.take());
-        let o = child.wait_with_output().expect("kvmconf finishes");
+        let o = common::run_into_closed_pipe(args);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(141), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
