@@ -223,19 +223,21 @@ impl Vcpu {
         }
         let arg = KvmInterrupt { irq };
         // SAFETY: KVM_INTERRUPT reads one `struct kvm_interrupt` (a u32) from the pointer, which
-        // points at `arg` for the whole call; the fd is a vCPU fd.
-        let ret = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                KVM_INTERRUPT,
-                &arg as *const KvmInterrupt,
-            )
-        };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(VcpuError::Interrupt(Errno::last()))
-        }
+        // points at `arg` for the whole call.
+        unsafe { self.ioctl_with_ref(KVM_INTERRUPT, &arg) }.map_err(VcpuError::Interrupt)
+    }
+
+    /// Issues `request` on the vCPU fd with a pointer to `arg`: Ok when the ioctl returns 0, else
+    /// its errno.
+    ///
+    /// # Safety
+    ///
+    /// `request` must access no memory at the pointer outside `arg`.
+    unsafe fn ioctl_with_ref<T>(&self, request: libc::c_ulong, arg: &T) -> Result<(), Errno> {
+        // SAFETY: the caller vouches that `request` stays inside `arg`, which lives for the whole
+        // call; the fd is a vCPU fd.
+        let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), request, arg as *const T) };
+        if ret == 0 { Ok(()) } else { Err(Errno::last()) }
     }
 
     /// KVM_SET_SIGNAL_MASK with the calling thread's current mask plus `block` (signals to keep
@@ -273,19 +275,8 @@ impl Vcpu {
             )
         };
         // SAFETY: KVM_SET_SIGNAL_MASK reads a kvm_signal_mask header and `len` (8) bytes after
-        // it, all inside `m`, which lives for the whole call; the fd is a vCPU fd.
-        let ret = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                KVM_SET_SIGNAL_MASK,
-                &m as *const SignalMask,
-            )
-        };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(VcpuError::SetSignalMask(Errno::last()))
-        }
+        // it, all inside `m`, which lives for the whole call.
+        unsafe { self.ioctl_with_ref(KVM_SET_SIGNAL_MASK, &m) }.map_err(VcpuError::SetSignalMask)
     }
 
     /// KVM_SET_XSAVE with the legacy 4 KiB `kvm_xsave`.
