@@ -8,7 +8,9 @@
 //! follow-up call) to show that nothing changed.
 
 use crate::catalogue::harness::{CODE, case};
-use crate::catalogue::system::{UNKNOWN_CAP, expect_errno, max_vcpu_id, max_vcpus};
+use crate::catalogue::system::{
+    UNKNOWN_CAP, expect_einval_not_made, expect_errno, max_vcpu_id, max_vcpus,
+};
 use crate::registry::{Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
