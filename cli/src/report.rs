@@ -132,20 +132,10 @@ fn first_line(s: &str) -> &str {
 /// The human table and summary.
 pub fn table(r: &Report) -> String {
     let mut out = String::new();
-    let w = r
-        .results
-        .iter()
-        .map(|x| x.id.len())
-        .max()
-        .unwrap_or(10)
-        .min(78);
-    let aw = r
-        .results
-        .iter()
-        .map(|x| x.area.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let widest =
+        |len: fn(&Row) -> usize, none: usize| r.results.iter().map(len).max().unwrap_or(none);
+    let w = widest(|x| x.id.len(), 10).min(78);
+    let aw = widest(|x| x.area.len(), 4).max(4);
     let _ = writeln!(
         out,
         "{:<aw$} {:<w$} {:<16} {:>9}",

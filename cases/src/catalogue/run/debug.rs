@@ -13,8 +13,9 @@ pub(super) fn set_debug(g: &Guest, control: u32, debugreg: [u64; 8]) -> Outcome 
         .map_err(ioctl("KVM_SET_GUEST_DEBUG"))
 }
 
-/// The (exception, pc, dr6) of a KVM_EXIT_DEBUG, or the exit that came instead.
-fn debug_exit(e: KvmExit) -> Result<(u32, u64, u64), KvmExit> {
+/// The (exception, pc, dr6) of a KVM_EXIT_DEBUG; any other exit is the failure `fail` makes of
+/// its description.
+fn debug_exit(e: KvmExit, fail: impl FnOnce(String) -> Fail) -> Result<(u32, u64, u64), Fail> {
     match e {
         // `dr6: status`: iced's register `dr6` is in scope.
         KvmExit::Debug {
@@ -23,7 +24,7 @@ fn debug_exit(e: KvmExit) -> Result<(u32, u64, u64), KvmExit> {
             dr6: status,
             ..
         } => Ok((exception, pc, status)),
-        other => Err(other),
+        other => Err(fail(describe(&other))),
     }
 }
 
@@ -54,10 +55,9 @@ pub(super) fn single_step(host: &Host, mode: Mode) -> Outcome {
     let mut g = Guest::boot(host, &case("ss", mode, code))?;
     set_debug(&g, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, [0; 8])?;
     for _ in 0..want.len() {
-        let (exception, pc, status) = debug_exit(g.run()?).map_err(|other| {
+        let (exception, pc, status) = debug_exit(g.run()?, |got| {
             Fail::failed(format!(
-                "{mode:?} single-step: wanted Debug, got {} after pcs {pcs:x?}",
-                describe(&other)
+                "{mode:?} single-step: wanted Debug, got {got} after pcs {pcs:x?}"
             ))
         })?;
         ensure_eq!(exception, 1u32, "{mode:?} single-step exit exception (#DB)");
@@ -84,13 +84,8 @@ pub(super) fn sw_bp_exit(host: &Host) -> Outcome {
         a.hlt()
     })?;
     set_debug(&g, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP, [0; 8])?;
-    let (exception, pc, _) = debug_exit(g.run()?).map_err(|other| {
-        Fail::field(
-            "INT3 with KVM_GUESTDBG_USE_SW_BP",
-            "Debug",
-            describe(&other),
-            "",
-        )
+    let (exception, pc, _) = debug_exit(g.run()?, |got| {
+        Fail::field("INT3 with KVM_GUESTDBG_USE_SW_BP", "Debug", got, "")
     })?;
     ensure_eq!(
         exception,
@@ -133,10 +128,9 @@ pub(super) fn hw_bp_exec(host: &Host) -> Outcome {
     dr[0] = CODE + 1;
     dr[7] = 0x1 | 0x400; // L0, execute, 1 byte
     set_debug(&g, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, dr)?;
-    let (exception, pc, status) = debug_exit(g.run()?).map_err(|other| {
+    let (exception, pc, status) = debug_exit(g.run()?, |got| {
         Fail::failed(format!(
-            "execute breakpoint on DR0: wanted Debug, got {}",
-            describe(&other)
+            "execute breakpoint on DR0: wanted Debug, got {got}"
         ))
     })?;
     ensure_eq!(exception, 1u32, "exception of the hardware-breakpoint exit");
