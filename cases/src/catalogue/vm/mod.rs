@@ -140,6 +140,21 @@ fn ensure_reads(vm: &mut TestVm, gpa: u64, want: u32, what: &str) -> Outcome {
     }
 }
 
+/// Fails unless a guest dword write of `value` to `gpa` exits to the VMM as that MMIO write (and
+/// nothing else); `what` names the exits in a failure.
+fn ensure_write_exits(vm: &mut TestVm, gpa: u64, value: u32, what: &str) -> Outcome {
+    let r = run32(vm, "write", |a| {
+        a.mov(dword_ptr(gpa), value)?;
+        a.hlt()
+    })?;
+    ensure_eq!(
+        r.trace,
+        vec![Event::mmio_write(gpa, 4, value.into())],
+        "{what}"
+    );
+    Ok(())
+}
+
 /// Fails unless a guest read of `gpa` is MMIO (no memslot there).
 fn ensure_unmapped(vm: &mut TestVm, gpa: u64, what: &str) -> Outcome {
     match guest_read32(vm, gpa)? {
