@@ -46,6 +46,21 @@ fn lists_known(list: &str, id: &str) -> bool {
     list.trim_end_matches(')').split(',').any(|k| k == id)
 }
 
+/// [`fuzz`] into `artifacts/` of a new scratch directory `name`: that directory, the artifacts
+/// path, the output and its stdout.
+fn fuzz_in(
+    name: &str,
+    target: &str,
+    seed: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf, Output, String) {
+    let dir = scratch(name);
+    let arts = dir.join("artifacts");
+    let o = fuzz(target, seed, extra, Some(&arts));
+    let out = text(&o.stdout);
+    (dir, arts, o, out)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kvmconf-repro-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).expect("scratch dir");
@@ -80,6 +95,13 @@ fn emit_and_build_file(file: &str, dir: &Path) -> PathBuf {
     bin
 }
 
+/// Runs the compiled reproducer `bin`: its output and its stdout.
+fn run_reproducer(bin: &Path) -> (Output, String) {
+    let o = Command::new(bin).output().expect("reproducer runs");
+    let out = text(&o.stdout);
+    (o, out)
+}
+
 /// Skips (printing why) unless gcc and /dev/kvm are usable.
 macro_rules! need_gcc_and_kvm {
     () => {
@@ -99,15 +121,16 @@ fn emit_c_passing_case_compiles_and_matches() {
     need_gcc_and_kvm!();
     let dir = scratch("pass");
     let bin = emit_and_build("seed_hello.toml", &dir);
-    let o = Command::new(&bin).output().expect("reproducer runs");
-    let out = text(&o.stdout);
+    let (o, out) = run_reproducer(&bin);
     assert_eq!(o.status.code(), Some(0), "{out}");
-    assert!(out.contains("GOT      exit hlt"), "{out}");
-    assert!(
-        out.contains("GOT      io_out port=0xf1 size=1 value=0x48"),
-        "{out}"
+    assert_contains_all(
+        &out,
+        &[
+            "GOT      exit hlt",
+            "GOT      io_out port=0xf1 size=1 value=0x48",
+            "RESULT match",
+        ],
     );
-    assert!(out.contains("RESULT match"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -126,20 +149,20 @@ fn emit_c_single_step_case_compiles_and_matches_the_harness() {
     assert!(body.contains("max_exits = 5"), "{body}");
     std::fs::write(&case, body).unwrap();
     let bin = emit_and_build_file(case.to_str().unwrap(), &dir);
-    let o = Command::new(&bin).output().expect("reproducer runs");
-    let out = text(&o.stdout);
-    for l in [
-        "EXPECTED exit exit_budget",
-        "EXPECTED steps 5",
-        "EXPECTED step pc=0x1002",
-        "EXPECTED step pc=0x100b",
-        "GOT      exit exit_budget",
-        "GOT      steps 5",
-        "GOT      rip=0x100b",
-        "RESULT match",
-    ] {
-        assert!(out.contains(l), "{l:?} missing:\n{out}");
-    }
+    let (o, out) = run_reproducer(&bin);
+    assert_contains_all(
+        &out,
+        &[
+            "EXPECTED exit exit_budget",
+            "EXPECTED steps 5",
+            "EXPECTED step pc=0x1002",
+            "EXPECTED step pc=0x100b",
+            "GOT      exit exit_budget",
+            "GOT      steps 5",
+            "GOT      rip=0x100b",
+            "RESULT match",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{out}");
     // The C program steps like the harness: the same pcs as `kvmconf exec`.
     let e = kvmconf(&["exec", case.to_str().unwrap()]);
@@ -163,12 +186,13 @@ fn emit_c_known_deviation_case_reports_the_mismatch() {
     need_gcc_and_kvm!();
     let dir = scratch("dev");
     let bin = emit_and_build("deviations/pvm_cpl3_iopl3_out.toml", &dir);
-    let o = Command::new(&bin).output().expect("reproducer runs");
-    let out = text(&o.stdout);
-    assert!(out.contains("EXPECTED exit hlt"), "{out}");
-    assert!(
-        out.contains("EXPECTED io_out port=0xf1 size=1 value=0x48"),
-        "{out}"
+    let (o, out) = run_reproducer(&bin);
+    assert_contains_all(
+        &out,
+        &[
+            "EXPECTED exit hlt",
+            "EXPECTED io_out port=0xf1 size=1 value=0x48",
+        ],
     );
     if kvmconf_cases::fuzz::host_has("pvm-cpl3-iopl-ignored") {
         assert_eq!(o.status.code(), Some(1), "{out}");
@@ -196,13 +220,12 @@ fn repro_prints_the_diff_and_names_the_known_deviation() {
         "{out}"
     );
     if kvmconf_cases::fuzz::host_has("pvm-cpl3-iopl-ignored") {
-        assert!(
-            out.contains("known deviation pvm-cpl3-iopl-ignored"),
-            "{out}"
-        );
-        assert!(
-            out.contains("RESULT reproduced (known deviation pvm-cpl3-iopl-ignored)"),
-            "{out}"
+        assert_contains_all(
+            &out,
+            &[
+                "known deviation pvm-cpl3-iopl-ignored",
+                "RESULT reproduced (known deviation pvm-cpl3-iopl-ignored)",
+            ],
         );
         assert_eq!(o.status.code(), Some(1), "{out}");
     }
@@ -233,6 +256,13 @@ regs = { rip = "0x1000", rsp = "0x8000" }
 memory = [{ addr = "0x1000", hex = "9090f4" }]
 "#;
 
+/// A sequence file that runs the guest, then sets IA32_PAT to `value` with KVM_SET_MSRS.
+fn pat_sequence(value: &str) -> String {
+    format!(
+        "{SEQUENCE_HEAD}\n[[call]]\nioctl = \"KVM_RUN\"\n\n[[call]]\nioctl = \"KVM_SET_MSRS\"\nmsr = \"0x277\"\nvalue = \"{value}\"\n"
+    )
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write");
@@ -246,23 +276,16 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 fn repro_sequence_file_reports_the_broken_invariant_and_exit_code() {
     need_kvm!();
     let dir = scratch("seq");
-    let bad = write(
-        &dir,
-        "pat.toml",
-        &format!(
-            "{SEQUENCE_HEAD}\n[[call]]\nioctl = \"KVM_RUN\"\n\n[[call]]\nioctl = \"KVM_SET_MSRS\"\nmsr = \"0x277\"\nvalue = \"0x0007040600070402\"\n"
-        ),
-    );
+    let bad = write(&dir, "pat.toml", &pat_sequence("0x0007040600070402"));
     let o = kvmconf(&["repro", &bad]);
     let out = text(&o.stdout);
     if kvmconf_cases::fuzz::host_has("pvm-pat-reserved-type-accepted") {
-        assert!(
-            out.contains("pat: ioctl_sequence: ioctl_sequence:msr-pat-reserved (known deviation pvm-pat-reserved-type-accepted)"),
-            "{out}"
-        );
-        assert!(
-            out.contains("KVM_SET_MSRS of IA32_PAT = 0x7040600070402 (a reserved memory type): number of MSRs set: wanted 0, got 1"),
-            "{out}"
+        assert_contains_all(
+            &out,
+            &[
+                "pat: ioctl_sequence: ioctl_sequence:msr-pat-reserved (known deviation pvm-pat-reserved-type-accepted)",
+                "KVM_SET_MSRS of IA32_PAT = 0x7040600070402 (a reserved memory type): number of MSRs set: wanted 0, got 1",
+            ],
         );
         assert_eq!(o.status.code(), Some(1), "{out}");
     } else {
@@ -270,17 +293,16 @@ fn repro_sequence_file_reports_the_broken_invariant_and_exit_code() {
         assert_eq!(o.status.code(), Some(0), "{out}");
     }
     // The same calls with a valid PAT (its reset value) reproduce nothing anywhere.
-    let good = write(
-        &dir,
-        "pat_ok.toml",
-        &format!(
-            "{SEQUENCE_HEAD}\n[[call]]\nioctl = \"KVM_RUN\"\n\n[[call]]\nioctl = \"KVM_SET_MSRS\"\nmsr = \"0x277\"\nvalue = \"0x0007040600070406\"\n"
-        ),
-    );
+    let good = write(&dir, "pat_ok.toml", &pat_sequence("0x0007040600070406"));
     let o = kvmconf(&["repro", &good]);
     let out = text(&o.stdout);
-    assert!(out.contains("pat: ioctl_sequence: no difference"), "{out}");
-    assert!(out.contains("RESULT not reproduced"), "{out}");
+    assert_contains_all(
+        &out,
+        &[
+            "pat: ioctl_sequence: no difference",
+            "RESULT not reproduced",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -290,15 +312,12 @@ fn repro_sequence_file_reports_the_broken_invariant_and_exit_code() {
 #[test]
 fn fuzz_ioctl_sequence_writes_a_shrunk_sequence_file_that_repro_replays() {
     need_kvm!();
-    let dir = scratch("seqfuzz");
-    let arts = dir.join("artifacts");
-    let o = fuzz(
+    let (dir, arts, o, out) = fuzz_in(
+        "seqfuzz",
         "ioctl_sequence",
         "1",
         &["--cases", "300", "--keep-known", "--stats-every", "0"],
-        Some(&arts),
     );
-    let out = text(&o.stdout);
     assert!(out.contains("panics 0; harness errors 0"), "{out}");
     let files = files_in(&arts);
     if !kvmconf_cases::fuzz::host_has("pvm-pat-reserved-type-accepted") {
@@ -409,19 +428,17 @@ fn repro_bad_files_exit_2_naming_file_line_and_expectation() {
 
 #[test]
 fn fuzz_case_parser_run_is_clean_and_replayable() {
-    let dir = scratch("fuzz");
-    let arts = dir.join("artifacts");
-    let o = fuzz(
+    let (dir, _, o, out) = fuzz_in(
+        "fuzz",
         "case_parser",
         "42",
         &["--cases", "2000", "--jobs", "2"],
-        Some(&arts),
     );
-    let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
-    assert!(out.contains("fuzz case_parser: 2000 execs"), "{out}");
-    assert!(out.contains("panics 0"), "{out}");
-    assert!(out.contains("resources: fds"), "{out}");
+    assert_contains_all(
+        &out,
+        &["fuzz case_parser: 2000 execs", "panics 0", "resources: fds"],
+    );
     let r = fuzz("case_parser", "42", &["--index", "7"], None);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r.stdout));
     assert!(
@@ -435,12 +452,14 @@ fn fuzz_case_parser_run_is_clean_and_replayable() {
 #[test]
 fn fuzz_guest_vs_interp_short_run_reports_statistics() {
     need_kvm!();
-    let dir = scratch("gvi");
-    let arts = dir.join("artifacts");
-    let o = fuzz("guest_vs_interp", "1", &["--cases", "300"], Some(&arts));
-    let out = text(&o.stdout);
-    assert!(out.contains("fuzz guest_vs_interp: 300 execs"), "{out}");
-    assert!(out.contains("panics 0; harness errors 0"), "{out}");
+    let (dir, arts, _, out) = fuzz_in("gvi", "guest_vs_interp", "1", &["--cases", "300"]);
+    assert_contains_all(
+        &out,
+        &[
+            "fuzz guest_vs_interp: 300 execs",
+            "panics 0; harness errors 0",
+        ],
+    );
     // Every new finding has a minimised artifact that parses as a case file.
     for f in files_in(&arts) {
         let t = std::fs::read_to_string(f).unwrap();
@@ -448,6 +467,14 @@ fn fuzz_guest_vs_interp_short_run_reports_statistics() {
         kvmconf_guests::case::parse_cases("artifact.toml", &t).expect("artifact parses");
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Asserts that `out` contains each of `wants`.
+#[track_caller]
+fn assert_contains_all(out: &str, wants: &[&str]) {
+    for w in wants {
+        assert!(out.contains(w), "{w:?} missing:\n{out}");
+    }
 }
 
 /// The files in `dir` (none when it does not exist).
@@ -524,16 +551,20 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
     let path = files[0].to_str().unwrap();
     // Marked known, so a new finding with the same signature would not overwrite it.
     assert!(path.ends_with("-known.toml"), "{path}");
-    assert!(out.contains(&format!("\nwritten: {path}\n")), "{out}");
-    assert!(
-        out.contains(&format!("\nrepro: kvmconf repro {path}\n")),
-        "{out}"
+    assert_contains_all(
+        &out,
+        &[
+            &format!("\nwritten: {path}\n"),
+            &format!("\nrepro: kvmconf repro {path}\n"),
+        ],
     );
     let t = std::fs::read_to_string(&files[0]).unwrap();
-    assert!(t.contains(&format!("# signature: {sig}\n")), "{t}");
-    assert!(
-        t.contains("# replay: kvmconf fuzz --target guest_vs_interp --seed 2026 --index 8571\n"),
-        "{t}"
+    assert_contains_all(
+        &t,
+        &[
+            &format!("# signature: {sig}\n"),
+            "# replay: kvmconf fuzz --target guest_vs_interp --seed 2026 --index 8571\n",
+        ],
     );
     let bytes: Vec<usize> = t
         .lines()
@@ -579,15 +610,12 @@ fn fuzz_index_of_a_finding_writes_one_minimised_file_that_repro_replays() {
 #[test]
 fn fuzz_index_of_a_sequence_finding_writes_one_shrunk_sequence_file() {
     need_kvm!();
-    let dir = scratch("seqindex");
-    let arts = dir.join("artifacts");
-    let o = fuzz(
+    let (dir, arts, o, out) = fuzz_in(
+        "seqindex",
         "ioctl_sequence",
         "1",
         &["--index", "39", "--keep-known"],
-        Some(&arts),
     );
-    let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", text(&o.stderr));
     let files = files_in(&arts);
     if !kvmconf_cases::fuzz::host_has("pvm-pat-reserved-type-accepted") {
@@ -615,15 +643,12 @@ fn fuzz_index_of_a_sequence_finding_writes_one_shrunk_sequence_file() {
 #[test]
 fn fuzz_index_without_a_difference_writes_nothing() {
     need_kvm!();
-    let dir = scratch("nodiff");
-    let arts = dir.join("artifacts");
-    let o = fuzz(
+    let (dir, arts, o, out) = fuzz_in(
+        "nodiff",
         "guest_vs_interp",
         "2026",
         &["--index", "0", "--keep-known"],
-        Some(&arts),
     );
-    let out = text(&o.stdout);
     assert!(
         out.starts_with("input 0 of seed 2026: no difference"),
         "{out}"
@@ -665,8 +690,7 @@ fn fuzz_guest_batches_run_every_index_once_whatever_the_workers() {
             .find(|l| l.starts_with("fuzz guest_vs_interp: "))
             .unwrap_or_else(|| panic!("no summary line: {out}"))
             .to_string();
-        assert!(line.contains(": 70 execs in "), "{line}");
-        assert!(line.contains("panics 0; harness errors 0"), "{line}");
+        assert_contains_all(&line, &[": 70 execs in ", "panics 0; harness errors 0"]);
         let rejected = line
             .split(", ")
             .find(|p| p.ends_with(" rejected"))
