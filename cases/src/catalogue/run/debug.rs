@@ -76,13 +76,16 @@ pub(super) fn single_step(host: &Host, mode: Mode) -> Outcome {
     g.run_to_hlt()
 }
 
+/// `nop; int3; hlt`: the INT3 at CODE + 1.
+fn nop_int3_hlt(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.nop()?;
+    a.int3()?;
+    a.hlt()
+}
+
 pub(super) fn sw_bp_exit(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SET_GUEST_DEBUG, "SET_GUEST_DEBUG")?;
-    let mut g = guest(host, Mode::Long64, |a| {
-        a.nop()?;
-        a.int3()?;
-        a.hlt()
-    })?;
+    let mut g = guest(host, Mode::Long64, nop_int3_hlt)?;
     set_debug(&g, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP, [0; 8])?;
     let (exception, pc, _) = debug_exit(g.run()?, |got| {
         Fail::field("INT3 with KVM_GUESTDBG_USE_SW_BP", "Debug", got, "")
@@ -97,11 +100,7 @@ pub(super) fn sw_bp_exit(host: &Host) -> Outcome {
 }
 
 pub(super) fn sw_bp_off_goes_to_guest(host: &Host) -> Outcome {
-    let c = with_stubs(long64_case(|a| {
-        a.nop()?;
-        a.int3()?;
-        a.hlt()
-    })?);
+    let c = with_stubs(long64_case(nop_int3_hlt)?);
     let mut g = Guest::boot(host, &c)?;
     g.run_to_hlt()?;
     ensure_eq!(
