@@ -97,7 +97,10 @@ pub(crate) use ioctl_errors;
 /// Declares `pub fn NAME(&self, ARGS…) -> Result<R, ERR>`: the kvm-ioctls method `CALL` of
 /// `self.fd` with the same arguments, its errno kept in the variant `ERR::V`.
 macro_rules! forward {
-    ($err:ident, $(#[$m:meta])* fn $name:ident($($arg:ident: $t:ty),*) -> $r:ty = $call:ident, $v:ident) => {
+    (
+        $err:ident, $(#[$m:meta])*
+        fn $name:ident($($arg:ident: $t:ty),*) -> $r:ty = $call:ident, $v:ident
+    ) => {
         $(#[$m])*
         pub fn $name(&self, $($arg: $t),*) -> Result<$r, $err> {
             self.fd.$call($($arg),*).map_err(|e| $err::$v(e.into()))

@@ -235,7 +235,8 @@ impl Vm {
 
     forward!(VmError,
         /// KVM_SET_IDENTITY_MAP_ADDR.
-        fn try_set_identity_map_address(addr: u64) -> () = set_identity_map_address, SetIdentityMapAddr
+        fn try_set_identity_map_address(addr: u64) -> ()
+            = set_identity_map_address, SetIdentityMapAddr
     );
 
     forward!(VmError,
@@ -243,38 +244,25 @@ impl Vm {
         fn try_enable_cap(cap: &kvm_enable_cap) -> () = enable_cap, EnableCap
     );
 
-    /// KVM_REGISTER_COALESCED_MMIO (or PIO, by the address's kind).
-    pub fn try_register_coalesced_mmio(
-        &self,
-        addr: IoEventAddress,
-        size: u32,
-    ) -> Result<(), VmError> {
-        self.fd
-            .register_coalesced_mmio(addr, size)
-            .map_err(|e| VmError::RegisterCoalescedMmio(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_REGISTER_COALESCED_MMIO (or PIO, by the address's kind).
+        fn try_register_coalesced_mmio(addr: IoEventAddress, size: u32) -> ()
+            = register_coalesced_mmio, RegisterCoalescedMmio
+    );
 
-    /// KVM_UNREGISTER_COALESCED_MMIO.
-    pub fn try_unregister_coalesced_mmio(
-        &self,
-        addr: IoEventAddress,
-        size: u32,
-    ) -> Result<(), VmError> {
-        self.fd
-            .unregister_coalesced_mmio(addr, size)
-            .map_err(|e| VmError::UnregisterCoalescedMmio(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_UNREGISTER_COALESCED_MMIO.
+        fn try_unregister_coalesced_mmio(addr: IoEventAddress, size: u32) -> ()
+            = unregister_coalesced_mmio, UnregisterCoalescedMmio
+    );
 
-    /// KVM_X86_SET_MSR_FILTER.
-    pub fn try_set_msr_filter(
-        &self,
-        default_action: MsrFilterDefaultAction,
-        ranges: &[MsrFilterRange<'_>],
-    ) -> Result<(), VmError> {
-        self.fd
-            .set_msr_filter(default_action, ranges)
-            .map_err(|e| VmError::SetMsrFilter(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_X86_SET_MSR_FILTER.
+        fn try_set_msr_filter(
+            default_action: MsrFilterDefaultAction,
+            ranges: &[MsrFilterRange<'_>]
+        ) -> () = set_msr_filter, SetMsrFilter
+    );
 
     /// KVM_GET_STATS_FD on this VM.
     pub fn try_stats_fd(&self) -> Result<std::fs::File, VmError> {
