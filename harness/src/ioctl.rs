@@ -99,10 +99,11 @@ pub(crate) use ioctl_errors;
 macro_rules! forward {
     (
         $err:ident, $(#[$m:meta])*
-        fn $name:ident($($arg:ident: $t:ty),*) -> $r:ty = $call:ident, $v:ident
+        fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $t:ty),*) -> $r:ty
+            = $call:ident, $v:ident
     ) => {
         $(#[$m])*
-        pub fn $name(&self, $($arg: $t),*) -> Result<$r, $err> {
+        pub fn $name $(<$g: $bound>)? (&self, $($arg: $t),*) -> Result<$r, $err> {
             self.fd.$call($($arg),*).map_err(|e| $err::$v(e.into()))
         }
     };

@@ -166,29 +166,17 @@ impl Vm {
         fn try_irq_line(irq: u32, active: bool) -> () = set_irq_line, IrqLine
     );
 
-    /// KVM_IOEVENTFD (assign) through kvm-ioctls, which derives `len` from `datamatch`.
-    pub fn try_register_ioevent<T: Into<u64>>(
-        &self,
-        fd: &EventFd,
-        addr: &IoEventAddress,
-        datamatch: T,
-    ) -> Result<(), VmError> {
-        self.fd
-            .register_ioevent(fd, addr, datamatch)
-            .map_err(|e| VmError::Ioeventfd(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_IOEVENTFD (assign) through kvm-ioctls, which derives `len` from `datamatch`.
+        fn try_register_ioevent<T: Into<u64>>(fd: &EventFd, addr: &IoEventAddress, datamatch: T)
+            -> () = register_ioevent, Ioeventfd
+    );
 
-    /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN.
-    pub fn try_unregister_ioevent<T: Into<u64>>(
-        &self,
-        fd: &EventFd,
-        addr: &IoEventAddress,
-        datamatch: T,
-    ) -> Result<(), VmError> {
-        self.fd
-            .unregister_ioevent(fd, addr, datamatch)
-            .map_err(|e| VmError::Ioeventfd(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN.
+        fn try_unregister_ioevent<T: Into<u64>>(fd: &EventFd, addr: &IoEventAddress, datamatch: T)
+            -> () = unregister_ioevent, Ioeventfd
+    );
 
     /// KVM_IOEVENTFD with a caller-built `struct kvm_ioeventfd` (kvm-ioctls derives `len` from
     /// the datamatch type, so it cannot ask for the lengths KVM must reject).
