@@ -10,6 +10,18 @@ fn kvmconf(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     common::run_kvmconf(args, stdin, env)
 }
 
+/// A new directory `NAME-PID` under the system temp dir.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The JSON report at `path`.
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 const HELLO_JSON: &str = r#"{"name":"hello64","mode":"long64","regs":{"rip":"0x1000"},"memory":[{"addr":"0x1000","hex":"b048e6f1f4"}]}"#;
 
 /// `kvmconf … | head` (a reader that goes away): kvmconf ends quietly at its next print, with
@@ -34,15 +46,7 @@ fn printing_into_a_closed_pipe_exits_141_without_a_panic() {
         arts.as_str(),
     ];
     for args in [&["run", "--list"][..], &fuzz[..]] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmconf"))
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kvmconf starts");
-        drop(child.stdout.take());
-        let o = child.wait_with_output().expect("kvmconf finishes");
+        let o = common::run_into_closed_pipe(args);
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(141), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
@@ -94,8 +98,7 @@ fn exec_reads_jsonl_batches_from_stdin_and_pool_matches_fresh() {
 
 #[test]
 fn exec_bad_input_exits_2_naming_file_line_and_expectation_and_runs_nothing() {
-    let dir = std::env::temp_dir().join(format!("kvmconf-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("kvmconf-cli");
     let cases = [
         (
             "syntax.toml",
@@ -240,8 +243,7 @@ fn run_list_includes_corpus_and_differential_areas_and_filters_them() {
 #[test]
 fn run_reports_corpus_and_differential_rows_in_json_tap_and_junit() {
     need_kvm!();
-    let dir = std::env::temp_dir().join(format!("kvmconf-run-areas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("kvmconf-run-areas");
     let (json, junit) = (dir.join("r.json"), dir.join("r.xml"));
     // The corpus snapshots record this project's host (kvm_pvm): elsewhere only seed_hello, whose
     // result any conforming host shares, is asked for.
@@ -265,8 +267,7 @@ fn run_reports_corpus_and_differential_rows_in_json_tap_and_junit() {
     }
     let o = kvmconf(&args, None, &[]);
     let err = text(&o.stderr);
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = read_json(&json);
     let rows = v["results"].as_array().unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(o.status.code(), Some(0), "{err}\n{ids:?}");
@@ -334,8 +335,7 @@ fn run_reports_corpus_and_differential_rows_in_json_tap_and_junit() {
 #[test]
 fn run_writes_tap_json_and_junit() {
     need_kvm!();
-    let dir = std::env::temp_dir().join(format!("kvmconf-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("kvmconf-run");
     let (json, junit) = (dir.join("r.json"), dir.join("r.xml"));
     let o = kvmconf(
         &[
@@ -359,8 +359,7 @@ fn run_writes_tap_json_and_junit() {
         tap.contains("ok 1 harness.seed_hello_real16_writes_hello_and_halts"),
         "{tap}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = read_json(&json);
     assert_eq!(v["schema"], "kvmconf-run/1");
     assert_eq!(v["results"].as_array().unwrap().len(), 3);
     assert!(v["host"]["kernel"].as_str().is_some_and(|k| !k.is_empty()));
@@ -378,8 +377,7 @@ fn run_writes_tap_json_and_junit() {
 #[test]
 fn run_hung_case_is_reported_failed_and_the_run_goes_on() {
     need_kvm!();
-    let dir = std::env::temp_dir().join(format!("kvmconf-run-hung-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch("kvmconf-run-hung");
     let json = dir.join("r.json");
     let o = kvmconf(
         &[
@@ -397,8 +395,7 @@ fn run_hung_case_is_reported_failed_and_the_run_goes_on() {
         &[],
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = read_json(&json);
     let rows = v["results"].as_array().unwrap();
     let got: Vec<(&str, &str)> = rows
         .iter()

@@ -137,15 +137,8 @@ fn without_a_kvm_device_every_subcommand_that_needs_one_exits_3() {
 /// `kvmconf exec` buffers its results: the closed pipe shows at the flush, and is 141 there too.
 #[test]
 fn exec_into_a_closed_pipe_exits_141() {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvmconf"))
-        .args(["exec", "--oracle", "interp", &corpus("seed_hello.toml")])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kvmconf starts");
-    drop(child.stdout.take());
-    let o = child.wait_with_output().expect("kvmconf finishes");
+    let o =
+        common::run_into_closed_pipe(&["exec", "--oracle", "interp", &corpus("seed_hello.toml")]);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");

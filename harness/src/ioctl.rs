@@ -94,6 +94,22 @@ macro_rules! ioctl_errors {
 }
 pub(crate) use ioctl_errors;
 
+/// Declares `pub fn NAME(&self, ARGS…) -> Result<R, ERR>`: the kvm-ioctls method `CALL` of
+/// `self.fd` with the same arguments, its errno kept in the variant `ERR::V`.
+macro_rules! forward {
+    (
+        $err:ident, $(#[$m:meta])*
+        fn $name:ident $(<$g:ident: $bound:path>)? ($($arg:ident: $t:ty),*) -> $r:ty
+            = $call:ident, $v:ident
+    ) => {
+        $(#[$m])*
+        pub fn $name $(<$g: $bound>)? (&self, $($arg: $t),*) -> Result<$r, $err> {
+            self.fd.$call($($arg),*).map_err(|e| $err::$v(e.into()))
+        }
+    };
+}
+pub(crate) use forward;
+
 /// `_IO(KVMIO, nr)`.
 pub(crate) const fn io(nr: u32) -> libc::c_ulong {
     (0xae << 8 | nr) as libc::c_ulong

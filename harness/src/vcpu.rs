@@ -8,7 +8,7 @@ use crate::abi::{
     kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_run, kvm_sregs, kvm_sync_regs, kvm_translation,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
-use crate::ioctl::{Errno, ioctl_errors};
+use crate::ioctl::{Errno, forward, ioctl_errors};
 use kvm_ioctls::VcpuFd;
 use std::os::fd::AsRawFd;
 
@@ -66,19 +66,13 @@ pub struct Vcpu {
 
 macro_rules! get {
     ($(#[$m:meta])* $name:ident, $call:ident, $t:ty, $v:ident) => {
-        $(#[$m])*
-        pub fn $name(&self) -> Result<$t, VcpuError> {
-            self.fd.$call().map_err(|e| VcpuError::$v(e.into()))
-        }
+        forward!(VcpuError, $(#[$m])* fn $name() -> $t = $call, $v);
     };
 }
 
 macro_rules! set {
     ($(#[$m:meta])* $name:ident, $call:ident, $t:ty, $v:ident) => {
-        $(#[$m])*
-        pub fn $name(&self, value: &$t) -> Result<(), VcpuError> {
-            self.fd.$call(value).map_err(|e| VcpuError::$v(e.into()))
-        }
+        forward!(VcpuError, $(#[$m])* fn $name(value: &$t) -> () = $call, $v);
     };
 }
 
@@ -173,45 +167,35 @@ impl Vcpu {
         try_enable_cap, enable_cap, kvm_enable_cap, EnableCap
     );
 
-    /// KVM_SET_MP_STATE.
-    pub fn try_set_mp_state(&self, value: kvm_mp_state) -> Result<(), VcpuError> {
-        self.fd
-            .set_mp_state(value)
-            .map_err(|e| VcpuError::SetMpState(e.into()))
-    }
+    forward!(VcpuError,
+        /// KVM_SET_MP_STATE.
+        fn try_set_mp_state(value: kvm_mp_state) -> () = set_mp_state, SetMpState
+    );
 
-    /// KVM_GET_CPUID2 with room for `entries` entries.
-    pub fn try_get_cpuid2(&self, entries: usize) -> Result<CpuId, VcpuError> {
-        self.fd
-            .get_cpuid2(entries)
-            .map_err(|e| VcpuError::GetCpuid2(e.into()))
-    }
+    forward!(VcpuError,
+        /// KVM_GET_CPUID2 with room for `entries` entries.
+        fn try_get_cpuid2(entries: usize) -> CpuId = get_cpuid2, GetCpuid2
+    );
 
-    /// KVM_GET_MSRS: reads the MSRs named in `msrs`; the number read.
-    pub fn try_get_msrs(&self, msrs: &mut Msrs) -> Result<usize, VcpuError> {
-        self.fd
-            .get_msrs(msrs)
-            .map_err(|e| VcpuError::GetMsrs(e.into()))
-    }
+    forward!(VcpuError,
+        /// KVM_GET_MSRS: reads the MSRs named in `msrs`; the number read.
+        fn try_get_msrs(msrs: &mut Msrs) -> usize = get_msrs, GetMsrs
+    );
 
-    /// KVM_SET_MSRS: the number of MSRs KVM set (it stops at the first it rejects).
-    pub fn try_set_msrs(&self, msrs: &Msrs) -> Result<usize, VcpuError> {
-        self.fd
-            .set_msrs(msrs)
-            .map_err(|e| VcpuError::SetMsrs(e.into()))
-    }
+    forward!(VcpuError,
+        /// KVM_SET_MSRS: the number of MSRs KVM set (it stops at the first it rejects).
+        fn try_set_msrs(msrs: &Msrs) -> usize = set_msrs, SetMsrs
+    );
 
-    /// KVM_TRANSLATE of guest-linear address `gva`.
-    pub fn try_translate(&self, gva: u64) -> Result<kvm_translation, VcpuError> {
-        self.fd
-            .translate_gva(gva)
-            .map_err(|e| VcpuError::Translate(e.into()))
-    }
+    forward!(VcpuError,
+        /// KVM_TRANSLATE of guest-linear address `gva`.
+        fn try_translate(gva: u64) -> kvm_translation = translate_gva, Translate
+    );
 
-    /// KVM_NMI.
-    pub fn try_nmi(&self) -> Result<(), VcpuError> {
-        self.fd.nmi().map_err(|e| VcpuError::Nmi(e.into()))
-    }
+    forward!(VcpuError,
+        /// KVM_NMI.
+        fn try_nmi() -> () = nmi, Nmi
+    );
 
     /// KVM_INTERRUPT: queues external interrupt `irq` (a vector) for a vCPU without an in-kernel
     /// PIC.
@@ -222,19 +206,21 @@ impl Vcpu {
         }
         let arg = KvmInterrupt { irq };
         // SAFETY: KVM_INTERRUPT reads one `struct kvm_interrupt` (a u32) from the pointer, which
-        // points at `arg` for the whole call; the fd is a vCPU fd.
-        let ret = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                KVM_INTERRUPT,
-                &arg as *const KvmInterrupt,
-            )
-        };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(VcpuError::Interrupt(Errno::last()))
-        }
+        // points at `arg` for the whole call.
+        unsafe { self.ioctl_with_ref(KVM_INTERRUPT, &arg) }.map_err(VcpuError::Interrupt)
+    }
+
+    /// Issues `request` on the vCPU fd with a pointer to `arg`: Ok when the ioctl returns 0, else
+    /// its errno.
+    ///
+    /// # Safety
+    ///
+    /// `request` must access no memory at the pointer outside `arg`.
+    unsafe fn ioctl_with_ref<T>(&self, request: libc::c_ulong, arg: &T) -> Result<(), Errno> {
+        // SAFETY: the caller vouches that `request` stays inside `arg`, which lives for the whole
+        // call; the fd is a vCPU fd.
+        let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), request, arg as *const T) };
+        if ret == 0 { Ok(()) } else { Err(Errno::last()) }
     }
 
     /// KVM_SET_SIGNAL_MASK with the calling thread's current mask plus `block` (signals to keep
@@ -272,19 +258,8 @@ impl Vcpu {
             )
         };
         // SAFETY: KVM_SET_SIGNAL_MASK reads a kvm_signal_mask header and `len` (8) bytes after
-        // it, all inside `m`, which lives for the whole call; the fd is a vCPU fd.
-        let ret = unsafe {
-            libc::ioctl(
-                self.fd.as_raw_fd(),
-                KVM_SET_SIGNAL_MASK,
-                &m as *const SignalMask,
-            )
-        };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(VcpuError::SetSignalMask(Errno::last()))
-        }
+        // it, all inside `m`, which lives for the whole call.
+        unsafe { self.ioctl_with_ref(KVM_SET_SIGNAL_MASK, &m) }.map_err(VcpuError::SetSignalMask)
     }
 
     /// KVM_SET_XSAVE with the legacy 4 KiB `kvm_xsave`.

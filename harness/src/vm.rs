@@ -8,7 +8,7 @@ use crate::abi::{
     kvm_enable_cap, kvm_ioeventfd, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
     kvm_userspace_memory_region,
 };
-use crate::ioctl::{Errno, ioctl_errors};
+use crate::ioctl::{Errno, forward, ioctl_errors};
 use crate::vcpu::Vcpu;
 use kvm_ioctls::VmFd;
 use std::os::fd::AsRawFd;
@@ -126,83 +126,57 @@ impl Vm {
         Ok(())
     }
 
-    /// KVM_GET_DIRTY_LOG of `slot` (`size` bytes): one bit per page, bit 0 the slot's first.
-    pub fn try_get_dirty_log(&self, slot: u32, size: usize) -> Result<Vec<u64>, VmError> {
-        self.fd
-            .get_dirty_log(slot, size)
-            .map_err(|e| VmError::GetDirtyLog(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_GET_DIRTY_LOG of `slot` (`size` bytes): one bit per page, bit 0 the slot's first.
+        fn try_get_dirty_log(slot: u32, size: usize) -> Vec<u64> = get_dirty_log, GetDirtyLog
+    );
 
-    /// KVM_CREATE_IRQCHIP.
-    pub fn try_create_irqchip(&self) -> Result<(), VmError> {
-        self.fd
-            .create_irq_chip()
-            .map_err(|e| VmError::CreateIrqchip(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_CREATE_IRQCHIP.
+        fn try_create_irqchip() -> () = create_irq_chip, CreateIrqchip
+    );
 
-    /// KVM_GET_IRQCHIP of the chip named by `chip.chip_id`.
-    pub fn try_get_irqchip(&self, chip: &mut kvm_irqchip) -> Result<(), VmError> {
-        self.fd
-            .get_irqchip(chip)
-            .map_err(|e| VmError::GetIrqchip(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_GET_IRQCHIP of the chip named by `chip.chip_id`.
+        fn try_get_irqchip(chip: &mut kvm_irqchip) -> () = get_irqchip, GetIrqchip
+    );
 
-    /// KVM_SET_IRQCHIP.
-    pub fn try_set_irqchip(&self, chip: &kvm_irqchip) -> Result<(), VmError> {
-        self.fd
-            .set_irqchip(chip)
-            .map_err(|e| VmError::SetIrqchip(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_SET_IRQCHIP.
+        fn try_set_irqchip(chip: &kvm_irqchip) -> () = set_irqchip, SetIrqchip
+    );
 
-    /// KVM_CREATE_PIT2.
-    pub fn try_create_pit2(&self, config: kvm_pit_config) -> Result<(), VmError> {
-        self.fd
-            .create_pit2(config)
-            .map_err(|e| VmError::CreatePit2(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_CREATE_PIT2.
+        fn try_create_pit2(config: kvm_pit_config) -> () = create_pit2, CreatePit2
+    );
 
-    /// KVM_GET_PIT2.
-    pub fn try_get_pit2(&self) -> Result<kvm_pit_state2, VmError> {
-        self.fd.get_pit2().map_err(|e| VmError::GetPit2(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_GET_PIT2.
+        fn try_get_pit2() -> kvm_pit_state2 = get_pit2, GetPit2
+    );
 
-    /// KVM_SET_PIT2.
-    pub fn try_set_pit2(&self, state: &kvm_pit_state2) -> Result<(), VmError> {
-        self.fd
-            .set_pit2(state)
-            .map_err(|e| VmError::SetPit2(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_SET_PIT2.
+        fn try_set_pit2(state: &kvm_pit_state2) -> () = set_pit2, SetPit2
+    );
 
-    /// KVM_IRQ_LINE: sets `irq` to `active`.
-    pub fn try_irq_line(&self, irq: u32, active: bool) -> Result<(), VmError> {
-        self.fd
-            .set_irq_line(irq, active)
-            .map_err(|e| VmError::IrqLine(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_IRQ_LINE: sets `irq` to `active`.
+        fn try_irq_line(irq: u32, active: bool) -> () = set_irq_line, IrqLine
+    );
 
-    /// KVM_IOEVENTFD (assign) through kvm-ioctls, which derives `len` from `datamatch`.
-    pub fn try_register_ioevent<T: Into<u64>>(
-        &self,
-        fd: &EventFd,
-        addr: &IoEventAddress,
-        datamatch: T,
-    ) -> Result<(), VmError> {
-        self.fd
-            .register_ioevent(fd, addr, datamatch)
-            .map_err(|e| VmError::Ioeventfd(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_IOEVENTFD (assign) through kvm-ioctls, which derives `len` from `datamatch`.
+        fn try_register_ioevent<T: Into<u64>>(fd: &EventFd, addr: &IoEventAddress, datamatch: T)
+            -> () = register_ioevent, Ioeventfd
+    );
 
-    /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN.
-    pub fn try_unregister_ioevent<T: Into<u64>>(
-        &self,
-        fd: &EventFd,
-        addr: &IoEventAddress,
-        datamatch: T,
-    ) -> Result<(), VmError> {
-        self.fd
-            .unregister_ioevent(fd, addr, datamatch)
-            .map_err(|e| VmError::Ioeventfd(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_IOEVENTFD with KVM_IOEVENTFD_FLAG_DEASSIGN.
+        fn try_unregister_ioevent<T: Into<u64>>(fd: &EventFd, addr: &IoEventAddress, datamatch: T)
+            -> () = unregister_ioevent, Ioeventfd
+    );
 
     /// KVM_IOEVENTFD with a caller-built `struct kvm_ioeventfd` (kvm-ioctls derives `len` from
     /// the datamatch type, so it cannot ask for the lengths KVM must reject).
@@ -222,85 +196,61 @@ impl Vm {
         Ok(())
     }
 
-    /// KVM_IRQFD (assign) of `fd` to `gsi`.
-    pub fn try_register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
-        self.fd
-            .register_irqfd(fd, gsi)
-            .map_err(|e| VmError::Irqfd(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_IRQFD (assign) of `fd` to `gsi`.
+        fn try_register_irqfd(fd: &EventFd, gsi: u32) -> () = register_irqfd, Irqfd
+    );
 
-    /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN.
-    pub fn try_unregister_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
-        self.fd
-            .unregister_irqfd(fd, gsi)
-            .map_err(|e| VmError::Irqfd(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN.
+        fn try_unregister_irqfd(fd: &EventFd, gsi: u32) -> () = unregister_irqfd, Irqfd
+    );
 
-    /// KVM_GET_CLOCK.
-    pub fn try_get_clock(&self) -> Result<kvm_clock_data, VmError> {
-        self.fd.get_clock().map_err(|e| VmError::GetClock(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_GET_CLOCK.
+        fn try_get_clock() -> kvm_clock_data = get_clock, GetClock
+    );
 
-    /// KVM_SET_CLOCK.
-    pub fn try_set_clock(&self, clock: &kvm_clock_data) -> Result<(), VmError> {
-        self.fd
-            .set_clock(clock)
-            .map_err(|e| VmError::SetClock(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_SET_CLOCK.
+        fn try_set_clock(clock: &kvm_clock_data) -> () = set_clock, SetClock
+    );
 
-    /// KVM_SET_TSS_ADDR.
-    pub fn try_set_tss_address(&self, addr: usize) -> Result<(), VmError> {
-        self.fd
-            .set_tss_address(addr)
-            .map_err(|e| VmError::SetTssAddr(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_SET_TSS_ADDR.
+        fn try_set_tss_address(addr: usize) -> () = set_tss_address, SetTssAddr
+    );
 
-    /// KVM_SET_IDENTITY_MAP_ADDR.
-    pub fn try_set_identity_map_address(&self, addr: u64) -> Result<(), VmError> {
-        self.fd
-            .set_identity_map_address(addr)
-            .map_err(|e| VmError::SetIdentityMapAddr(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_SET_IDENTITY_MAP_ADDR.
+        fn try_set_identity_map_address(addr: u64) -> ()
+            = set_identity_map_address, SetIdentityMapAddr
+    );
 
-    /// KVM_ENABLE_CAP on the VM.
-    pub fn try_enable_cap(&self, cap: &kvm_enable_cap) -> Result<(), VmError> {
-        self.fd
-            .enable_cap(cap)
-            .map_err(|e| VmError::EnableCap(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_ENABLE_CAP on the VM.
+        fn try_enable_cap(cap: &kvm_enable_cap) -> () = enable_cap, EnableCap
+    );
 
-    /// KVM_REGISTER_COALESCED_MMIO (or PIO, by the address's kind).
-    pub fn try_register_coalesced_mmio(
-        &self,
-        addr: IoEventAddress,
-        size: u32,
-    ) -> Result<(), VmError> {
-        self.fd
-            .register_coalesced_mmio(addr, size)
-            .map_err(|e| VmError::RegisterCoalescedMmio(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_REGISTER_COALESCED_MMIO (or PIO, by the address's kind).
+        fn try_register_coalesced_mmio(addr: IoEventAddress, size: u32) -> ()
+            = register_coalesced_mmio, RegisterCoalescedMmio
+    );
 
-    /// KVM_UNREGISTER_COALESCED_MMIO.
-    pub fn try_unregister_coalesced_mmio(
-        &self,
-        addr: IoEventAddress,
-        size: u32,
-    ) -> Result<(), VmError> {
-        self.fd
-            .unregister_coalesced_mmio(addr, size)
-            .map_err(|e| VmError::UnregisterCoalescedMmio(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_UNREGISTER_COALESCED_MMIO.
+        fn try_unregister_coalesced_mmio(addr: IoEventAddress, size: u32) -> ()
+            = unregister_coalesced_mmio, UnregisterCoalescedMmio
+    );
 
-    /// KVM_X86_SET_MSR_FILTER.
-    pub fn try_set_msr_filter(
-        &self,
-        default_action: MsrFilterDefaultAction,
-        ranges: &[MsrFilterRange<'_>],
-    ) -> Result<(), VmError> {
-        self.fd
-            .set_msr_filter(default_action, ranges)
-            .map_err(|e| VmError::SetMsrFilter(e.into()))
-    }
+    forward!(VmError,
+        /// KVM_X86_SET_MSR_FILTER.
+        fn try_set_msr_filter(
+            default_action: MsrFilterDefaultAction,
+            ranges: &[MsrFilterRange<'_>]
+        ) -> () = set_msr_filter, SetMsrFilter
+    );
 
     /// KVM_GET_STATS_FD on this VM.
     pub fn try_stats_fd(&self) -> Result<std::fs::File, VmError> {

@@ -80,6 +80,19 @@ pub fn expect_errno(got: Option<i32>, want: i32, what: &str) -> Outcome {
     ))
 }
 
+/// Checks that a creating ioctl was refused with EINVAL (`what` names it); when it made something
+/// instead, the failure is `made()`.
+pub fn expect_einval_not_made(
+    r: Result<(), i32>,
+    what: &str,
+    made: impl FnOnce() -> String,
+) -> Outcome {
+    match r {
+        Ok(()) => Err(Fail::failed(made())),
+        Err(e) => expect_errno(Some(e), libc::EINVAL, what),
+    }
+}
+
 // ---- KVM_GET_API_VERSION ----
 
 fn api_version_is_12(host: &Host) -> Outcome {
@@ -676,18 +689,17 @@ fn create_vm_invalid_type_einval(host: &Host) -> Outcome {
         bad.push(u64::from(t));
     }
     for t in bad {
-        match host.try_create_vm_with_type(t) {
-            Ok(_) => {
-                return Err(Fail::failed(format!(
+        expect_einval_not_made(
+            host.try_create_vm_with_type(t)
+                .map(drop)
+                .map_err(|e| e.errno()),
+            &format!("KVM_CREATE_VM type {t:#x}"),
+            || {
+                format!(
                     "KVM_CREATE_VM type {t:#x} (KVM_CAP_VM_TYPES {types:#x}): wanted EINVAL, got a VM"
-                )));
-            }
-            Err(e) => expect_errno(
-                Some(e.errno()),
-                libc::EINVAL,
-                &format!("KVM_CREATE_VM type {t:#x}"),
-            )?,
-        }
+                )
+            },
+        )?;
     }
     // The system fd still works.
     host.try_create_vm()

@@ -26,6 +26,19 @@ pub fn run_kvmconf(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> 
     child.wait_with_output().expect("kvmconf finishes")
 }
 
+/// Runs `kvmconf ARGS` with its stdout closed before it writes anything (a closed pipe).
+pub fn run_into_closed_pipe(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvmconf"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kvmconf starts");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("kvmconf finishes")
+}
+
 /// Output bytes as text.
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -13,6 +13,21 @@ pub(super) fn set_debug(g: &Guest, control: u32, debugreg: [u64; 8]) -> Outcome 
         .map_err(ioctl("KVM_SET_GUEST_DEBUG"))
 }
 
+/// The (exception, pc, dr6) of a KVM_EXIT_DEBUG; any other exit is the failure `fail` makes of
+/// its description.
+fn debug_exit(e: KvmExit, fail: impl FnOnce(String) -> Fail) -> Result<(u32, u64, u64), Fail> {
+    match e {
+        // `dr6: status`: iced's register `dr6` is in scope.
+        KvmExit::Debug {
+            exception,
+            pc,
+            dr6: status,
+            ..
+        } => Ok((exception, pc, status)),
+        other => Err(fail(describe(&other))),
+    }
+}
+
 pub(super) fn single_step(host: &Host, mode: Mode) -> Outcome {
     require_cap(host, KVM_CAP_SET_GUEST_DEBUG, "SET_GUEST_DEBUG")?;
     let mut pcs = Vec::new();
@@ -40,27 +55,17 @@ pub(super) fn single_step(host: &Host, mode: Mode) -> Outcome {
     let mut g = Guest::boot(host, &case("ss", mode, code))?;
     set_debug(&g, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP, [0; 8])?;
     for _ in 0..want.len() {
-        match g.run()? {
-            KvmExit::Debug {
-                exception,
-                pc,
-                dr6: status,
-                ..
-            } => {
-                ensure_eq!(exception, 1u32, "{mode:?} single-step exit exception (#DB)");
-                ensure!(
-                    status & DR6_BS != 0,
-                    "{mode:?} single-step exit at pc {pc:#x}: dr6 {status:#x} lacks BS (bit 14)"
-                );
-                pcs.push(pc);
-            }
-            other => {
-                return Err(Fail::failed(format!(
-                    "{mode:?} single-step: wanted Debug, got {} after pcs {pcs:x?}",
-                    describe(&other)
-                )));
-            }
-        }
+        let (exception, pc, status) = debug_exit(g.run()?, |got| {
+            Fail::failed(format!(
+                "{mode:?} single-step: wanted Debug, got {got} after pcs {pcs:x?}"
+            ))
+        })?;
+        ensure_eq!(exception, 1u32, "{mode:?} single-step exit exception (#DB)");
+        ensure!(
+            status & DR6_BS != 0,
+            "{mode:?} single-step exit at pc {pc:#x}: dr6 {status:#x} lacks BS (bit 14)"
+        );
+        pcs.push(pc);
     }
     ensure_eq!(
         pcs,
@@ -71,39 +76,31 @@ pub(super) fn single_step(host: &Host, mode: Mode) -> Outcome {
     g.run_to_hlt()
 }
 
+/// `nop; int3; hlt`: the INT3 at CODE + 1.
+fn nop_int3_hlt(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.nop()?;
+    a.int3()?;
+    a.hlt()
+}
+
 pub(super) fn sw_bp_exit(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SET_GUEST_DEBUG, "SET_GUEST_DEBUG")?;
-    let mut g = guest(host, Mode::Long64, |a| {
-        a.nop()?;
-        a.int3()?;
-        a.hlt()
-    })?;
+    let mut g = guest(host, Mode::Long64, nop_int3_hlt)?;
     set_debug(&g, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_SW_BP, [0; 8])?;
-    match g.run()? {
-        KvmExit::Debug { exception, pc, .. } => {
-            ensure_eq!(
-                exception,
-                3u32,
-                "exception of the KVM_EXIT_DEBUG for INT3 (#BP)"
-            );
-            ensure_eq!(pc, CODE + 1, "pc of the KVM_EXIT_DEBUG for INT3 (the INT3)");
-            Ok(())
-        }
-        other => Err(Fail::field(
-            "INT3 with KVM_GUESTDBG_USE_SW_BP",
-            "Debug",
-            describe(&other),
-            "",
-        )),
-    }
+    let (exception, pc, _) = debug_exit(g.run()?, |got| {
+        Fail::field("INT3 with KVM_GUESTDBG_USE_SW_BP", "Debug", got, "")
+    })?;
+    ensure_eq!(
+        exception,
+        3u32,
+        "exception of the KVM_EXIT_DEBUG for INT3 (#BP)"
+    );
+    ensure_eq!(pc, CODE + 1, "pc of the KVM_EXIT_DEBUG for INT3 (the INT3)");
+    Ok(())
 }
 
 pub(super) fn sw_bp_off_goes_to_guest(host: &Host) -> Outcome {
-    let c = with_stubs(long64_case(|a| {
-        a.nop()?;
-        a.int3()?;
-        a.hlt()
-    })?);
+    let c = with_stubs(long64_case(nop_int3_hlt)?);
     let mut g = Guest::boot(host, &c)?;
     g.run_to_hlt()?;
     ensure_eq!(
@@ -130,21 +127,13 @@ pub(super) fn hw_bp_exec(host: &Host) -> Outcome {
     dr[0] = CODE + 1;
     dr[7] = 0x1 | 0x400; // L0, execute, 1 byte
     set_debug(&g, KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP, dr)?;
-    match g.run()? {
-        KvmExit::Debug {
-            exception,
-            pc,
-            dr6: status,
-            ..
-        } => {
-            ensure_eq!(exception, 1u32, "exception of the hardware-breakpoint exit");
-            ensure_eq!(pc, CODE + 1, "pc of the execute breakpoint");
-            ensure!(status & 1 != 0, "dr6 {status:#x} lacks B0");
-            Ok(())
-        }
-        other => Err(Fail::failed(format!(
-            "execute breakpoint on DR0: wanted Debug, got {}",
-            describe(&other)
-        ))),
-    }
+    let (exception, pc, status) = debug_exit(g.run()?, |got| {
+        Fail::failed(format!(
+            "execute breakpoint on DR0: wanted Debug, got {got}"
+        ))
+    })?;
+    ensure_eq!(exception, 1u32, "exception of the hardware-breakpoint exit");
+    ensure_eq!(pc, CODE + 1, "pc of the execute breakpoint");
+    ensure!(status & 1 != 0, "dr6 {status:#x} lacks B0");
+    Ok(())
 }

@@ -102,10 +102,7 @@ pub(super) fn shutdown_triple_fault(host: &Host) -> Outcome {
 }
 
 pub(super) fn immediate_exit_eintr(host: &Host) -> Outcome {
-    let mut g = guest(host, Mode::Long64, |a| {
-        a.out(0x80, al)?;
-        a.hlt()
-    })?;
+    let mut g = out_hlt_guest(host)?;
     g.vm.vcpu.set_immediate_exit(true);
     let r = g.vm.vcpu.run_once();
     g.vm.vcpu.set_immediate_exit(false);

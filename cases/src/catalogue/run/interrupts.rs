@@ -77,20 +77,22 @@ pub(super) fn kvm_interrupt_irqchip_enxio(host: &Host) -> Outcome {
     Ok(())
 }
 
+/// Runs `g` once with kvm_run.request_interrupt_window set (cleared again after the exit) and
+/// expects KVM_EXIT_IRQ_WINDOW_OPEN; `what` names that exit in a failure.
+fn run_requesting_irq_window(g: &mut Guest, what: &str) -> Outcome {
+    g.vm.vcpu.kvm_run().request_interrupt_window = 1;
+    let e = g.run()?;
+    g.vm.vcpu.kvm_run().request_interrupt_window = 0;
+    expect_exit(&e, &KvmExit::IrqWindowOpen, what)
+}
+
 pub(super) fn irq_window_immediate_once(host: &Host) -> Outcome {
     let mut g = guest(host, Mode::Long64, |a| {
         a.mov(ebx, 1u32)?;
         a.hlt()
     })?;
     set_rflags(&g, 0x202)?;
-    g.vm.vcpu.kvm_run().request_interrupt_window = 1;
-    let e = g.run()?;
-    g.vm.vcpu.kvm_run().request_interrupt_window = 0;
-    expect_exit(
-        &e,
-        &KvmExit::IrqWindowOpen,
-        "exit with request_interrupt_window and IF = 1",
-    )?;
+    run_requesting_irq_window(&mut g, "exit with request_interrupt_window and IF = 1")?;
     let run = g.vm.vcpu.kvm_run();
     ensure_eq!(
         run.ready_for_interrupt_injection,
@@ -103,12 +105,8 @@ pub(super) fn irq_window_immediate_once(host: &Host) -> Outcome {
 
 pub(super) fn irq_window_after_sti_shadow_once(host: &Host) -> Outcome {
     let (mut g, after_shadow) = sti_guest(host)?;
-    g.vm.vcpu.kvm_run().request_interrupt_window = 1;
-    let e = g.run()?;
-    g.vm.vcpu.kvm_run().request_interrupt_window = 0;
-    expect_exit(
-        &e,
-        &KvmExit::IrqWindowOpen,
+    run_requesting_irq_window(
+        &mut g,
         "exit with request_interrupt_window while IF = 0, then sti",
     )?;
     let r = g.regs()?;

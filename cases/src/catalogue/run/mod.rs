@@ -58,6 +58,14 @@ fn guest(
     Guest::boot(host, &case("run", mode, program(mode, build)?))
 }
 
+/// A long64 guest that runs `out 0x80, al; hlt`.
+fn out_hlt_guest(host: &Host) -> Result<Guest, Fail> {
+    guest(host, Mode::Long64, |a| {
+        a.out(0x80, al)?;
+        a.hlt()
+    })
+}
+
 fn with_mmio(mut c: Case) -> Case {
     c.mmio = vec![MmioRegion {
         addr: Hex(MMIO),

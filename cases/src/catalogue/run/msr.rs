@@ -43,17 +43,25 @@ pub(super) fn answer_msr(g: &mut Guest, error: u8, data: u64) {
     area[off::UNION + 16..off::UNION + 24].copy_from_slice(&data.to_le_bytes());
 }
 
-pub(super) fn user_msr_rdmsr(host: &Host) -> Outcome {
-    require_cap(host, KVM_CAP_X86_USER_SPACE_MSR, "X86_USER_SPACE_MSR")?;
-    let mut g = rdmsr_guest(host, MSR_UNKNOWN)?;
-    enable_user_msr(&g, KVM_MSR_EXIT_REASON_UNKNOWN)?;
-    let (reason, index, _) = msr_exit(&g.run()?, false)?;
+/// Enables KVM_MSR_EXIT_REASON_UNKNOWN exits on `g`, runs it to the exit of its RDMSR (or WRMSR,
+/// `write`) of MSR_UNKNOWN and checks that exit's reason and index; returns its data.
+fn unknown_msr_exit(g: &mut Guest, write: bool) -> Result<u64, Fail> {
+    enable_user_msr(g, KVM_MSR_EXIT_REASON_UNKNOWN)?;
+    let (reason, index, data) = msr_exit(&g.run()?, write)?;
+    let insn = if write { "WRMSR" } else { "RDMSR" };
     ensure_eq!(
         reason,
         KVM_MSR_EXIT_REASON_UNKNOWN,
-        "msr.reason of the RDMSR exit"
+        "msr.reason of the {insn} exit"
     );
-    ensure_eq!(index, MSR_UNKNOWN, "msr.index of the RDMSR exit");
+    ensure_eq!(index, MSR_UNKNOWN, "msr.index of the {insn} exit");
+    Ok(data)
+}
+
+pub(super) fn user_msr_rdmsr(host: &Host) -> Outcome {
+    require_cap(host, KVM_CAP_X86_USER_SPACE_MSR, "X86_USER_SPACE_MSR")?;
+    let mut g = rdmsr_guest(host, MSR_UNKNOWN)?;
+    unknown_msr_exit(&mut g, false)?;
     answer_msr(&mut g, 0, 0x1122_3344_5566_7788);
     g.run_to_hlt()?;
     ensure_eq!(
@@ -95,14 +103,7 @@ pub(super) fn user_msr_wrmsr(host: &Host) -> Outcome {
         a.hlt()
     })?);
     let mut g = Guest::boot(host, &c)?;
-    enable_user_msr(&g, KVM_MSR_EXIT_REASON_UNKNOWN)?;
-    let (reason, index, data) = msr_exit(&g.run()?, true)?;
-    ensure_eq!(
-        reason,
-        KVM_MSR_EXIT_REASON_UNKNOWN,
-        "msr.reason of the WRMSR exit"
-    );
-    ensure_eq!(index, MSR_UNKNOWN, "msr.index of the WRMSR exit");
+    let data = unknown_msr_exit(&mut g, true)?;
     ensure_eq!(
         data,
         0x1020_3040_aabb_ccddu64,

@@ -45,10 +45,7 @@ pub(super) fn signal_pending() -> Result<Deadline, Fail> {
 }
 
 pub(super) fn signal_pending_eintr(host: &Host) -> Outcome {
-    let mut g = guest(host, Mode::Long64, |a| {
-        a.out(0x80, al)?;
-        a.hlt()
-    })?;
+    let mut g = out_hlt_guest(host)?;
     let d = signal_pending()?;
     let r = g.vm.vcpu.run_once();
     drop(d);
@@ -67,10 +64,7 @@ pub(super) fn signal_pending_eintr(host: &Host) -> Outcome {
 }
 
 pub(super) fn signal_mask_blocks(host: &Host) -> Outcome {
-    let mut g = guest(host, Mode::Long64, |a| {
-        a.out(0x80, al)?;
-        a.hlt()
-    })?;
+    let mut g = out_hlt_guest(host)?;
     g.vcpu()
         .try_set_signal_mask(&[watchdog::signal()], &[])
         .map_err(|e| e.errno())

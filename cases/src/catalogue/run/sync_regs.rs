@@ -36,10 +36,7 @@ pub(super) fn sync_regs_filled(host: &Host) -> Outcome {
 
 pub(super) fn sync_regs_dirty(host: &Host) -> Outcome {
     require_cap(host, KVM_CAP_SYNC_REGS, "SYNC_REGS")?;
-    let mut g = guest(host, Mode::Long64, |a| {
-        a.out(0x80, al)?;
-        a.hlt()
-    })?;
+    let mut g = out_hlt_guest(host)?;
     let mut r = g.regs()?;
     r.rax = 0x77;
     r.rbx = 0xabcd;

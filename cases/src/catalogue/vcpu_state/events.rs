@@ -7,12 +7,42 @@ pub(super) fn events(v: &Vcpu) -> Result<kvmconf_harness::abi::kvm_vcpu_events, 
         .map_err(ioctl("KVM_GET_VCPU_EVENTS"))
 }
 
-pub(super) fn events_nmi_masked_round_trip(host: &Host) -> Outcome {
+/// Skips unless KVM_CHECK_EXTENSION reports KVM_CAP_VCPU_EVENTS.
+fn require_vcpu_events(host: &Host) -> Outcome {
     require_cap(
         host,
         kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
         "VCPU_EVENTS",
-    )?;
+    )
+}
+
+/// Boots [`stub_guest`], changes its vCPU events with `change` (flags included), sets them with
+/// KVM_SET_VCPU_EVENTS and runs the guest to a HLT.
+fn stub_guest_after_events(
+    host: &Host,
+    change: impl FnOnce(&mut kvmconf_harness::abi::kvm_vcpu_events),
+) -> Result<Guest, Fail> {
+    require_vcpu_events(host)?;
+    let mut g = stub_guest(host)?;
+    let mut e = events(g.vcpu())?;
+    change(&mut e);
+    g.vcpu().try_set_vcpu_events(&e)?;
+    g.run_to_hlt()?;
+    Ok(g)
+}
+
+/// Checks that the vCPU events re-read after a rejected KVM_SET_VCPU_EVENTS are still `before`.
+fn events_unchanged(vcpu: &Vcpu, before: &kvmconf_harness::abi::kvm_vcpu_events) -> Outcome {
+    ensure_eq!(
+        events(vcpu)?,
+        *before,
+        "vCPU events re-read after the rejected KVM_SET_VCPU_EVENTS"
+    );
+    Ok(())
+}
+
+pub(super) fn events_nmi_masked_round_trip(host: &Host) -> Outcome {
+    require_vcpu_events(host)?;
     host.with_vm(Mode::Long64, |_vm, vcpu| {
         let mut e = events(vcpu)?;
         ensure_eq!(e.nmi.masked, 0u8, "nmi.masked of a new vCPU");
@@ -47,11 +77,7 @@ pub(super) fn events_shadow_round_trip(host: &Host) -> Outcome {
 }
 
 pub(super) fn events_bad_flags(host: &Host) -> Outcome {
-    require_cap(
-        host,
-        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
-        "VCPU_EVENTS",
-    )?;
+    require_vcpu_events(host)?;
     host.with_vm(Mode::Long64, |_vm, vcpu| {
         let before = events(vcpu)?;
         let mut bad = before;
@@ -61,21 +87,12 @@ pub(super) fn events_bad_flags(host: &Host) -> Outcome {
             "KVM_SET_VCPU_EVENTS with flags bit 31 (undefined)",
             vcpu.try_set_vcpu_events(&bad).map_err(|e| e.errno()),
         )?;
-        ensure_eq!(
-            events(vcpu)?,
-            before,
-            "vCPU events re-read after the rejected KVM_SET_VCPU_EVENTS"
-        );
-        Ok(())
+        events_unchanged(vcpu, &before)
     })
 }
 
 pub(super) fn events_smm_flag(host: &Host) -> Outcome {
-    require_cap(
-        host,
-        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
-        "VCPU_EVENTS",
-    )?;
+    require_vcpu_events(host)?;
     host.with_vm(Mode::Long64, |_vm, vcpu| {
         let before = events(vcpu)?;
         let mut e = before;
@@ -94,12 +111,7 @@ pub(super) fn events_smm_flag(host: &Host) -> Outcome {
             "KVM_SET_VCPU_EVENTS with KVM_VCPUEVENT_VALID_SMM and smi.smm = 1 while KVM_CAP_X86_SMM is absent",
             r,
         )?;
-        ensure_eq!(
-            events(vcpu)?,
-            before,
-            "vCPU events re-read after the rejected KVM_SET_VCPU_EVENTS"
-        );
-        Ok(())
+        events_unchanged(vcpu, &before)
     })
 }
 
@@ -134,18 +146,11 @@ pub(super) fn stub_frame(
 }
 
 pub(super) fn events_exception_delivered(host: &Host) -> Outcome {
-    require_cap(
-        host,
-        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
-        "VCPU_EVENTS",
-    )?;
-    let mut g = stub_guest(host)?;
-    let mut e = events(g.vcpu())?;
-    e.flags = 0;
-    e.exception.injected = 1;
-    e.exception.nr = 6;
-    g.vcpu().try_set_vcpu_events(&e)?;
-    g.run_to_hlt()?;
+    let g = stub_guest_after_events(host, |e| {
+        e.flags = 0;
+        e.exception.injected = 1;
+        e.exception.nr = 6;
+    })?;
     let (v, _, rip) = stub_frame(&g, false)?;
     ensure_eq!(v, Some(6u8), "stub reached after injecting #UD (vector 6)");
     ensure_eq!(rip, CODE, "rip in the #UD frame (the first instruction)");
@@ -153,20 +158,13 @@ pub(super) fn events_exception_delivered(host: &Host) -> Outcome {
 }
 
 pub(super) fn events_exception_error_code_delivered(host: &Host) -> Outcome {
-    require_cap(
-        host,
-        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
-        "VCPU_EVENTS",
-    )?;
-    let mut g = stub_guest(host)?;
-    let mut e = events(g.vcpu())?;
-    e.flags = 0;
-    e.exception.injected = 1;
-    e.exception.nr = 13;
-    e.exception.has_error_code = 1;
-    e.exception.error_code = 0x1238;
-    g.vcpu().try_set_vcpu_events(&e)?;
-    g.run_to_hlt()?;
+    let g = stub_guest_after_events(host, |e| {
+        e.flags = 0;
+        e.exception.injected = 1;
+        e.exception.nr = 13;
+        e.exception.has_error_code = 1;
+        e.exception.error_code = 0x1238;
+    })?;
     let (v, err, rip) = stub_frame(&g, true)?;
     ensure_eq!(
         v,
@@ -179,17 +177,10 @@ pub(super) fn events_exception_error_code_delivered(host: &Host) -> Outcome {
 }
 
 pub(super) fn events_nmi_pending_delivered(host: &Host) -> Outcome {
-    require_cap(
-        host,
-        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
-        "VCPU_EVENTS",
-    )?;
-    let mut g = stub_guest(host)?;
-    let mut e = events(g.vcpu())?;
-    e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
-    e.nmi.pending = 1;
-    g.vcpu().try_set_vcpu_events(&e)?;
-    g.run_to_hlt()?;
+    let g = stub_guest_after_events(host, |e| {
+        e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
+        e.nmi.pending = 1;
+    })?;
     let (v, _, rip) = stub_frame(&g, false)?;
     ensure_eq!(
         v,
@@ -206,18 +197,11 @@ pub(super) fn events_nmi_pending_delivered(host: &Host) -> Outcome {
 }
 
 pub(super) fn events_nmi_masked_holds_pending(host: &Host) -> Outcome {
-    require_cap(
-        host,
-        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
-        "VCPU_EVENTS",
-    )?;
-    let mut g = stub_guest(host)?;
-    let mut e = events(g.vcpu())?;
-    e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
-    e.nmi.pending = 1;
-    e.nmi.masked = 1;
-    g.vcpu().try_set_vcpu_events(&e)?;
-    g.run_to_hlt()?;
+    let g = stub_guest_after_events(host, |e| {
+        e.flags = KVM_VCPUEVENT_VALID_NMI_PENDING;
+        e.nmi.pending = 1;
+        e.nmi.masked = 1;
+    })?;
     let v = g.stub_vector()?;
     ensure_eq!(v, None, "stub the guest halted in while NMIs are masked");
     ensure_eq!(g.regs()?.rip, CODE + 3, "rip after the guest's own hlt");
@@ -227,11 +211,7 @@ pub(super) fn events_nmi_masked_holds_pending(host: &Host) -> Outcome {
 }
 
 pub(super) fn events_interrupt_delivered(host: &Host) -> Outcome {
-    require_cap(
-        host,
-        kvmconf_harness::abi::KVM_CAP_VCPU_EVENTS,
-        "VCPU_EVENTS",
-    )?;
+    require_vcpu_events(host)?;
     let mut g = Guest::long64(host, 0, |a| {
         a.nop()?;
         a.hlt()

@@ -90,15 +90,21 @@ pub(super) fn fpu_guest_reads_xmm(host: &Host, cpl: u8) -> Outcome {
     f.xmm[1] = pattern(2);
     g.vcpu().try_set_fpu(&f)?;
     let got = run_store_xmm(&mut g, cpl)?;
+    stored_xmm(&got, [1, 2], &format!("cpl{cpl} "))
+}
+
+/// Checks the xmm0 and xmm1 that the guest of [`run_store_xmm`] stored (`got`) against
+/// `pattern(seeds[0])` and `pattern(seeds[1])`; `prefix` begins each failure's field.
+fn stored_xmm(got: &[u8], seeds: [u8; 2], prefix: &str) -> Outcome {
     ensure_eq!(
         hex(&got[..16]),
-        hex(&pattern(1)),
-        "cpl{cpl} xmm0 as the guest stores it"
+        hex(&pattern(seeds[0])),
+        "{prefix}xmm0 as the guest stores it"
     );
     ensure_eq!(
         hex(&got[16..]),
-        hex(&pattern(2)),
-        "cpl{cpl} xmm1 as the guest stores it"
+        hex(&pattern(seeds[1])),
+        "{prefix}xmm1 as the guest stores it"
     );
     Ok(())
 }
@@ -106,6 +112,13 @@ pub(super) fn fpu_guest_reads_xmm(host: &Host, cpl: u8) -> Outcome {
 /// XSAVE legacy-area offsets (SDM 1 10.5.1, 13.4.1).
 pub(super) const XSAVE_XMM0: usize = 160;
 pub(super) const XSAVE_XSTATE_BV: usize = 512;
+
+/// Sets `bits` in the XSTATE_BV of the XSAVE area `b` (its header, SDM 1 13.4.2).
+fn set_xstate_bv_bits(b: &mut [u8], bits: u64) {
+    let field = &mut b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8];
+    let bv = u64::from_le_bytes(field.try_into().expect("8")) | bits;
+    field.copy_from_slice(&bv.to_le_bytes());
+}
 
 pub(super) fn xsave_bytes(x: &kvmconf_harness::abi::kvm_xsave) -> Vec<u8> {
     x.region.iter().flat_map(|w| w.to_le_bytes()).collect()
@@ -160,29 +173,13 @@ pub(super) fn xsave_guest_reads_xmm_cpl3(host: &Host) -> Outcome {
     let mut b = xsave_bytes(&g.vcpu().try_get_xsave()?);
     b[XSAVE_XMM0..XSAVE_XMM0 + 16].copy_from_slice(&pattern(0x21));
     b[XSAVE_XMM0 + 16..XSAVE_XMM0 + 32].copy_from_slice(&pattern(0x22));
-    let mut bv = u64::from_le_bytes(
-        b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8]
-            .try_into()
-            .expect("8"),
-    );
-    bv |= 0x2;
-    b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
+    set_xstate_bv_bits(&mut b, 0x2);
     g.vcpu()
         .try_set_xsave(&xsave_from(&b))
         .map_err(|e| e.errno())
         .map_err(|e| Fail::failed(format!("KVM_SET_XSAVE failed: errno {e}")))?;
     let got = run_store_xmm(&mut g, 3)?;
-    ensure_eq!(
-        hex(&got[..16]),
-        hex(&pattern(0x21)),
-        "xmm0 as the guest stores it"
-    );
-    ensure_eq!(
-        hex(&got[16..]),
-        hex(&pattern(0x22)),
-        "xmm1 as the guest stores it"
-    );
-    Ok(())
+    stored_xmm(&got, [0x21, 0x22], "")
 }
 
 pub(super) fn xsave_bad_xstate_bv(host: &Host) -> Outcome {
@@ -190,13 +187,7 @@ pub(super) fn xsave_bad_xstate_bv(host: &Host) -> Outcome {
         let before = xsave_bytes(&vcpu.try_get_xsave()?);
         let mut b = before.clone();
         b[0..2].copy_from_slice(&0x0272u16.to_le_bytes());
-        let mut bv = u64::from_le_bytes(
-            b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8]
-                .try_into()
-                .expect("8"),
-        );
-        bv |= 1 << 62;
-        b[XSAVE_XSTATE_BV..XSAVE_XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
+        set_xstate_bv_bits(&mut b, 1 << 62);
         einval_or_fail(
             "KVM_SET_XSAVE with XSTATE_BV bit 62 (no such state component)",
             vcpu.try_set_xsave(&xsave_from(&b)).map_err(|e| e.errno()),

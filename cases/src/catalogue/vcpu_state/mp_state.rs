@@ -30,22 +30,13 @@ pub(super) fn mp_state_fresh_runnable(host: &Host) -> Outcome {
 pub(super) fn mp_state_halted_round_trip(host: &Host) -> Outcome {
     require_cap(host, kvmconf_harness::abi::KVM_CAP_MP_STATE, "MP_STATE")?;
     let (_vm, v) = irqchip_vcpu(host, 0)?;
-    v.try_set_mp_state(kvm_mp_state {
-        mp_state: KVM_MP_STATE_HALTED,
-    })?;
-    ensure_eq!(
-        mp_state(&v)?,
-        KVM_MP_STATE_HALTED,
-        "mp_state after setting HALTED"
-    );
-    v.try_set_mp_state(kvm_mp_state {
-        mp_state: KVM_MP_STATE_RUNNABLE,
-    })?;
-    ensure_eq!(
-        mp_state(&v)?,
-        KVM_MP_STATE_RUNNABLE,
-        "mp_state after setting RUNNABLE"
-    );
+    for (state, name) in [
+        (KVM_MP_STATE_HALTED, "HALTED"),
+        (KVM_MP_STATE_RUNNABLE, "RUNNABLE"),
+    ] {
+        v.try_set_mp_state(kvm_mp_state { mp_state: state })?;
+        ensure_eq!(mp_state(&v)?, state, "mp_state after setting {name}");
+    }
     Ok(())
 }
 

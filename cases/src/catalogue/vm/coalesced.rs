@@ -77,15 +77,12 @@ pub(super) fn coalesced_mmio_unregister_restores_exits(host: &Host) -> Outcome {
     let zone = IoEventAddress::Mmio(MMIO_GPA);
     vm.try_register_coalesced_mmio(zone, 0x1000)?;
     vm.try_unregister_coalesced_mmio(zone, 0x1000)?;
-    let r = run32(&mut vm, "write", |a| {
-        a.mov(dword_ptr(MMIO_GPA), 0x11u32)?;
-        a.hlt()
-    })?;
-    ensure_eq!(
-        r.trace,
-        vec![Event::mmio_write(MMIO_GPA, 4, 0x11)],
-        "exits after the zone was unregistered"
-    );
+    ensure_write_exits(
+        &mut vm,
+        MMIO_GPA,
+        0x11,
+        "exits after the zone was unregistered",
+    )?;
     ensure_eq!(ring(&mut vm)?, vec![], "coalesced ring entries");
     Ok(())
 }

@@ -282,16 +282,12 @@ pub(super) fn memslot_readonly_flag_change_succeeds(host: &Host) -> Outcome {
         ));
     }
     // Now read-only: a guest write goes to the VMM.
-    let w = run32(&mut vm, "write", |a| {
-        a.mov(dword_ptr(EXTRA_GPA), 1u32)?;
-        a.hlt()
-    })?;
-    ensure_eq!(
-        w.trace,
-        vec![Event::mmio_write(EXTRA_GPA, 4, 1)],
-        "guest write to the slot made read-only"
-    );
-    Ok(())
+    ensure_write_exits(
+        &mut vm,
+        EXTRA_GPA,
+        1,
+        "guest write to the slot made read-only",
+    )
 }
 
 pub(super) fn memslot_readonly_reads_memory(host: &Host) -> Outcome {

@@ -8,7 +8,9 @@
 //! follow-up call) to show that nothing changed.
 
 use crate::catalogue::harness::{CODE, case};
-use crate::catalogue::system::{UNKNOWN_CAP, expect_errno, max_vcpu_id, max_vcpus};
+use crate::catalogue::system::{
+    UNKNOWN_CAP, expect_einval_not_made, expect_errno, max_vcpu_id, max_vcpus,
+};
 use crate::registry::{Fail, Outcome, ioctl, require_cap};
 use crate::{ensure, ensure_eq};
 use iced_x86::code_asm::*;
@@ -136,6 +138,21 @@ fn ensure_reads(vm: &mut TestVm, gpa: u64, want: u32, what: &str) -> Outcome {
             "{what}: guest read of {gpa:#x}: wanted {want:#x} from a memslot, got exits {t:?}"
         ))),
     }
+}
+
+/// Fails unless a guest dword write of `value` to `gpa` exits to the VMM as that MMIO write (and
+/// nothing else); `what` names the exits in a failure.
+fn ensure_write_exits(vm: &mut TestVm, gpa: u64, value: u32, what: &str) -> Outcome {
+    let r = run32(vm, "write", |a| {
+        a.mov(dword_ptr(gpa), value)?;
+        a.hlt()
+    })?;
+    ensure_eq!(
+        r.trace,
+        vec![Event::mmio_write(gpa, 4, value.into())],
+        "{what}"
+    );
+    Ok(())
 }
 
 /// Fails unless a guest read of `gpa` is MMIO (no memslot there).

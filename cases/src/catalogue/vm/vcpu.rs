@@ -43,18 +43,12 @@ pub(super) fn create_vcpu_id_out_of_range_einval(host: &Host) -> Outcome {
     let max = max_vcpu_id(host) as u64;
     let vm = new_vm(host)?;
     for id in [max, max + 1, 1 << 32, u64::from(u32::MAX)] {
-        match vm.try_create_vcpu(id) {
-            Ok(_) => {
-                return Err(Fail::failed(format!(
-                    "KVM_CREATE_VCPU id {id:#x} (max_vcpu_id {max}): wanted EINVAL, got a vCPU"
-                )));
-            }
-            Err(e) => expect_errno(
-                Some(e.errno()),
-                libc::EINVAL,
-                &format!("KVM_CREATE_VCPU id {id:#x} (max_vcpu_id {max})"),
-            )?,
-        }
+        let what = format!("KVM_CREATE_VCPU id {id:#x} (max_vcpu_id {max})");
+        expect_einval_not_made(
+            vm.try_create_vcpu(id).map(drop).map_err(|e| e.errno()),
+            &what,
+            || format!("{what}: wanted EINVAL, got a vCPU"),
+        )?;
     }
     // The rejected ids used up nothing: the full recommended count can still be created.
     let n = match host.check_raw(KVM_CAP_NR_VCPUS) {
