@@ -1,11 +1,13 @@
 //! The differential oracle (issue 3): generated programs on KVM against the reference interpreter.
 //!
-//! Each per-mode test draws `PROPTEST_CASES` programs (default 10,000; the CPL3 and MMIO variants,
-//! which run every program three times, a fifth of that) from a printed seed
-//! (`KVMCONF_DIFF_SEED=0x… ` replays one), runs each on KVM through a pool and in the interpreter,
-//! and compares every field, masking only the RFLAGS bits the interpreter reports as undefined. A
-//! mismatch is minimised on KVM and classified (`kvmconf_cases::differential`); a class that a
-//! `differential.*` entry of `cases/deviations.toml` names for this host is printed as a KNOWN
+//! Each per-mode test draws `PROPTEST_CASES` programs (default 10,000 under nextest's `ci` profile,
+//! which `.ci/run` uses, and 3,000 under the default profile, so that a plain `cargo nextest run`
+//! stays within its time budget; the CPL3 and MMIO variants, which run every program three times,
+//! a fifth of that) from a printed seed (`KVMCONF_DIFF_SEED=0x… ` replays one; the smaller run is
+//! the first programs of the larger), runs each on KVM through a pool and in the interpreter, and
+//! compares every field, masking only the RFLAGS bits the interpreter reports as undefined. A
+//! mismatch is minimised on KVM and pinned on its culprit (`kvmconf_cases::oracle`); a mismatch an
+//! oracle condition of `cases/deviations.toml` names for this host is printed as a KNOWN
 //! DEVIATION and counted, anything else fails the test. Failing seeds are kept in
 //! `proptest-regressions/`.
 
@@ -30,12 +32,19 @@ fn host() -> Option<Host> {
     }
 }
 
-/// Programs per mode: `PROPTEST_CASES`, default 10,000.
+/// Programs per mode: `PROPTEST_CASES`; else 10,000 under nextest's `ci` profile
+/// (`NEXTEST_PROFILE`, which nextest sets) and 3,000 otherwise.
 fn programs() -> u32 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000)
+        .unwrap_or(
+            if std::env::var("NEXTEST_PROFILE").is_ok_and(|p| p == "ci") {
+                10_000
+            } else {
+                3_000
+            },
+        )
 }
 
 fn seed(check: &str) -> u64 {
