@@ -737,10 +737,7 @@ fn pool_after_state_changes_equals_fresh(host: &Host, pool: &mut Pool<'_>) -> Ou
             ensure!(
                 d.is_empty(),
                 "{name}: after a case that changes it, the pooled result differs from a fresh VM's:\n{}",
-                d.iter()
-                    .map(|f| format!("  {f}"))
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                diff_lines(&d)
             );
         }
     }
@@ -750,6 +747,14 @@ fn pool_after_state_changes_equals_fresh(host: &Host, pool: &mut Pool<'_>) -> Ou
         "the pool narrowed no reset for cases that change no state: {s:?}"
     );
     Ok(())
+}
+
+/// The differing fields, one indented line each.
+fn diff_lines(d: &[kvmconf_guests::result::FieldDiff]) -> String {
+    d.iter()
+        .map(|f| format!("  {f}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn pool_equals_fresh(host: &Host) -> Outcome {
@@ -769,10 +774,7 @@ fn pool_equals_fresh(host: &Host) -> Outcome {
             "case {i} ({:?} cpl{}): pooled VM result differs from a fresh VM:\n{}",
             c.mode,
             c.cpl,
-            d.iter()
-                .map(|f| format!("  {f}"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            diff_lines(&d)
         );
     }
     let s = pool.stats();
