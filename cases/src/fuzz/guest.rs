@@ -46,9 +46,12 @@ impl Runner<'_> {
             });
         }
         if let Some(longer) = crate::oracle::predict::with_deadline_for_exits(case, k, &o.result) {
-            // A timeout is a result only when it outlasts the exits the program makes.
-            let k = self.pool.run(&longer)?;
-            return self.judge_guest(&longer, o, &k);
+            // A timeout is a result only when it outlasts the exits the program makes; one that
+            // does is judged on the case as it came (its reruns keep the case's own deadline).
+            let k2 = self.pool.run(&longer)?;
+            if !matches!(k2.exit, Exit::Timeout { .. }) {
+                return self.judge_guest(&longer, o, &k2);
+            }
         }
         if let Exit::InternalError { suberror: 1, .. } = k.exit {
             // KVM's emulator gave up: classified by the instruction, no field diff needed.

@@ -266,10 +266,15 @@ fn observe(
 /// thousands of port or MMIO exits is not cut short on a slow or loaded host.
 pub const DEADLINE_US_PER_EXIT: u64 = 100;
 
+/// The longest deadline [`with_deadline_for_exits`] gives, in ms: a fuzz input must stay well
+/// inside libFuzzer's per-input limit (10 s in the CI smoke) with its reruns.
+pub const DEADLINE_MAX_MS: u64 = 5_000;
+
 /// `case` with a deadline that allows for the exits the interpreter predicts (`model`: one per
-/// trace event, [`DEADLINE_US_PER_EXIT`] each, plus a second), when KVM's run `kvm` timed out
-/// where the interpreter's did not; `None` when that is not so or the case's deadline already
-/// allows for them. A timeout is a result only when it outlasts that deadline.
+/// trace event, [`DEADLINE_US_PER_EXIT`] each, plus a second; at most [`DEADLINE_MAX_MS`]), when
+/// KVM's run `kvm` timed out where the interpreter's did not; `None` when that is not so or the
+/// case's deadline already allows for them. A timeout is a result only when it outlasts that
+/// deadline.
 pub fn with_deadline_for_exits(case: &Case, kvm: &CaseResult, model: &CaseResult) -> Option<Case> {
     if !matches!(kvm.exit, Exit::Timeout { .. }) || matches!(model.exit, Exit::Timeout { .. }) {
         return None;
@@ -277,7 +282,8 @@ pub fn with_deadline_for_exits(case: &Case, kvm: &CaseResult, model: &CaseResult
     let need = (model.trace.len() as u64)
         .saturating_mul(DEADLINE_US_PER_EXIT)
         .div_ceil(1000)
-        .saturating_add(1000);
+        .saturating_add(1000)
+        .min(DEADLINE_MAX_MS);
     if case.deadline_ms() >= need {
         return None;
     }
@@ -306,14 +312,18 @@ mod tests {
             0x1000,
             vec![0xe6, 0xf1, 0xf4],
         ));
-        model.trace = vec![out.trace[0]; 50_000];
-        let longer = with_deadline_for_exits(&c, &kvm, &model).expect("50,000 exits");
+        model.trace = vec![out.trace[0]; 20_000];
+        let longer = with_deadline_for_exits(&c, &kvm, &model).expect("20,000 exits");
         assert_eq!(
             longer.timeout_ms,
-            Some(50_000 * DEADLINE_US_PER_EXIT / 1000 + 1000)
+            Some(20_000 * DEADLINE_US_PER_EXIT / 1000 + 1000)
         );
         // Once: the longer deadline already allows for them.
         assert!(with_deadline_for_exits(&longer, &kvm, &model).is_none());
+        // Never past the cap, however many exits.
+        model.trace = vec![out.trace[0]; 5_000_000];
+        let capped = with_deadline_for_exits(&c, &kvm, &model).expect("more exits");
+        assert_eq!(capped.timeout_ms, Some(DEADLINE_MAX_MS));
         // Not for a run that did not time out, or that the interpreter also times out.
         assert!(with_deadline_for_exits(&c, &model, &model).is_none());
         assert!(with_deadline_for_exits(&c, &kvm, &kvm).is_none());
