@@ -4,7 +4,8 @@
 #
 # A libFuzzer run continues past findings (-fork=1 -ignore_crashes=1); findings are listed (crash
 # inputs in fuzz/artifacts/<target>/, case files in artifacts/cases/) but only a build failure,
-# a harness panic or harness error makes this script fail: differences between KVM and the
+# a harness panic or harness error, or a finding file that a known deviation explains (replayed
+# with `kvmconf repro` at the end) makes this script fail: new differences between KVM and the
 # reference are findings to triage, not CI breakage. It also fails when the KVM-side signal does
 # not show up as libFuzzer coverage (the `signal check`, below the build). Without a nightly toolchain the cargo-fuzz part
 # is skipped with the reason; without /dev/kvm only case_parser runs.
