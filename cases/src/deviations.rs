@@ -201,19 +201,21 @@ pub fn host_has(id: &str) -> bool {
 
 /// The first of `devs` on the host `fp` with a condition the oracle mismatch `s` meets.
 pub fn explain<'a>(s: &Symptom, devs: &'a [Deviation], fp: &Fingerprint) -> Option<&'a Deviation> {
-    devs.iter()
-        .find(|d| d.on_host(fp) && d.when.iter().any(|w| w.matches_symptom(s)))
+    devs.iter().find(|d| d.on_host(fp) && d.shows(s))
 }
 
 /// The first deviation of the host this process runs on ([`this_host`]) with a condition the
 /// oracle mismatch `s` meets.
 pub fn explain_here(s: &Symptom) -> Option<&'static Deviation> {
-    this_host()
-        .iter()
-        .find(|d| d.when.iter().any(|w| w.matches_symptom(s)))
+    this_host().iter().find(|d| d.shows(s))
 }
 
 impl Deviation {
+    /// Whether one of its conditions matches the oracle mismatch `s` (whatever the host).
+    pub fn shows(&self, s: &Symptom) -> bool {
+        self.when.iter().any(|w| w.matches_symptom(s))
+    }
+
     /// Whether this deviation is about `check` (a condition names it) on the host `fp`.
     pub fn applies(&self, check: &str, fp: &Fingerprint) -> bool {
         self.on_host(fp)
